@@ -1,0 +1,146 @@
+//! Errors: what went wrong and what the caller can do, never the secret
+//! involved.
+//!
+//! A host maps [`Error`] to its responses; a typical HTTP mapping:
+//!
+//! | variant | status | tell the user |
+//! |---|---|---|
+//! | [`Error::InvalidCode`] | 400 / 422 | wrong code, `attempts_left` left |
+//! | [`Error::Expired`], [`Error::Superseded`], [`Error::Cancelled`], [`Error::AlreadyUsed`], [`Error::NotFound`], [`Error::InvalidToken`] | 400 / 410 | start again |
+//! | [`Error::Locked`] | 423 / 429 | too many tries; start again later |
+//! | [`Error::TooSoon`], [`Error::TooManySends`] | 429 with `Retry-After` | wait |
+//! | [`Error::Input`] | 400 | check what you typed |
+//! | [`Error::Store`], [`Error::Send`], [`Error::Random`], [`Error::Busy`] | 503 | try again later |
+
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::secret::RandomError;
+use crate::sms::SendError;
+use crate::store::StoreError;
+
+/// Result of the recovery operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a recovery operation did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The code was wrong. `attempts_left == 0` means this attempt locked
+    /// the flow.
+    #[error("wrong code: {attempts_left} attempts left")]
+    #[non_exhaustive]
+    InvalidCode {
+        /// Attempts this flow still allows.
+        attempts_left: u32,
+    },
+    /// The code (or reset token) is past its lifetime.
+    #[error("the code or token has expired; start a new recovery")]
+    Expired,
+    /// Too many wrong codes: this flow accepts no more attempts.
+    #[error("too many wrong codes: this recovery is locked")]
+    #[non_exhaustive]
+    Locked {
+        /// When recovery may be tried again; `None` when only a new
+        /// recovery request can continue.
+        until: Option<Timestamp>,
+    },
+    /// A resend came before the cooldown ended.
+    #[error("a new code can be sent in {} s", retry_after.as_secs().max(1))]
+    #[non_exhaustive]
+    TooSoon {
+        /// Time to wait before asking again.
+        retry_after: Duration,
+    },
+    /// This flow has sent as many codes as it may; start a new recovery.
+    #[error("no more codes can be sent for this recovery; start a new one")]
+    TooManySends,
+    /// No such flow (never existed, or purged).
+    #[error("no such recovery")]
+    NotFound,
+    /// A newer request or resend replaced this code.
+    #[error("this code was replaced by a newer one")]
+    Superseded,
+    /// The flow was cancelled.
+    #[error("this recovery was cancelled")]
+    Cancelled,
+    /// The code or token was already used.
+    #[error("this code or token was already used")]
+    AlreadyUsed,
+    /// The reset token does not match.
+    #[error("invalid reset token")]
+    InvalidToken,
+    /// The input is malformed (a code with letters, a garbage token...).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The store failed; nothing was half-written.
+    #[error("store failure: {0}")]
+    Store(#[from] StoreError),
+    /// The SMS could not be sent; the code it carried is not valid.
+    #[error("sms failure: {0}")]
+    Send(#[from] SendError),
+    /// The OS random number generator failed.
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    /// The flow was made under a key the key ring no longer holds (it was
+    /// removed before the flow expired): a configuration error.
+    #[error("no key with id {0} in the key ring")]
+    UnknownKey(u32),
+    /// Too many concurrent changes to one flow; retry.
+    #[error("the recovery is busy; try again")]
+    Busy,
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed without user action
+    /// (a store or gateway outage, contention).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Store(e) => e.is_retryable(),
+            Error::Send(e) => e.is_retryable(),
+            Error::Busy | Error::Random(_) => true,
+            Error::TooSoon { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// How long to wait before retrying, where the error knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::TooSoon { retry_after } => Some(*retry_after),
+            Error::Send(e) => e.retry_after(),
+            _ => None,
+        }
+    }
+}
+
+/// Malformed input, refused before anything is looked up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputError {
+    /// A code must be 6 to 10 ASCII digits (and exactly the policy's length
+    /// to be checked).
+    #[error("a code is 6 to 10 digits")]
+    MalformedCode,
+    /// A reset token is 96 lowercase hex characters.
+    #[error("malformed reset token")]
+    MalformedToken,
+    /// A flow id is 32 lowercase hex characters.
+    #[error("malformed recovery id")]
+    MalformedFlowId,
+    /// An account id is 1 to 128 bytes without control characters.
+    #[error("malformed account id")]
+    MalformedAccountId,
+    /// A phone number must be E.164: `+` and 7 to 15 digits.
+    #[error("malformed phone number: expected E.164 such as +14155550123")]
+    MalformedPhone,
+    /// A server key must have at least `min` bytes.
+    #[error("server key too short: at least {min} bytes are required")]
+    KeyTooShort {
+        /// The minimum length in bytes.
+        min: usize,
+    },
+    /// A key ring needs keys with distinct ids.
+    #[error("duplicate key id {0} in the key ring")]
+    DuplicateKeyId(u32),
+}

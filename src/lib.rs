@@ -1,0 +1,62 @@
+//! Account recovery by SMS one-time code, with the security practices built
+//! in: the user forgets a password, asks for recovery, gets a code by SMS,
+//! enters it, and sets a new password.
+//!
+//! The crate owns the state machine, the cryptography and the limits; the
+//! host brings its database ([`CodeStore`](store::CodeStore)), its SMS
+//! gateway ([`SmsSender`](sms::SmsSender)) and, in tests, a [`Clock`].
+//!
+//! ```text
+//! request ──► CodeSent ──verify──► Verified ──reset──► Completed
+//!              │  ▲                   └─ token expires ─► Expired
+//!      resend ─┘  │
+//!              ├─ too many wrong codes ─► Locked
+//!              ├─ code TTL passed ──────► Expired
+//!              └─ new request ──────────► Superseded
+//! ```
+//!
+//! - Codes: 6 digits (6 to 10), uniform from the OS CSPRNG, valid 10
+//!   minutes at most (NIST SP 800-63B), 5 attempts, single use.
+//! - Only HMAC-SHA256 of codes and tokens is stored, under a rotating
+//!   [`KeyRing`], with the flow id bound in; comparisons are constant time.
+//! - Unknown identifiers get answers of the same shape and cost, and no SMS.
+//! - Every limit is decided by the pure [`machine`] and written with a
+//!   compare-and-swap, so it holds across concurrent calls and instances.
+//! - Secrets zeroize on drop and print as `[redacted]`.
+//!
+//! See [`Recovery`] for the whole flow in a few lines.
+//!
+//! # Cargo features
+//! - `conformance`: the [`store::conformance`] suite for testing a store.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod clock;
+mod code;
+mod error;
+mod hex;
+mod id;
+pub mod machine;
+mod message;
+mod phone;
+mod policy;
+mod record;
+mod recovery;
+mod secret;
+pub mod sms;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use code::{KeyRing, Mac};
+pub use error::{Error, InputError, Result};
+pub use id::{AccountId, FlowId};
+pub use message::{MAX_APP_NAME_CHARS, MessageError, Messages};
+pub use phone::{MaskedPhone, PhoneNumber};
+pub use policy::{MAX_ATTEMPTS_CAP, MAX_TOKEN_TTL, NIST_MAX_CODE_TTL, Policy, PolicyBuilder, PolicyError};
+pub use record::{DecodeError, EffectiveState, FlowRecord, FlowState, UnknownState};
+pub use recovery::{Account, Completed, Recovery, Requested, Verified};
+pub use secret::{
+    Code, MAX_CODE_DIGITS, MIN_CODE_DIGITS, MIN_KEY_LEN, RandomError, ResetToken, SecretString, ServerKey,
+};

@@ -1,0 +1,244 @@
+//! Configuration of the rules, with safe defaults.
+//!
+//! ```
+//! use std::time::Duration;
+//! use otp_recovery::Policy;
+//!
+//! let policy = Policy::builder()
+//!     .code_digits(8)
+//!     .code_ttl(Duration::from_secs(5 * 60))
+//!     .build()
+//!     .unwrap();
+//! assert_eq!(policy.max_attempts(), 5);
+//!
+//! // NIST SP 800-63B allows an SMS code to live 10 minutes at most.
+//! assert!(Policy::builder().code_ttl(Duration::from_secs(601)).build().is_err());
+//! ```
+
+use std::time::Duration;
+
+use crate::secret::{MAX_CODE_DIGITS, MIN_CODE_DIGITS};
+
+/// Longest code lifetime NIST SP 800-63B allows for an out-of-band (SMS)
+/// secret: 10 minutes.
+pub const NIST_MAX_CODE_TTL: Duration = Duration::from_secs(10 * 60);
+/// Most wrong codes a single flow may allow.
+pub const MAX_ATTEMPTS_CAP: u32 = 10;
+/// Longest reset-token lifetime the crate accepts.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// The rules a [`Recovery`](crate::Recovery) enforces. Build one with
+/// [`Policy::builder`]; [`Policy::default`] is the recommended setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    code_digits: u8,
+    code_ttl: Duration,
+    max_attempts: u32,
+    token_ttl: Duration,
+    resend_cooldown: Duration,
+    max_resend_cooldown: Duration,
+    max_sends_per_flow: u32,
+    record_retention: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            code_digits: 6,
+            code_ttl: NIST_MAX_CODE_TTL,
+            max_attempts: 5,
+            token_ttl: Duration::from_secs(10 * 60),
+            resend_cooldown: Duration::from_secs(30),
+            max_resend_cooldown: Duration::from_secs(5 * 60),
+            max_sends_per_flow: 5,
+            record_retention: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+}
+
+impl Policy {
+    /// A builder starting from the defaults.
+    pub fn builder() -> PolicyBuilder {
+        PolicyBuilder(Policy::default())
+    }
+
+    /// Digits per code (default 6).
+    pub fn code_digits(&self) -> u8 {
+        self.code_digits
+    }
+    /// How long a code stays valid (default 10 minutes).
+    pub fn code_ttl(&self) -> Duration {
+        self.code_ttl
+    }
+    /// Wrong codes a flow allows before it locks (default 5).
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+    /// How long a reset token stays valid (default 10 minutes).
+    pub fn token_ttl(&self) -> Duration {
+        self.token_ttl
+    }
+    /// Wait before the first resend (default 30 s); it doubles with every
+    /// further send, up to [`Policy::max_resend_cooldown`].
+    pub fn resend_cooldown(&self) -> Duration {
+        self.resend_cooldown
+    }
+    /// The longest the resend wait grows to (default 5 minutes).
+    pub fn max_resend_cooldown(&self) -> Duration {
+        self.max_resend_cooldown
+    }
+    /// Codes one flow may send, the first included (default 5).
+    pub fn max_sends_per_flow(&self) -> u32 {
+        self.max_sends_per_flow
+    }
+    /// How long a flow record is kept after its last code or token expired,
+    /// for support look-ups, before it may be purged (default 24 hours).
+    pub fn record_retention(&self) -> Duration {
+        self.record_retention
+    }
+
+    /// The wait required before the send that follows `sends` sends.
+    pub(crate) fn cooldown_after(&self, sends: u32) -> Duration {
+        let doublings = sends.saturating_sub(1).min(31);
+        self.resend_cooldown
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_resend_cooldown)
+    }
+}
+
+/// Builds a [`Policy`], refusing unsafe settings.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PolicyBuilder(Policy);
+
+impl PolicyBuilder {
+    /// Digits per code, 6 to 10.
+    pub fn code_digits(mut self, digits: u8) -> Self {
+        self.0.code_digits = digits;
+        self
+    }
+    /// Code lifetime, at most 10 minutes (NIST SP 800-63B).
+    pub fn code_ttl(mut self, ttl: Duration) -> Self {
+        self.0.code_ttl = ttl;
+        self
+    }
+    /// Wrong codes a flow allows, 1 to 10.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.0.max_attempts = attempts;
+        self
+    }
+    /// Reset-token lifetime, at most one hour.
+    pub fn token_ttl(mut self, ttl: Duration) -> Self {
+        self.0.token_ttl = ttl;
+        self
+    }
+    /// First resend wait and its cap; the wait doubles with each send.
+    pub fn resend_cooldown(mut self, first: Duration, max: Duration) -> Self {
+        self.0.resend_cooldown = first;
+        self.0.max_resend_cooldown = max;
+        self
+    }
+    /// Codes one flow may send, the first included, 1 to 10.
+    pub fn max_sends_per_flow(mut self, sends: u32) -> Self {
+        self.0.max_sends_per_flow = sends;
+        self
+    }
+    /// How long records are kept after they expire, for support.
+    pub fn record_retention(mut self, retention: Duration) -> Self {
+        self.0.record_retention = retention;
+        self
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the first setting out of its range.
+    pub fn build(self) -> Result<Policy, PolicyError> {
+        let p = self.0;
+        if !(MIN_CODE_DIGITS..=MAX_CODE_DIGITS).contains(&p.code_digits) {
+            return Err(PolicyError::CodeDigits(p.code_digits));
+        }
+        if p.code_ttl > NIST_MAX_CODE_TTL || p.code_ttl < Duration::from_secs(60) {
+            return Err(PolicyError::CodeTtl(p.code_ttl));
+        }
+        if !(1..=MAX_ATTEMPTS_CAP).contains(&p.max_attempts) {
+            return Err(PolicyError::MaxAttempts(p.max_attempts));
+        }
+        if p.token_ttl > MAX_TOKEN_TTL || p.token_ttl < Duration::from_secs(60) {
+            return Err(PolicyError::TokenTtl(p.token_ttl));
+        }
+        if p.resend_cooldown > p.max_resend_cooldown {
+            return Err(PolicyError::ResendCooldown);
+        }
+        if !(1..=10).contains(&p.max_sends_per_flow) {
+            return Err(PolicyError::MaxSends(p.max_sends_per_flow));
+        }
+        Ok(p)
+    }
+}
+
+/// A [`Policy`] setting out of its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// Codes have 6 to 10 digits.
+    #[error("a code has 6 to 10 digits, not {0}")]
+    CodeDigits(u8),
+    /// NIST SP 800-63B caps an SMS code's life at 10 minutes; below one
+    /// minute users cannot type it in time.
+    #[error("code lifetime {0:?} is outside 1 to 10 minutes (NIST SP 800-63B caps SMS codes at 10 minutes)")]
+    CodeTtl(Duration),
+    /// One to ten wrong codes per flow.
+    #[error("attempts per code must be 1 to 10, not {0}")]
+    MaxAttempts(u32),
+    /// Reset tokens live one minute to one hour.
+    #[error("reset token lifetime {0:?} is outside 1 minute to 1 hour")]
+    TokenTtl(Duration),
+    /// The first resend wait exceeds its cap.
+    #[error("the first resend wait is longer than its cap")]
+    ResendCooldown,
+    /// One to ten sends per flow.
+    #[error("sends per flow must be 1 to 10, not {0}")]
+    MaxSends(u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_ttl_of_exactly_ten_minutes_is_allowed_one_millisecond_more_is_not() {
+        assert!(Policy::builder().code_ttl(NIST_MAX_CODE_TTL).build().is_ok());
+        let over = NIST_MAX_CODE_TTL + Duration::from_millis(1);
+        assert_eq!(
+            Policy::builder().code_ttl(over).build(),
+            Err(PolicyError::CodeTtl(over))
+        );
+    }
+
+    #[test]
+    fn digits_outside_six_to_ten_are_refused() {
+        for d in 0..=12u8 {
+            assert_eq!(
+                Policy::builder().code_digits(d).build().is_ok(),
+                (6..=10).contains(&d)
+            );
+        }
+    }
+
+    #[test]
+    fn attempts_and_sends_bounds() {
+        assert!(Policy::builder().max_attempts(0).build().is_err());
+        assert!(Policy::builder().max_attempts(10).build().is_ok());
+        assert!(Policy::builder().max_attempts(11).build().is_err());
+        assert!(Policy::builder().max_sends_per_flow(0).build().is_err());
+    }
+
+    #[test]
+    fn resend_cooldown_doubles_up_to_its_cap() {
+        let p = Policy::default();
+        let waits: Vec<u64> = (1..=6).map(|s| p.cooldown_after(s).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 120, 240, 300, 300]);
+        assert_eq!(p.cooldown_after(u32::MAX).as_secs(), 300);
+    }
+}

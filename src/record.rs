@@ -1,0 +1,395 @@
+//! The flow record: everything a store keeps about one recovery, and no
+//! secret (codes and tokens appear only as MACs).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::clock::Timestamp;
+use crate::code::Mac;
+use crate::id::{AccountId, FlowId};
+use crate::phone::PhoneNumber;
+
+/// The stored state of a flow. Expiry is not stored: it is derived from the
+/// timestamps by [`FlowRecord::state_at`], so no write is needed when time
+/// passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FlowState {
+    /// A code was sent and can be verified.
+    CodeSent,
+    /// The code was verified; a reset token is outstanding.
+    Verified,
+    /// The token was used: the recovery is done.
+    Completed,
+    /// Too many wrong codes.
+    Locked,
+    /// A newer request of the same account replaced this flow.
+    Superseded,
+    /// Cancelled (by support, or by the host).
+    Cancelled,
+}
+
+impl FlowState {
+    /// Every state, for stores that map them and for tests.
+    pub const ALL: [FlowState; 6] = [
+        FlowState::CodeSent,
+        FlowState::Verified,
+        FlowState::Completed,
+        FlowState::Locked,
+        FlowState::Superseded,
+        FlowState::Cancelled,
+    ];
+
+    /// Whether a flow in this state can still lead to a reset (and so is
+    /// superseded by a newer request of the same account).
+    pub fn is_open(self) -> bool {
+        matches!(self, FlowState::CodeSent | FlowState::Verified)
+    }
+
+    /// A stable lowercase name, for stores.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowState::CodeSent => "code_sent",
+            FlowState::Verified => "verified",
+            FlowState::Completed => "completed",
+            FlowState::Locked => "locked",
+            FlowState::Superseded => "superseded",
+            FlowState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl FromStr for FlowState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        FlowState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or(UnknownState)
+    }
+}
+
+impl fmt::Display for FlowState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored state name that no [`FlowState`] has (a corrupt or foreign
+/// record).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown flow state")]
+pub struct UnknownState;
+
+/// The state of a flow at a given instant, expiry included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EffectiveState {
+    /// Stored state, still within its lifetime.
+    Stored(FlowState),
+    /// The code (state `CodeSent`) or token (state `Verified`) has expired.
+    Expired,
+}
+
+/// One recovery flow as a store keeps it.
+///
+/// Stores persist every field and hand it back unchanged; the pure
+/// [`machine`](crate::machine) decides every change. `version` grows by one
+/// with each change and is what compare-and-swap checks.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlowRecord {
+    /// The flow's id.
+    pub id: FlowId,
+    /// The account, or `None` for the decoy flow of an unknown identifier
+    /// (it behaves the same but can never be verified and sends nothing).
+    pub account: Option<AccountId>,
+    /// Where codes go; `None` for decoys.
+    pub phone: Option<PhoneNumber>,
+    /// Stored state.
+    pub state: FlowState,
+    /// Grows by one with every change.
+    pub version: u64,
+    /// Id of the key that made `code_mac` and `token_mac`.
+    pub key_id: u32,
+    /// MAC of the current code.
+    pub code_mac: Mac,
+    /// The current code is valid strictly before this instant.
+    pub code_expires_at: Timestamp,
+    /// Wrong codes so far, over every code of this flow.
+    pub failed_attempts: u32,
+    /// Codes sent so far, the first included.
+    pub sends: u32,
+    /// When the last code was sent.
+    pub last_sent_at: Timestamp,
+    /// When the flow was opened.
+    pub created_at: Timestamp,
+    /// When the flow last changed.
+    pub updated_at: Timestamp,
+    /// MAC of the outstanding reset token (state `Verified` only).
+    pub token_mac: Option<Mac>,
+    /// The token is valid strictly before this instant.
+    pub token_expires_at: Timestamp,
+    /// The record may be deleted from this instant on.
+    pub purge_after: Timestamp,
+}
+
+impl FlowRecord {
+    /// The state at `now`, with expiry applied.
+    pub fn state_at(&self, now: Timestamp) -> EffectiveState {
+        match self.state {
+            FlowState::CodeSent if now >= self.code_expires_at => EffectiveState::Expired,
+            FlowState::Verified if now >= self.token_expires_at => EffectiveState::Expired,
+            state => EffectiveState::Stored(state),
+        }
+    }
+
+    /// Whether this is the made-up flow of an unknown identifier.
+    pub fn is_decoy(&self) -> bool {
+        self.account.is_none()
+    }
+}
+
+impl fmt::Debug for FlowRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowRecord")
+            .field("id", &self.id)
+            .field("account", &self.account)
+            .field("phone", &self.phone)
+            .field("state", &self.state)
+            .field("version", &self.version)
+            .field("key_id", &self.key_id)
+            .field("code_expires_at", &self.code_expires_at)
+            .field("failed_attempts", &self.failed_attempts)
+            .field("sends", &self.sends)
+            .field("last_sent_at", &self.last_sent_at)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("token_expires_at", &self.token_expires_at)
+            .field("purge_after", &self.purge_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored record that cannot be decoded: corrupt, truncated, or written
+/// by something else. Says what is wrong, never what the record held.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable flow record: {0}")]
+pub struct DecodeError(pub &'static str);
+
+const MAGIC: &[u8; 3] = b"OR\x01";
+
+impl FlowRecord {
+    /// Encodes the record in the crate's versioned binary form (at most
+    /// about 400 bytes), for stores that keep it as one value.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(self.id.as_bytes());
+        put_str(&mut out, self.account.as_ref().map(AccountId::as_str));
+        put_str(&mut out, self.phone.as_ref().map(PhoneNumber::as_str));
+        let state = FlowState::ALL.iter().position(|s| *s == self.state).unwrap_or(0);
+        out.push(state as u8);
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.extend_from_slice(&self.key_id.to_be_bytes());
+        out.extend_from_slice(self.code_mac.as_bytes());
+        for t in [
+            self.code_expires_at,
+            self.last_sent_at,
+            self.created_at,
+            self.updated_at,
+        ] {
+            out.extend_from_slice(&t.as_unix_millis().to_be_bytes());
+        }
+        out.extend_from_slice(&self.failed_attempts.to_be_bytes());
+        out.extend_from_slice(&self.sends.to_be_bytes());
+        match &self.token_mac {
+            Some(mac) => {
+                out.push(1);
+                out.extend_from_slice(mac.as_bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&self.token_expires_at.as_unix_millis().to_be_bytes());
+        out.extend_from_slice(&self.purge_after.as_unix_millis().to_be_bytes());
+        out
+    }
+
+    /// Decodes [`FlowRecord::to_bytes`] output, checking every field.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for anything that is not a whole, valid record.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(bytes);
+        if r.take(3)? != MAGIC {
+            return Err(DecodeError("unknown format or version"));
+        }
+        let id = FlowId::from_bytes(r.array()?);
+        let account = r
+            .string()?
+            .map(|s| AccountId::new(s).map_err(|_| DecodeError("invalid account id")))
+            .transpose()?;
+        let phone = r
+            .string()?
+            .map(|s| PhoneNumber::parse(s).map_err(|_| DecodeError("invalid phone number")))
+            .transpose()?;
+        if account.is_some() != phone.is_some() {
+            return Err(DecodeError("account and phone must both be present or absent"));
+        }
+        let state = *FlowState::ALL
+            .get(usize::from(r.byte()?))
+            .ok_or(DecodeError("unknown state"))?;
+        let version = u64::from_be_bytes(r.array()?);
+        let key_id = u32::from_be_bytes(r.array()?);
+        let code_mac = Mac::from_bytes(r.array()?);
+        let code_expires_at = r.timestamp()?;
+        let last_sent_at = r.timestamp()?;
+        let created_at = r.timestamp()?;
+        let updated_at = r.timestamp()?;
+        let failed_attempts = u32::from_be_bytes(r.array()?);
+        let sends = u32::from_be_bytes(r.array()?);
+        let token_mac = match r.byte()? {
+            0 => None,
+            1 => Some(Mac::from_bytes(r.array()?)),
+            _ => return Err(DecodeError("invalid token flag")),
+        };
+        let token_expires_at = r.timestamp()?;
+        let purge_after = r.timestamp()?;
+        if !r.0.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(FlowRecord {
+            id,
+            account,
+            phone,
+            state,
+            version,
+            key_id,
+            code_mac,
+            code_expires_at,
+            failed_attempts,
+            sends,
+            last_sent_at,
+            created_at,
+            updated_at,
+            token_mac,
+            token_expires_at,
+            purge_after,
+        })
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
+    // Account ids are at most 128 bytes and phones 16, so a length fits a
+    // byte; 0xff marks absence.
+    match s {
+        Some(s) => {
+            out.push(s.len() as u8);
+            out.extend_from_slice(s.as_bytes());
+        }
+        None => out.push(0xff),
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn timestamp(&mut self) -> Result<Timestamp, DecodeError> {
+        Ok(Timestamp::from_unix_millis(u64::from_be_bytes(self.array()?)))
+    }
+    fn string(&mut self) -> Result<Option<&'a str>, DecodeError> {
+        match self.byte()? {
+            0xff => Ok(None),
+            len => std::str::from_utf8(self.take(usize::from(len))?)
+                .map(Some)
+                .map_err(|_| DecodeError("invalid utf-8")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> FlowRecord {
+        FlowRecord {
+            id: FlowId::from_bytes([9; 16]),
+            account: Some(AccountId::new("user-42").unwrap()),
+            phone: Some(PhoneNumber::parse("+14155550123").unwrap()),
+            state: FlowState::Verified,
+            version: 7,
+            key_id: 3,
+            code_mac: Mac::from_bytes([1; 32]),
+            code_expires_at: Timestamp::from_unix_millis(10),
+            failed_attempts: 2,
+            sends: 3,
+            last_sent_at: Timestamp::from_unix_millis(11),
+            created_at: Timestamp::from_unix_millis(12),
+            updated_at: Timestamp::from_unix_millis(13),
+            token_mac: Some(Mac::from_bytes([2; 32])),
+            token_expires_at: Timestamp::from_unix_millis(14),
+            purge_after: Timestamp::from_unix_millis(15),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_bytes() {
+        let mut rec = sample();
+        assert_eq!(FlowRecord::from_bytes(&rec.to_bytes()), Ok(rec.clone()));
+        rec.account = None;
+        rec.phone = None;
+        rec.token_mac = None;
+        for state in FlowState::ALL {
+            rec.state = state;
+            assert_eq!(FlowRecord::from_bytes(&rec.to_bytes()), Ok(rec.clone()));
+        }
+    }
+
+    #[test]
+    fn every_truncation_and_corruption_is_a_typed_error() {
+        let bytes = sample().to_bytes();
+        for len in 0..bytes.len() {
+            assert!(FlowRecord::from_bytes(&bytes[..len]).is_err(), "prefix {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            FlowRecord::from_bytes(&longer),
+            Err(DecodeError("trailing bytes"))
+        );
+        let mut foreign = bytes.clone();
+        foreign[2] = 2;
+        assert!(FlowRecord::from_bytes(&foreign).is_err());
+        // Flipping any single byte never panics.
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            let _ = FlowRecord::from_bytes(&b);
+        }
+    }
+
+    #[test]
+    fn state_names_round_trip_and_unknown_names_are_refused() {
+        for state in FlowState::ALL {
+            assert_eq!(state.as_str().parse::<FlowState>(), Ok(state));
+        }
+        assert_eq!("CodeSent".parse::<FlowState>(), Err(UnknownState));
+        assert_eq!("".parse::<FlowState>(), Err(UnknownState));
+    }
+}

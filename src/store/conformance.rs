@@ -1,0 +1,693 @@
+//! The conformance suite every [`CodeStore`] must pass: the semantics of
+//! each method, expiry, counter windows, and races of many concurrent tasks
+//! on one flow.
+//!
+//! One macro call in a test file gives one `#[test]` per check:
+//!
+//! ```
+//! use otp_recovery::store::MemoryStore;
+//!
+//! otp_recovery::code_store_conformance!(async { MemoryStore::new() });
+//! # fn main() {}
+//! ```
+//!
+//! The expression is evaluated once per check (it may connect to a server).
+//! Checks use fresh random ids, so they may share one database, and they
+//! drive the store through [`Recovery`](crate::Recovery) where a rule spans
+//! several calls. Each check is also a public async function, and [`run`]
+//! runs them all in sequence against one store.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::{CodeStore, Counter};
+use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
+use crate::code::{KeyRing, Mac};
+use crate::error::Error;
+use crate::id::{AccountId, FlowId};
+use crate::machine;
+use crate::phone::PhoneNumber;
+use crate::policy::Policy;
+use crate::record::{FlowRecord, FlowState};
+use crate::recovery::{Account, Recovery};
+use crate::secret::ServerKey;
+use crate::sms::RecordingSender;
+
+/// Generates one `#[test]` per conformance check, each running on a
+/// multi-threaded runtime against a store made by `$make` (an expression
+/// of type `impl Future<Output = impl CodeStore + 'static>`).
+#[macro_export]
+macro_rules! code_store_conformance {
+    ($make:expr) => {
+        $crate::code_store_conformance!(@tests $make;
+            create_then_get_returns_every_field,
+            get_of_an_unknown_flow_is_none,
+            create_refuses_a_duplicate_id,
+            create_supersedes_the_accounts_open_flow,
+            decoys_supersede_nothing,
+            compare_and_swap_applies_only_on_the_expected_version,
+            counters_count_per_key_and_per_window,
+            purge_removes_exactly_the_expired,
+            expiry_is_decided_to_the_millisecond,
+            concurrent_counter_increments_are_all_counted,
+            concurrent_compare_and_swaps_have_one_winner,
+            concurrent_creates_leave_one_open_flow_per_account,
+            wrong_code_race_evaluates_exactly_the_attempt_limit,
+            right_code_race_issues_exactly_one_token,
+            reset_race_completes_exactly_once,
+            resend_race_sends_exactly_once,
+        );
+    };
+    (@tests $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $check() {
+                $crate::store::conformance::block_on(async {
+                    let store = ::std::sync::Arc::new($make.await);
+                    $crate::store::conformance::$check(store).await;
+                });
+            }
+        )*
+    };
+}
+
+/// Runs `future` to completion on a fresh multi-threaded runtime (what the
+/// macro's tests use).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
+}
+
+/// Runs every check in sequence against one store.
+pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
+    create_then_get_returns_every_field(store.clone()).await;
+    get_of_an_unknown_flow_is_none(store.clone()).await;
+    create_refuses_a_duplicate_id(store.clone()).await;
+    create_supersedes_the_accounts_open_flow(store.clone()).await;
+    decoys_supersede_nothing(store.clone()).await;
+    compare_and_swap_applies_only_on_the_expected_version(store.clone()).await;
+    counters_count_per_key_and_per_window(store.clone()).await;
+    purge_removes_exactly_the_expired(store.clone()).await;
+    expiry_is_decided_to_the_millisecond(store.clone()).await;
+    concurrent_counter_increments_are_all_counted(store.clone()).await;
+    concurrent_compare_and_swaps_have_one_winner(store.clone()).await;
+    concurrent_creates_leave_one_open_flow_per_account(store.clone()).await;
+    wrong_code_race_evaluates_exactly_the_attempt_limit(store.clone()).await;
+    right_code_race_issues_exactly_one_token(store.clone()).await;
+    reset_race_completes_exactly_once(store.clone()).await;
+    resend_race_sends_exactly_once(store).await;
+}
+
+// ---- helpers ----
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", FlowId::generate().expect("randomness"))
+}
+
+fn account() -> AccountId {
+    AccountId::new(unique("conformance")).expect("valid id")
+}
+
+fn phone() -> PhoneNumber {
+    PhoneNumber::parse("+14155550123").expect("valid phone")
+}
+
+/// Now, to the millisecond: stores that expire keys natively measure their
+/// TTLs against real time, so the checks stay near it.
+fn now() -> Timestamp {
+    SystemClock.now()
+}
+
+fn flow_at(now: Timestamp, account: Option<AccountId>) -> FlowRecord {
+    let id = FlowId::generate().expect("randomness");
+    machine::open(
+        &Policy::default(),
+        now,
+        id,
+        account.map(|a| (a, phone())),
+        1,
+        random_mac(),
+    )
+}
+
+fn random_mac() -> Mac {
+    let mut bytes = [0u8; 32];
+    crate::secret::fill_random(&mut bytes).expect("randomness");
+    Mac::from_bytes(bytes)
+}
+
+async fn get<S: CodeStore>(store: &S, id: &FlowId) -> FlowRecord {
+    store
+        .get_flow(id)
+        .await
+        .expect("get_flow")
+        .expect("the flow is stored")
+}
+
+type TestRecovery<S> = Recovery<Arc<S>, RecordingSender, ManualClock>;
+
+fn recovery<S: CodeStore>(store: Arc<S>) -> (Arc<TestRecovery<S>>, RecordingSender, ManualClock) {
+    let sender = RecordingSender::new();
+    let clock = ManualClock::new(now());
+    let keys = KeyRing::new(1, ServerKey::generate().expect("randomness"));
+    let recovery = Recovery::new(store, sender.clone(), keys).with_clock(clock.clone());
+    (Arc::new(recovery), sender, clock)
+}
+
+async fn requested_flow<S: CodeStore>(recovery: &TestRecovery<S>) -> FlowId {
+    let account = Account::new(account(), phone());
+    recovery
+        .request("someone@example.com", Some(account))
+        .await
+        .expect("request")
+        .flow_id
+}
+
+// ---- semantics ----
+
+/// A created flow reads back equal, field for field, for real and decoy
+/// flows, with and without a token.
+pub async fn create_then_get_returns_every_field<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let mut real = flow_at(t, Some(account()));
+    real.token_mac = Some(Mac::from_bytes([0xa5; 32]));
+    real.token_expires_at = t.saturating_add(Duration::from_secs(600));
+    real.failed_attempts = 3;
+    real.sends = 2;
+    real.key_id = u32::MAX;
+    let decoy = flow_at(t, None);
+    for flow in [real, decoy] {
+        store.create_flow(&flow).await.expect("create_flow");
+        assert_eq!(
+            get(&*store, &flow.id).await,
+            flow,
+            "a stored flow must read back unchanged"
+        );
+    }
+}
+
+/// `get_flow` of an id never stored is `None`, not an error.
+pub async fn get_of_an_unknown_flow_is_none<S: CodeStore>(store: Arc<S>) {
+    let id = FlowId::generate().expect("randomness");
+    assert_eq!(store.get_flow(&id).await.expect("get_flow"), None);
+}
+
+/// Creating a second flow with an existing id fails and changes nothing.
+pub async fn create_refuses_a_duplicate_id<S: CodeStore>(store: Arc<S>) {
+    let flow = flow_at(now(), Some(account()));
+    store.create_flow(&flow).await.expect("create_flow");
+    let mut again = flow.clone();
+    again.failed_attempts = 4;
+    let err = store
+        .create_flow(&again)
+        .await
+        .expect_err("a duplicate id must be refused");
+    assert_eq!(err, super::StoreError::Duplicate);
+    assert_eq!(
+        get(&*store, &flow.id).await,
+        flow,
+        "a refused create must change nothing"
+    );
+}
+
+/// A new flow supersedes the account's open flow (code sent or verified),
+/// bumping its version, and leaves closed flows and other accounts alone.
+pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let alice = account();
+    let bob = account();
+    let first = flow_at(t, Some(alice.clone()));
+    let bobs = flow_at(t, Some(bob));
+    store.create_flow(&first).await.expect("create");
+    store.create_flow(&bobs).await.expect("create");
+
+    let later = t.saturating_add(Duration::from_secs(1));
+    let second = flow_at(later, Some(alice.clone()));
+    store.create_flow(&second).await.expect("create");
+    let old = get(&*store, &first.id).await;
+    assert_eq!(
+        old.state,
+        FlowState::Superseded,
+        "the earlier open flow must be superseded"
+    );
+    assert_eq!(
+        old.version,
+        first.version + 1,
+        "superseding must bump the version"
+    );
+    assert_eq!(old.updated_at, later);
+    assert_eq!(get(&*store, &second.id).await, second);
+    assert_eq!(
+        get(&*store, &bobs.id).await,
+        bobs,
+        "another account's flow must not change"
+    );
+
+    // A verified flow is open too.
+    let mut verified = second.clone();
+    verified.state = FlowState::Verified;
+    verified.version += 1;
+    assert!(
+        store
+            .compare_and_swap(second.version, &verified)
+            .await
+            .expect("cas")
+    );
+    let third = flow_at(later, Some(alice.clone()));
+    store.create_flow(&third).await.expect("create");
+    assert_eq!(get(&*store, &second.id).await.state, FlowState::Superseded);
+
+    // A completed flow is closed: it stays as it is.
+    let mut completed = third.clone();
+    completed.state = FlowState::Completed;
+    completed.version += 1;
+    assert!(
+        store
+            .compare_and_swap(third.version, &completed)
+            .await
+            .expect("cas")
+    );
+    let fourth = flow_at(later, Some(alice));
+    store.create_flow(&fourth).await.expect("create");
+    assert_eq!(
+        get(&*store, &third.id).await,
+        completed,
+        "a closed flow must not be touched"
+    );
+    assert_eq!(
+        get(&*store, &first.id).await,
+        old,
+        "an already superseded flow must not change again"
+    );
+}
+
+/// Decoy flows (no account) are stored but supersede nothing.
+pub async fn decoys_supersede_nothing<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let real = flow_at(t, Some(account()));
+    store.create_flow(&real).await.expect("create");
+    let decoys = [flow_at(t, None), flow_at(t, None)];
+    for decoy in &decoys {
+        store.create_flow(decoy).await.expect("create");
+    }
+    assert_eq!(get(&*store, &real.id).await, real);
+    for decoy in &decoys {
+        assert_eq!(get(&*store, &decoy.id).await, *decoy);
+    }
+}
+
+/// Compare-and-swap writes only when the stored version is the expected
+/// one, and reports `false` for a stale version or a missing flow.
+pub async fn compare_and_swap_applies_only_on_the_expected_version<S: CodeStore>(store: Arc<S>) {
+    let flow = flow_at(now(), Some(account()));
+    store.create_flow(&flow).await.expect("create");
+    let mut next = flow.clone();
+    next.version += 1;
+    next.failed_attempts = 1;
+    assert!(store.compare_and_swap(flow.version, &next).await.expect("cas"));
+    assert_eq!(get(&*store, &flow.id).await, next);
+
+    let mut stale = next.clone();
+    stale.failed_attempts = 5;
+    stale.version += 1;
+    assert!(
+        !store.compare_and_swap(flow.version, &stale).await.expect("cas"),
+        "a stale expected version must not write"
+    );
+    assert_eq!(
+        get(&*store, &flow.id).await,
+        next,
+        "a failed swap must change nothing"
+    );
+
+    let missing = flow_at(now(), None);
+    assert!(
+        !store
+            .compare_and_swap(missing.version, &missing)
+            .await
+            .expect("cas")
+    );
+    assert_eq!(
+        store.get_flow(&missing.id).await.expect("get"),
+        None,
+        "a swap must not create"
+    );
+}
+
+/// Counters add per key, return the count after each addition, read with
+/// `by: 0`, and start again at the first millisecond of the next window.
+pub async fn counters_count_per_key_and_per_window<S: CodeStore>(store: Arc<S>) {
+    let window = Duration::from_secs(60);
+    let t = now().as_unix_millis();
+    let start = Timestamp::from_unix_millis(t - t % 60_000 + 60_000);
+    let last = Timestamp::from_unix_millis(start.as_unix_millis() + 59_999);
+    let next = Timestamp::from_unix_millis(start.as_unix_millis() + 60_000);
+    let (a, b) = (unique("counter-a"), unique("counter-b"));
+
+    let counts = store
+        .increment_counters(
+            &[
+                Counter::new(&a, window, 1),
+                Counter::new(&b, window, 3),
+                Counter::new(&a, window, 2),
+            ],
+            start,
+        )
+        .await
+        .expect("increment");
+    assert_eq!(
+        counts,
+        [1, 3, 3],
+        "counts after each increment, a key repeated in one call included"
+    );
+    let read = store
+        .increment_counters(&[Counter::new(&a, window, 0)], last)
+        .await
+        .expect("read");
+    assert_eq!(
+        read,
+        [3],
+        "the last millisecond of the window must see the window's count"
+    );
+    let fresh = store
+        .increment_counters(&[Counter::new(&a, window, 1), Counter::new(&b, window, 0)], next)
+        .await
+        .expect("increment");
+    assert_eq!(fresh, [1, 0], "the next window must start again from zero");
+    let other_window = store
+        .increment_counters(&[Counter::new(&a, Duration::from_secs(3600), 0)], next)
+        .await
+        .expect("read");
+    assert!(
+        other_window[0] <= 1,
+        "windows of another length are other counters"
+    );
+    assert_eq!(
+        store.increment_counters(&[], start).await.expect("empty"),
+        Vec::<u64>::new()
+    );
+}
+
+/// Purging deletes flows whose `purge_after` is at or before `now`, keeps
+/// later ones, and a purged account can open a new flow.
+pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let alice = account();
+    let mut expiring = flow_at(t, Some(alice.clone()));
+    expiring.purge_after = t.saturating_add(Duration::from_secs(10));
+    let mut staying = flow_at(t, Some(account()));
+    staying.purge_after = t.saturating_add(Duration::from_secs(10) + Duration::from_millis(1));
+    store.create_flow(&expiring).await.expect("create");
+    store.create_flow(&staying).await.expect("create");
+
+    let just_before = Timestamp::from_unix_millis(expiring.purge_after.as_unix_millis() - 1);
+    store.purge_expired(just_before).await.expect("purge");
+    assert!(
+        store.get_flow(&expiring.id).await.expect("get").is_some(),
+        "purged a millisecond early"
+    );
+    store.purge_expired(expiring.purge_after).await.expect("purge");
+    assert_eq!(
+        store.get_flow(&expiring.id).await.expect("get"),
+        None,
+        "not purged at purge_after"
+    );
+    assert_eq!(get(&*store, &staying.id).await, staying, "a live flow was purged");
+
+    let fresh = flow_at(expiring.purge_after, Some(alice));
+    store.create_flow(&fresh).await.expect("create after purge");
+    assert_eq!(get(&*store, &fresh.id).await, fresh);
+}
+
+/// Through the store, a code verifies at the last millisecond of its life
+/// and is expired at the first millisecond after (timestamps keep their
+/// milliseconds).
+pub async fn expiry_is_decided_to_the_millisecond<S: CodeStore>(store: Arc<S>) {
+    let (recovery, sender, clock) = recovery(store);
+    let ttl = recovery.policy().code_ttl();
+    let start = clock.now();
+
+    let flow = requested_flow(&recovery).await;
+    clock.set(Timestamp::from_unix_millis(
+        start.saturating_add(ttl).as_unix_millis() - 1,
+    ));
+    let code = sender.last_code().expect("a code was sent");
+    recovery
+        .verify(&flow, code.expose_secret())
+        .await
+        .expect("the code must verify at its last valid millisecond");
+
+    clock.set(start);
+    let flow = requested_flow(&recovery).await;
+    let code = sender.last_code().expect("a code was sent");
+    clock.set(start.saturating_add(ttl));
+    let err = recovery
+        .verify(&flow, code.expose_secret())
+        .await
+        .expect_err("expired");
+    assert!(
+        matches!(err, Error::Expired),
+        "expected Expired at the TTL, got {err:?}"
+    );
+}
+
+// ---- races ----
+
+const RACERS: usize = 100;
+
+/// Many tasks incrementing one counter lose no increment.
+pub async fn concurrent_counter_increments_are_all_counted<S: CodeStore + 'static>(store: Arc<S>) {
+    let key = unique("race-counter");
+    let t = now();
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    let c = Counter::new(&key, Duration::from_secs(3600), 1);
+                    store.increment_counters(&[c], t).await.expect("increment");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let read = Counter::new(&key, Duration::from_secs(3600), 0);
+    assert_eq!(
+        store.increment_counters(&[read], t).await.expect("read"),
+        [(RACERS * 10) as u64],
+        "concurrent increments were lost"
+    );
+}
+
+/// Of many tasks swapping from the same version, exactly one wins.
+pub async fn concurrent_compare_and_swaps_have_one_winner<S: CodeStore + 'static>(store: Arc<S>) {
+    let flow = flow_at(now(), Some(account()));
+    store.create_flow(&flow).await.expect("create");
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|i| {
+            let (store, flow) = (store.clone(), flow.clone());
+            tokio::spawn(async move {
+                let mut next = flow.clone();
+                next.version += 1;
+                next.failed_attempts = i as u32;
+                store.compare_and_swap(flow.version, &next).await.expect("cas")
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.expect("task"));
+    }
+    assert_eq!(
+        wins, 1,
+        "compare-and-swap from one version must have exactly one winner"
+    );
+    assert_eq!(get(&*store, &flow.id).await.version, flow.version + 1);
+}
+
+/// Many concurrent creates for one account leave exactly one open flow.
+pub async fn concurrent_creates_leave_one_open_flow_per_account<S: CodeStore + 'static>(store: Arc<S>) {
+    let alice = account();
+    let t = now();
+    let tasks: Vec<_> = (0..RACERS / 2)
+        .map(|_| {
+            let (store, alice) = (store.clone(), alice.clone());
+            tokio::spawn(async move {
+                let flow = flow_at(t, Some(alice));
+                store.create_flow(&flow).await.expect("create");
+                flow.id
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.push(task.await.expect("task"));
+    }
+    let mut open = 0;
+    for id in &ids {
+        open += usize::from(get(&*store, id).await.state.is_open());
+    }
+    assert_eq!(open, 1, "exactly one flow of the account may stay open");
+}
+
+/// 1,000 concurrent wrong codes on one flow with 5 attempts: exactly 5 are
+/// evaluated (4 with attempts left, the 5th locks), every other call is
+/// refused as locked, and the stored flow counts exactly 5 failures.
+pub async fn wrong_code_race_evaluates_exactly_the_attempt_limit<S: CodeStore + 'static>(store: Arc<S>) {
+    let (recovery, sender, _) = recovery(store.clone());
+    let flow = requested_flow(&recovery).await;
+    let right = sender.last_code().expect("a code was sent");
+    let wrong = format!(
+        "{:06}",
+        (right.expose_secret().parse::<u32>().expect("digits") + 1) % 1_000_000
+    );
+    let evaluated = Arc::new(AtomicUsize::new(0));
+    let locked_by = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (recovery, wrong) = (recovery.clone(), wrong.clone());
+            let (evaluated, locked_by) = (evaluated.clone(), locked_by.clone());
+            tokio::spawn(async move {
+                match recovery.verify(&flow, &wrong).await {
+                    Err(Error::InvalidCode { attempts_left }) => {
+                        evaluated.fetch_add(1, Ordering::SeqCst);
+                        if attempts_left == 0 {
+                            locked_by.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Err(Error::Locked { .. }) => {}
+                    other => panic!("unexpected outcome of a wrong code: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(
+        evaluated.load(Ordering::SeqCst),
+        5,
+        "exactly max_attempts codes may be evaluated"
+    );
+    assert_eq!(
+        locked_by.load(Ordering::SeqCst),
+        1,
+        "exactly one attempt is the last"
+    );
+    let stored = get(&*store, &flow).await;
+    assert_eq!(stored.failed_attempts, 5);
+    assert_eq!(stored.state, FlowState::Locked);
+    let err = recovery
+        .verify(&flow, right.expose_secret())
+        .await
+        .expect_err("locked");
+    assert!(
+        matches!(err, Error::Locked { .. }),
+        "the right code must not pass a locked flow: {err:?}"
+    );
+}
+
+/// 100 concurrent right codes on one flow yield exactly one token.
+pub async fn right_code_race_issues_exactly_one_token<S: CodeStore + 'static>(store: Arc<S>) {
+    let (recovery, sender, _) = recovery(store);
+    let flow = requested_flow(&recovery).await;
+    let code = sender.last_code().expect("a code was sent");
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (recovery, code, tokens) = (recovery.clone(), code.clone(), tokens.clone());
+            tokio::spawn(async move {
+                match recovery.verify(&flow, code.expose_secret()).await {
+                    Ok(_) => {
+                        tokens.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(Error::AlreadyUsed) => {}
+                    Err(other) => panic!("unexpected outcome of a used code: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(
+        tokens.load(Ordering::SeqCst),
+        1,
+        "a code must yield exactly one token"
+    );
+}
+
+/// 100 concurrent resets with one token succeed exactly once.
+pub async fn reset_race_completes_exactly_once<S: CodeStore + 'static>(store: Arc<S>) {
+    let (recovery, sender, _) = recovery(store);
+    let flow = requested_flow(&recovery).await;
+    let code = sender.last_code().expect("a code was sent");
+    let verified = recovery
+        .verify(&flow, code.expose_secret())
+        .await
+        .expect("verify");
+    let token = verified.token.expose_secret();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (recovery, token, completed) = (recovery.clone(), token.clone(), completed.clone());
+            tokio::spawn(async move {
+                match recovery.reset(&token).await {
+                    Ok(_) => {
+                        completed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(Error::AlreadyUsed) => {}
+                    Err(other) => panic!("unexpected outcome of a used token: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(
+        completed.load(Ordering::SeqCst),
+        1,
+        "a token must reset exactly once"
+    );
+}
+
+/// 100 concurrent resends once the cooldown has passed: exactly one sends.
+pub async fn resend_race_sends_exactly_once<S: CodeStore + 'static>(store: Arc<S>) {
+    let (recovery, sender, clock) = recovery(store);
+    let flow = requested_flow(&recovery).await;
+    clock.advance(recovery.policy().cooldown_after(1));
+    let before = sender.count();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (recovery, sent) = (recovery.clone(), sent.clone());
+            tokio::spawn(async move {
+                match recovery.resend(&flow).await {
+                    Ok(_) => {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(Error::TooSoon { .. }) => {}
+                    Err(other) => panic!("unexpected outcome of a resend: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        1,
+        "one cooldown must allow exactly one resend"
+    );
+    assert_eq!(sender.count(), before + 1, "exactly one SMS must go out");
+}
