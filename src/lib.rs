@@ -54,7 +54,10 @@ pub use error::{Error, InputError, Result};
 pub use id::{AccountId, FlowId};
 pub use message::{MAX_APP_NAME_CHARS, MessageError, Messages};
 pub use phone::{MaskedPhone, PhoneNumber};
-pub use policy::{MAX_ATTEMPTS_CAP, MAX_TOKEN_TTL, NIST_MAX_CODE_TTL, Policy, PolicyBuilder, PolicyError};
+pub use policy::{
+    MAX_ATTEMPTS_CAP, MAX_TOKEN_TTL, NIST_MAX_ACCOUNT_FAILURES, NIST_MAX_CODE_TTL, Policy, PolicyBuilder,
+    PolicyError,
+};
 pub use record::{DecodeError, EffectiveState, FlowRecord, FlowState, UnknownState};
 pub use recovery::{Account, Completed, Recovery, Requested, Verified};
 pub use secret::{

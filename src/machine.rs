@@ -217,6 +217,23 @@ pub fn reset(flow: &FlowRecord, now: Timestamp, token_matched: bool) -> Result<F
     }
 }
 
+/// Locks the flow because its account reached its failure limit (the
+/// flow's own wrong codes may not have). `None` if it is not open for codes.
+pub fn lock(flow: &FlowRecord, now: Timestamp) -> Option<FlowRecord> {
+    if flow.state != FlowState::CodeSent {
+        return None;
+    }
+    let mut next = step(flow, now);
+    next.state = FlowState::Locked;
+    Some(next)
+}
+
+/// Whether an account with `failures` wrong codes in the current window is
+/// locked.
+pub fn account_locked(failures: u64, policy: &Policy) -> bool {
+    failures >= u64::from(policy.max_account_failures())
+}
+
 /// When the next code may be sent, or `None` if the flow has used its
 /// allowance.
 pub fn next_send_at(flow: &FlowRecord, policy: &Policy) -> Option<Timestamp> {

@@ -24,6 +24,8 @@ use crate::secret::{MAX_CODE_DIGITS, MIN_CODE_DIGITS};
 pub const NIST_MAX_CODE_TTL: Duration = Duration::from_secs(10 * 60);
 /// Most wrong codes a single flow may allow.
 pub const MAX_ATTEMPTS_CAP: u32 = 10;
+/// Most failed attempts NIST SP 800-63B allows on one account.
+pub const NIST_MAX_ACCOUNT_FAILURES: u32 = 100;
 /// Longest reset-token lifetime the crate accepts.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 
@@ -39,6 +41,8 @@ pub struct Policy {
     max_resend_cooldown: Duration,
     max_sends_per_flow: u32,
     record_retention: Duration,
+    max_account_failures: u32,
+    account_failure_window: Duration,
 }
 
 impl Default for Policy {
@@ -52,6 +56,8 @@ impl Default for Policy {
             max_resend_cooldown: Duration::from_secs(5 * 60),
             max_sends_per_flow: 5,
             record_retention: Duration::from_secs(24 * 60 * 60),
+            max_account_failures: 20,
+            account_failure_window: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -95,6 +101,19 @@ impl Policy {
     /// for support look-ups, before it may be purged (default 24 hours).
     pub fn record_retention(&self) -> Duration {
         self.record_retention
+    }
+
+    /// Wrong codes an account may accumulate over all its flows within
+    /// [`Policy::account_failure_window`] before recovery by SMS is locked
+    /// for it until the window ends (default 20; NIST SP 800-63B allows at
+    /// most 100). New requests and resends never reset this count.
+    pub fn max_account_failures(&self) -> u32 {
+        self.max_account_failures
+    }
+    /// The window over which account failures are counted (default 24
+    /// hours, aligned to the Unix epoch).
+    pub fn account_failure_window(&self) -> Duration {
+        self.account_failure_window
     }
 
     /// The wait required before the send that follows `sends` sends.
@@ -149,6 +168,15 @@ impl PolicyBuilder {
         self
     }
 
+    /// Wrong codes an account may accumulate per window, from
+    /// `max_attempts` to 100 (NIST SP 800-63B), and the window (1 hour to
+    /// 7 days).
+    pub fn account_failures(mut self, max: u32, window: Duration) -> Self {
+        self.0.max_account_failures = max;
+        self.0.account_failure_window = window;
+        self
+    }
+
     /// Checks every setting.
     ///
     /// # Errors
@@ -172,6 +200,13 @@ impl PolicyBuilder {
         }
         if !(1..=10).contains(&p.max_sends_per_flow) {
             return Err(PolicyError::MaxSends(p.max_sends_per_flow));
+        }
+        if !(p.max_attempts..=NIST_MAX_ACCOUNT_FAILURES).contains(&p.max_account_failures) {
+            return Err(PolicyError::AccountFailures(p.max_account_failures));
+        }
+        let hour = Duration::from_secs(3600);
+        if !(hour..=168 * hour).contains(&p.account_failure_window) {
+            return Err(PolicyError::AccountFailureWindow(p.account_failure_window));
         }
         Ok(p)
     }
@@ -200,6 +235,13 @@ pub enum PolicyError {
     /// One to ten sends per flow.
     #[error("sends per flow must be 1 to 10, not {0}")]
     MaxSends(u32),
+    /// Account failures must be at least the attempts per code and at most
+    /// 100 (NIST SP 800-63B).
+    #[error("account failures must be from the attempts per code to 100, not {0}")]
+    AccountFailures(u32),
+    /// The account failure window must be 1 hour to 7 days.
+    #[error("account failure window {0:?} is outside 1 hour to 7 days")]
+    AccountFailureWindow(Duration),
 }
 
 #[cfg(test)]
@@ -232,6 +274,17 @@ mod tests {
         assert!(Policy::builder().max_attempts(10).build().is_ok());
         assert!(Policy::builder().max_attempts(11).build().is_err());
         assert!(Policy::builder().max_sends_per_flow(0).build().is_err());
+        let day = Duration::from_secs(86_400);
+        assert!(Policy::builder().account_failures(100, day).build().is_ok());
+        assert!(Policy::builder().account_failures(101, day).build().is_err());
+        assert!(Policy::builder().account_failures(4, day).build().is_err());
+        assert!(
+            Policy::builder()
+                .max_attempts(3)
+                .account_failures(3, day)
+                .build()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use std::fmt;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::code::KeyRing;
+use crate::code::{KeyRing, Mac};
 use crate::error::{Error, InputError, Result};
 use crate::id::{AccountId, FlowId};
 use crate::machine::{self, Verdict};
@@ -21,7 +21,7 @@ use crate::policy::Policy;
 use crate::record::FlowRecord;
 use crate::secret::{Code, ResetToken};
 use crate::sms::{MessageKind, SmsMessage, SmsSender};
-use crate::store::CodeStore;
+use crate::store::{CodeStore, Counter};
 
 /// How many times one call re-reads a flow after losing a compare-and-swap
 /// before it gives up with [`Error::Busy`]. Each loss means another call
@@ -190,8 +190,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// same kind of work, and nothing is sent.
     ///
     /// # Errors
-    /// [`Error::Store`], [`Error::Random`]; [`Error::Send`] if the SMS
-    /// could not be sent, in which case the new code is already invalid.
+    /// [`Error::Locked`] (with the instant it ends) when the account has
+    /// reached [`Policy::max_account_failures`] wrong codes in the current
+    /// window, for unknown identifiers alike; [`Error::Store`],
+    /// [`Error::Random`]; [`Error::Send`] if the SMS could not be sent, in
+    /// which case the new code is already invalid.
     pub async fn request(&self, identifier: &str, account: Option<Account>) -> Result<Requested> {
         let now = self.clock.now();
         let id = FlowId::generate()?;
@@ -199,6 +202,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(&id, &code);
         let decoy = self.keys.decoy(identifier);
+        let failures = failure_key(account.as_ref().map(|a| &a.id), &decoy);
+        self.check_account(&failures, now).await?;
         match account {
             Some(account) => {
                 let masked = account.phone.masked();
@@ -232,15 +237,19 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// # Errors
     /// [`Error::TooSoon`] within the cooldown (30 s, doubling with each
     /// send), [`Error::TooManySends`] once the flow has sent its allowance,
-    /// [`Error::NotFound`], [`Error::Locked`], [`Error::AlreadyUsed`],
+    /// [`Error::Locked`] when the flow or its account is locked,
+    /// [`Error::NotFound`], [`Error::AlreadyUsed`],
     /// [`Error::Superseded`], [`Error::Cancelled`]; store, random and send
     /// failures as for [`Recovery::request`].
     pub async fn resend(&self, flow_id: &FlowId) -> Result<Requested> {
         let code = Code::generate(self.policy.code_digits())?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(flow_id, &code);
+        let loaded = self.load(flow_id).await?;
+        self.check_account(&flow_failure_key(&loaded), self.clock.now())
+            .await?;
         let flow = self
-            .update(flow_id, |flow, now| {
+            .update(flow_id, Some(loaded), |flow, now| {
                 // A decoy keeps its decoy MAC, which no code can match.
                 let mac = if flow.is_decoy() { flow.code_mac } else { code_mac };
                 machine::resend(flow, &self.policy, now, key_id, mac)
@@ -259,7 +268,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     ///
     /// # Errors
     /// [`Error::InvalidCode`] with the attempts left (0: the flow is now
-    /// locked); [`Error::Input`] for a code that is not exactly the
+    /// locked); [`Error::Locked`] with its end when this wrong code brought
+    /// the account to its failure limit; [`Error::Input`] for a code that is not exactly the
     /// policy's number of digits (no attempt is consumed);
     /// [`Error::Expired`], [`Error::Locked`], [`Error::AlreadyUsed`],
     /// [`Error::Superseded`], [`Error::Cancelled`], [`Error::NotFound`];
@@ -288,17 +298,34 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             };
             let issued = token.as_ref().map(|(_, key_id, mac)| (*key_id, *mac));
             let (next, verdict) = machine::verify(&flow, &self.policy, now, matched, issued)?;
-            if !self.store.compare_and_swap(flow.version, &next).await? {
-                continue;
-            }
-            return match (verdict, token) {
-                (Verdict::Right, Some((token, _, _))) => Ok(Verified {
-                    token,
-                    token_expires_at: next.token_expires_at,
-                }),
-                (Verdict::Wrong { attempts_left }, _) => Err(Error::InvalidCode { attempts_left }),
+            match (verdict, token) {
+                (Verdict::Right, Some((token, _, _))) => {
+                    if self.store.compare_and_swap(flow.version, &next).await? {
+                        return Ok(Verified {
+                            token,
+                            token_expires_at: next.token_expires_at,
+                        });
+                    }
+                }
+                (Verdict::Wrong { attempts_left }, _) => {
+                    // The flow's attempt and the account's failure are
+                    // counted together, in one store call.
+                    let failure = self.failure_counter(flow_failure_key(&flow), 1);
+                    let Some(counts) = self
+                        .store
+                        .compare_and_swap_counting(flow.version, &next, &[failure.clone()], now)
+                        .await?
+                    else {
+                        continue;
+                    };
+                    if machine::account_locked(counts[0], &self.policy) {
+                        self.lock_flow(&next).await?;
+                        return Err(self.account_lock(&failure, now));
+                    }
+                    return Err(Error::InvalidCode { attempts_left });
+                }
                 (Verdict::Right, None) => unreachable!("a right verdict always carries a token"),
-            };
+            }
         }
         Err(Error::Busy)
     }
@@ -314,7 +341,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let token = ResetToken::parse(token)?;
         let flow_id = *token.flow_id();
         let flow = self
-            .update(&flow_id, |flow, now| {
+            .update(&flow_id, None, |flow, now| {
                 let matched = flow
                     .token_mac
                     .zip(self.keys.token_mac(flow.key_id, &flow_id, token.secret_bytes()))
@@ -344,15 +371,20 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)
     }
 
-    /// Load, decide, compare-and-swap; again on a lost race.
+    /// Load (unless `loaded` is given for the first round), decide,
+    /// compare-and-swap; again on a lost race.
     async fn update(
         &self,
         flow_id: &FlowId,
+        mut loaded: Option<FlowRecord>,
         decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord>,
     ) -> Result<FlowRecord> {
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
-            let flow = self.load(flow_id).await?;
+            let flow = match loaded.take() {
+                Some(flow) => flow,
+                None => self.load(flow_id).await?,
+            };
             let next = decide(&flow, now)?;
             if self.store.compare_and_swap(flow.version, &next).await? {
                 return Ok(next);
@@ -380,11 +412,27 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 
     async fn expire_unsent(&self, sent: &FlowRecord) -> Result<()> {
+        self.update_if(&sent.id, |current, now| {
+            machine::send_failed(current, now, &sent.code_mac)
+        })
+        .await
+    }
+
+    async fn lock_flow(&self, flow: &FlowRecord) -> Result<()> {
+        self.update_if(&flow.id, machine::lock).await
+    }
+
+    /// Like `update`, for a change that may turn out unnecessary: `decide`
+    /// returns `None` when there is nothing to do.
+    async fn update_if(
+        &self,
+        flow_id: &FlowId,
+        decide: impl Fn(&FlowRecord, Timestamp) -> Option<FlowRecord>,
+    ) -> Result<()> {
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
-            let current = self.load(&sent.id).await?;
-            // `None`: replaced, used or expired already; nothing to undo.
-            let Some(next) = machine::send_failed(&current, now, &sent.code_mac) else {
+            let current = self.load(flow_id).await?;
+            let Some(next) = decide(&current, now) else {
                 return Ok(());
             };
             if self.store.compare_and_swap(current.version, &next).await? {
@@ -392,6 +440,30 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             }
         }
         Err(Error::Busy)
+    }
+
+    fn failure_counter(&self, key: String, by: u32) -> Counter {
+        Counter::new(key, self.policy.account_failure_window(), by)
+    }
+
+    /// Refuses when the account (or the unknown identifier's decoy) has
+    /// reached its failure limit in the current window.
+    async fn check_account(&self, key: &str, now: Timestamp) -> Result<()> {
+        let read = self.failure_counter(key.to_owned(), 0);
+        let counts = self
+            .store
+            .increment_counters(std::slice::from_ref(&read), now)
+            .await?;
+        if machine::account_locked(counts[0], &self.policy) {
+            return Err(self.account_lock(&read, now));
+        }
+        Ok(())
+    }
+
+    fn account_lock(&self, counter: &Counter, now: Timestamp) -> Error {
+        Error::Locked {
+            until: Some(Timestamp::from_unix_millis(counter.window_end(now))),
+        }
     }
 
     fn requested(&self, flow: &FlowRecord, masked_phone: MaskedPhone) -> Requested {
@@ -405,9 +477,29 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 }
 
+/// The counter key of an account's failures. Unknown identifiers count
+/// under a key derived from their decoy MAC, so they lock exactly like
+/// accounts do.
+fn failure_key(account: Option<&AccountId>, decoy: &Mac) -> String {
+    match account {
+        Some(account) => format!("fail:account:{account}"),
+        None => {
+            let mut key = String::from("fail:decoy:");
+            crate::hex::encode_into(&decoy.as_bytes()[..16], &mut key);
+            key
+        }
+    }
+}
+
+/// The failure counter key of the account a flow belongs to; a decoy flow's
+/// code MAC is its identifier's decoy MAC.
+fn flow_failure_key(flow: &FlowRecord) -> String {
+    failure_key(flow.account.as_ref(), &flow.code_mac)
+}
+
 /// The made-up masked phone of an unknown identifier: two digits from its
 /// decoy MAC, stable across requests for the same identifier.
-fn decoy_mask(decoy: &crate::code::Mac) -> MaskedPhone {
+fn decoy_mask(decoy: &Mac) -> MaskedPhone {
     let b = decoy.as_bytes();
     MaskedPhone::from_last_digits(b[0], b[1])
 }

@@ -48,11 +48,13 @@ macro_rules! code_store_conformance {
             create_supersedes_the_accounts_open_flow,
             decoys_supersede_nothing,
             compare_and_swap_applies_only_on_the_expected_version,
+            compare_and_swap_counting_counts_only_when_it_writes,
             counters_count_per_key_and_per_window,
             purge_removes_exactly_the_expired,
             expiry_is_decided_to_the_millisecond,
             concurrent_counter_increments_are_all_counted,
             concurrent_compare_and_swaps_have_one_winner,
+            concurrent_counting_swaps_count_once,
             concurrent_creates_leave_one_open_flow_per_account,
             wrong_code_race_evaluates_exactly_the_attempt_limit,
             right_code_race_issues_exactly_one_token,
@@ -92,11 +94,13 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     create_supersedes_the_accounts_open_flow(store.clone()).await;
     decoys_supersede_nothing(store.clone()).await;
     compare_and_swap_applies_only_on_the_expected_version(store.clone()).await;
+    compare_and_swap_counting_counts_only_when_it_writes(store.clone()).await;
     counters_count_per_key_and_per_window(store.clone()).await;
     purge_removes_exactly_the_expired(store.clone()).await;
     expiry_is_decided_to_the_millisecond(store.clone()).await;
     concurrent_counter_increments_are_all_counted(store.clone()).await;
     concurrent_compare_and_swaps_have_one_winner(store.clone()).await;
+    concurrent_counting_swaps_count_once(store.clone()).await;
     concurrent_creates_leave_one_open_flow_per_account(store.clone()).await;
     wrong_code_race_evaluates_exactly_the_attempt_limit(store.clone()).await;
     right_code_race_issues_exactly_one_token(store.clone()).await;
@@ -340,6 +344,34 @@ pub async fn compare_and_swap_applies_only_on_the_expected_version<S: CodeStore>
     );
 }
 
+/// A counting swap increments its counters when, and only when, it writes.
+pub async fn compare_and_swap_counting_counts_only_when_it_writes<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let flow = flow_at(t, Some(account()));
+    store.create_flow(&flow).await.expect("create");
+    let key = unique("counting");
+    let counter = [Counter::new(&key, Duration::from_secs(3600), 1)];
+    let mut next = flow.clone();
+    next.version += 1;
+    next.failed_attempts = 1;
+    let counts = store
+        .compare_and_swap_counting(flow.version, &next, &counter, t)
+        .await
+        .expect("cas");
+    assert_eq!(counts, Some(vec![1]), "a winning swap must count");
+    assert_eq!(get(&*store, &flow.id).await, next);
+    let lost = store
+        .compare_and_swap_counting(flow.version, &next, &counter, t)
+        .await
+        .expect("cas");
+    assert_eq!(lost, None, "a losing swap must report that it did not write");
+    let read = store
+        .increment_counters(&[Counter::new(&key, Duration::from_secs(3600), 0)], t)
+        .await
+        .expect("read");
+    assert_eq!(read, [1], "a losing swap must not count");
+}
+
 /// Counters add per key, return the count after each addition, read with
 /// `by: 0`, and start again at the first millisecond of the next window.
 pub async fn counters_count_per_key_and_per_window<S: CodeStore>(store: Arc<S>) {
@@ -511,6 +543,35 @@ pub async fn concurrent_compare_and_swaps_have_one_winner<S: CodeStore + 'static
         "compare-and-swap from one version must have exactly one winner"
     );
     assert_eq!(get(&*store, &flow.id).await.version, flow.version + 1);
+}
+
+/// Of many counting swaps from one version, one writes and counts once.
+pub async fn concurrent_counting_swaps_count_once<S: CodeStore + 'static>(store: Arc<S>) {
+    let t = now();
+    let flow = flow_at(t, Some(account()));
+    store.create_flow(&flow).await.expect("create");
+    let key = unique("race-counting");
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, flow, key) = (store.clone(), flow.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut next = flow.clone();
+                next.version += 1;
+                let counter = [Counter::new(&key, Duration::from_secs(3600), 1)];
+                store
+                    .compare_and_swap_counting(flow.version, &next, &counter, t)
+                    .await
+                    .expect("cas")
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.expect("task").is_some());
+    }
+    assert_eq!(wins, 1);
+    let read = Counter::new(&key, Duration::from_secs(3600), 0);
+    assert_eq!(store.increment_counters(&[read], t).await.expect("read"), [1]);
 }
 
 /// Many concurrent creates for one account leave exactly one open flow.

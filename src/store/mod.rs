@@ -227,6 +227,28 @@ pub trait CodeStore: Send + Sync {
     /// `false` also when no such flow is stored.
     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool>;
 
+    /// [`compare_and_swap`](CodeStore::compare_and_swap), then, only if it
+    /// wrote, [`increment_counters`](CodeStore::increment_counters).
+    /// Returns `None` when the swap did not write (no counter changed), or
+    /// the counts after the increments.
+    ///
+    /// The default makes two calls; a store that can do both in one round
+    /// trip (a Lua script, one SQL statement) should override it. A verify
+    /// that records a wrong code uses it to count the account's failure
+    /// together with the flow's.
+    async fn compare_and_swap_counting(
+        &self,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<u64>>> {
+        if !self.compare_and_swap(expected_version, flow).await? {
+            return Ok(None);
+        }
+        Ok(Some(self.increment_counters(counters, now).await?))
+    }
+
     /// Atomically adds each counter's `by` to its count in the window of
     /// `now` and returns the counts after the addition, in order. Each
     /// counter's increment is atomic; a key may appear more than once.
@@ -248,6 +270,17 @@ impl<S: CodeStore + ?Sized> CodeStore for Arc<S> {
     }
     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
         (**self).compare_and_swap(expected_version, flow).await
+    }
+    async fn compare_and_swap_counting(
+        &self,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<u64>>> {
+        (**self)
+            .compare_and_swap_counting(expected_version, flow, counters, now)
+            .await
     }
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<u64>> {
         (**self).increment_counters(counters, now).await
