@@ -313,7 +313,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     let failure = self.failure_counter(flow_failure_key(&flow), 1);
                     let Some(counts) = self
                         .store
-                        .compare_and_swap_counting(flow.version, &next, &[failure.clone()], now)
+                        .compare_and_swap_counting(flow.version, &next, std::slice::from_ref(&failure), now)
                         .await?
                     else {
                         continue;
