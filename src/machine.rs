@@ -197,8 +197,9 @@ pub fn send_failed(flow: &FlowRecord, now: Timestamp, code_mac: &Mac) -> Option<
 /// a wrong token learns nothing about the flow's state.
 ///
 /// # Errors
-/// `InvalidToken` when the token does not match, `AlreadyUsed` when it was
-/// used, `Expired` past its lifetime.
+/// `InvalidToken` when the token does not match; for a matching token,
+/// `AlreadyUsed` when it was used, `Expired` past its lifetime,
+/// `Superseded` or `Cancelled`.
 pub fn reset(flow: &FlowRecord, now: Timestamp, token_matched: bool) -> Result<FlowRecord, Error> {
     if !token_matched || flow.token_mac.is_none() {
         return Err(Error::InvalidToken);
@@ -211,9 +212,9 @@ pub fn reset(flow: &FlowRecord, now: Timestamp, token_matched: bool) -> Result<F
             next.state = FlowState::Completed;
             Ok(next)
         }
-        EffectiveState::Stored(FlowState::Completed) => Err(Error::AlreadyUsed),
-        EffectiveState::Expired => Err(Error::Expired),
-        _ => Err(Error::InvalidToken),
+        // The token is right, so its holder may learn why it no longer
+        // works (used, expired, superseded by a newer request, cancelled).
+        other => Err(refusal(other)),
     }
 }
 
