@@ -1,1 +1,147 @@
-fn main() {}
+//! Costs of the core operations on the in-memory store, next to the
+//! cryptography they cannot avoid.
+//!
+//! ```sh
+//! cargo bench --bench core
+//! ```
+
+use std::cell::Cell;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use hmac::{Hmac, KeyInit, Mac};
+use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
+use otp_recovery::store::MemoryStore;
+use otp_recovery::{
+    Account, AccountId, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, ServerKey, Timestamp,
+};
+use sha2::Sha256;
+
+/// Drives a future that never waits (the in-memory store and the null
+/// sender never do), without the cost of an async runtime.
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("the benchmarked future waited"),
+    }
+}
+
+/// Sends nothing: measures the crate, not a gateway.
+struct NullSender;
+
+#[async_trait]
+impl SmsSender for NullSender {
+    async fn send(&self, _: &SmsMessage) -> Result<SendReceipt, SendError> {
+        Ok(SendReceipt::default())
+    }
+}
+
+/// Remembers the last code so the benchmark can verify it.
+#[derive(Default)]
+struct LastCode(std::sync::Mutex<String>);
+
+#[async_trait]
+impl SmsSender for LastCode {
+    async fn send(&self, message: &SmsMessage) -> Result<SendReceipt, SendError> {
+        let code = message
+            .body
+            .expose_secret()
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *self.0.lock().unwrap() = code;
+        Ok(SendReceipt::default())
+    }
+}
+
+fn account(n: u64) -> Account {
+    Account::new(
+        AccountId::new(format!("user-{n}")).unwrap(),
+        PhoneNumber::parse("+14155550123").unwrap(),
+    )
+}
+
+fn benches(c: &mut Criterion) {
+    let key = vec![7u8; 32];
+    let input = [0u8; 64];
+
+    let mut g = c.benchmark_group("baseline");
+    g.bench_function("hmac_sha256_fresh_key", |b| {
+        b.iter(|| {
+            let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(black_box(&key)).unwrap();
+            m.update(black_box(&input));
+            black_box(m.finalize().into_bytes())
+        })
+    });
+    g.bench_function("os_rng_32_bytes", |b| {
+        b.iter(|| {
+            let mut buf = [0u8; 32];
+            getrandom::fill(&mut buf).unwrap();
+            black_box(buf)
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("memory_store");
+    // Time moves a day every 10,000 operations so the store sweeps expired
+    // flows and memory stays bounded however long criterion runs.
+    let clock = ManualClock::new(Timestamp::from_unix_millis(1_800_000_000_000));
+    let counter = Cell::new(0u64);
+    let tick = || {
+        let n = counter.get() + 1;
+        counter.set(n);
+        if n.is_multiple_of(10_000) {
+            clock.advance(Duration::from_secs(25 * 3600));
+        }
+        n
+    };
+    let keys = KeyRing::new(1, ServerKey::generate().unwrap());
+    let recovery = Recovery::new(MemoryStore::new(), NullSender, keys.clone()).with_clock(clock.clone());
+    g.bench_function("request_known", |b| {
+        b.iter(|| ready(recovery.request("someone@example.com", Some(account(tick())))).unwrap())
+    });
+    g.bench_function("request_unknown", |b| {
+        b.iter(|| {
+            tick();
+            ready(recovery.request("nobody@example.com", None)).unwrap()
+        })
+    });
+
+    let sender = Arc::new(LastCode::default());
+    let recovery = Recovery::new(MemoryStore::new(), sender.clone(), keys).with_clock(clock.clone());
+    // A fresh account per flow, so wrong codes never reach the account limit.
+    let open_flow = || {
+        let flow = ready(recovery.request("someone@example.com", Some(account(tick()))))
+            .unwrap()
+            .flow_id;
+        let code = sender.0.lock().unwrap().clone();
+        let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+        (flow, code, wrong)
+    };
+    g.bench_function("verify_wrong", |b| {
+        b.iter_batched(
+            &open_flow,
+            |(flow, _, wrong): (FlowId, String, String)| ready(recovery.verify(&flow, &wrong)).unwrap_err(),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("verify_right", |b| {
+        b.iter_batched(
+            &open_flow,
+            |(flow, code, _): (FlowId, String, String)| ready(recovery.verify(&flow, &code)).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(core, benches);
+criterion_main!(core);

@@ -27,7 +27,7 @@
 //! See [`Recovery`] for the whole flow in a few lines.
 //!
 //! # Cargo features
-//! - `conformance`: the [`store::conformance`] suite for testing a store.
+//! - `conformance`: the `store::conformance` suite for testing a store.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -63,3 +63,8 @@ pub use recovery::{Account, Completed, Recovery, Requested, Verified};
 pub use secret::{
     Code, MAX_CODE_DIGITS, MIN_CODE_DIGITS, MIN_KEY_LEN, RandomError, ResetToken, SecretString, ServerKey,
 };
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -89,7 +89,7 @@
 //! ```
 //!
 //! With the `conformance` feature, one call checks a store against every
-//! rule, races included; see [`conformance`](crate::store::conformance).
+//! rule, races included; see the `conformance` module.
 
 mod memory;
 
@@ -201,7 +201,7 @@ impl Counter {
 }
 
 /// Where flows and counters live. Implement it for your database, then run
-/// the [`conformance`](crate::store::conformance) suite against it.
+/// the `conformance` suite (feature `conformance`) against it.
 ///
 /// Every method is one atomic step in the store: no read-modify-write across
 /// two round trips without a version check.
