@@ -230,3 +230,96 @@ impl CodeStore for MemoryStore {
         Ok(purged)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::code::Mac;
+    use crate::machine;
+    use crate::phone::PhoneNumber;
+    use crate::policy::Policy;
+
+    fn flow(now: Timestamp, account: Option<&str>) -> FlowRecord {
+        let account = account.map(|a| {
+            (
+                AccountId::new(a).unwrap(),
+                PhoneNumber::parse("+14155550123").unwrap(),
+            )
+        });
+        machine::open(
+            &Policy::default(),
+            now,
+            FlowId::generate().unwrap(),
+            account,
+            1,
+            Mac::from_bytes([0; 32]),
+        )
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        match f
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        {
+            std::task::Poll::Ready(out) => out,
+            std::task::Poll::Pending => unreachable!("the memory store never waits"),
+        }
+    }
+
+    #[test]
+    fn memory_stays_bounded_when_expired_flows_pile_up() {
+        let store = MemoryStore::new();
+        let day = Duration::from_secs(86_400);
+        let mut now = Timestamp::from_unix_millis(1_800_000_000_000);
+        // 40 rounds of 10,000 flows; each round the previous ones expire.
+        for round in 0..40 {
+            for i in 0..10_000 {
+                let account = format!("user-{}", i % 500);
+                run(store.create_flow(&flow(now, (i % 2 == 0).then_some(account.as_str())))).unwrap();
+            }
+            now = now.saturating_add(2 * day);
+            assert!(
+                store.flow_count() <= 2 * 10_000 + SHARDS * MIN_SWEEP_LEN,
+                "round {round}: {}",
+                store.flow_count()
+            );
+        }
+        // Account index entries of swept flows went with them.
+        let indexed: usize = store.open.iter().map(|s| lock(s).len()).sum();
+        assert!(indexed <= 500, "{indexed}");
+    }
+
+    #[test]
+    fn counters_of_ended_windows_are_swept_as_new_ones_arrive() {
+        let store = MemoryStore::new();
+        let mut now = Timestamp::from_unix_millis(1_800_000_000_000);
+        for round in 0..20 {
+            let counters: Vec<Counter> = (0..5_000)
+                .map(|i| Counter::new(format!("k{i}"), Duration::from_secs(60), 1))
+                .collect();
+            run(store.increment_counters(&counters, now)).unwrap();
+            now = now.saturating_add(Duration::from_secs(120));
+            assert!(
+                store.counter_count() <= 2 * 5_000 + SHARDS * MIN_SWEEP_LEN,
+                "round {round}"
+            );
+        }
+        run(store.purge_expired(now)).unwrap();
+        assert_eq!(store.counter_count(), 0);
+    }
+
+    #[test]
+    fn purge_forgets_the_account_index_of_purged_flows() {
+        let store = MemoryStore::new();
+        let t = Timestamp::from_unix_millis(1_000);
+        let f = flow(t, Some("alice"));
+        run(store.create_flow(&f)).unwrap();
+        assert_eq!(run(store.purge_expired(f.purge_after)).unwrap(), 1);
+        assert_eq!(store.flow_count(), 0);
+        let indexed: usize = store.open.iter().map(|s| lock(s).len()).sum();
+        assert_eq!(indexed, 0);
+    }
+}
