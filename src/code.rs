@@ -1,7 +1,7 @@
 //! Hashing and checking codes and tokens under a rotating key ring.
 //!
 //! Nothing secret is ever stored: a flow keeps
-//! `HMAC-SHA256(key, label || 0x00 || flow id || len || secret)`, where the
+//! `HMAC-SHA256(key, label || 0x00 || flow id || len64 || secret)`, where the
 //! label separates codes, tokens and decoys, and binding the flow id means a
 //! MAC copied from one flow is worthless in another. Each record names the
 //! id of the key that made its MACs, so rotating in a new key leaves open
@@ -36,8 +36,17 @@ const DECOY_LABEL: &[u8] = b"otp-recovery/v1/decoy";
 /// An HMAC-SHA256 value as stored in a flow record. Not secret on its own,
 /// but still kept out of `Debug`, since a leaked MAC of a six-digit code
 /// together with a leaked key would reveal the code.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Mac([u8; 32]);
+
+/// Constant time, so that no comparison of MACs leaks how much matched.
+impl PartialEq for Mac {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_matches(other)
+    }
+}
+
+impl Eq for Mac {}
 
 impl Mac {
     /// From the 32 stored bytes.
@@ -72,6 +81,7 @@ impl fmt::Debug for Mac {
 pub struct KeyRing {
     current: u32,
     keys: Vec<(u32, HmacSha256)>,
+    decoy: Option<HmacSha256>,
 }
 
 impl KeyRing {
@@ -80,7 +90,20 @@ impl KeyRing {
         KeyRing {
             current: id,
             keys: vec![(id, keyed(&key))],
+            decoy: None,
         }
+    }
+
+    /// Sets the key that derives the stand-ins of unknown identifiers
+    /// (their decoy ids and made-up masked phones). Without it, the key with
+    /// the lowest id serves, so decoys stay stable across rotations until
+    /// that key is removed; set a dedicated key you never rotate to keep
+    /// them stable for good (a changing decoy would set unknown identifiers
+    /// apart from accounts, whose masks never change).
+    #[must_use]
+    pub fn with_decoy_key(mut self, key: ServerKey) -> Self {
+        self.decoy = Some(keyed(&key));
+        self
     }
 
     /// Adds an earlier key that still verifies flows made under it.
@@ -135,8 +158,16 @@ impl KeyRing {
     /// A stable pseudo-random value for an unknown identifier, so that its
     /// made-up answers stay the same across requests.
     pub(crate) fn decoy(&self, identifier: &str) -> Mac {
+        let key = self.decoy.as_ref().unwrap_or_else(|| {
+            let lowest = self
+                .keys
+                .iter()
+                .min_by_key(|(id, _)| *id)
+                .expect("a ring has a key");
+            &lowest.1
+        });
         mac(
-            self.current_key(),
+            key,
             DECOY_LABEL,
             &FlowId::from_bytes([0; 16]),
             identifier.as_bytes(),
@@ -164,10 +195,7 @@ fn mac(key: &HmacSha256, label: &[u8], flow: &FlowId, secret: &[u8]) -> Mac {
     m.update(label);
     m.update(&[0]);
     m.update(flow.as_bytes());
-    // Secrets here are at most 255 bytes: codes, 32-byte token parts, and
-    // 128-byte account ids for decoys (longer identifiers are hashed whole
-    // with their length's low byte, which is harmless for a decoy).
-    m.update(&[secret.len() as u8]);
+    m.update(&(secret.len() as u64).to_be_bytes());
     m.update(secret);
     Mac(m.finalize().into_bytes().into())
 }
@@ -189,7 +217,7 @@ mod tests {
         let mut m = <HmacSha256 as KeyInit>::new_from_slice(&[1; 32]).unwrap();
         m.update(b"otp-recovery/v1/code\0");
         m.update(&[7; 16]);
-        m.update(b"\x06123456");
+        m.update(b"\0\0\0\0\0\0\0\x06123456");
         assert_eq!(got.as_bytes(), &<[u8; 32]>::from(m.finalize().into_bytes()));
     }
 
@@ -224,6 +252,18 @@ mod tests {
                 .with_previous(2, ServerKey::generate().unwrap())
                 .is_err()
         );
+    }
+
+    #[test]
+    fn decoys_survive_a_rotation_and_follow_an_explicit_decoy_key() {
+        let before = ring(1).decoy("nobody@example.com");
+        let rotated = KeyRing::new(2, ServerKey::from_bytes(vec![2; 32]).unwrap())
+            .with_previous(1, ServerKey::from_bytes(vec![1; 32]).unwrap())
+            .unwrap();
+        assert_eq!(rotated.decoy("nobody@example.com"), before);
+        assert_ne!(rotated.decoy("somebody@example.com"), before);
+        let pinned = ring(3).with_decoy_key(ServerKey::from_bytes(vec![1; 32]).unwrap());
+        assert_eq!(pinned.decoy("nobody@example.com"), before);
     }
 
     #[test]

@@ -53,12 +53,12 @@ pub use code::{KeyRing, Mac};
 pub use error::{Error, InputError, Result};
 pub use id::{AccountId, FlowId};
 pub use message::{MAX_APP_NAME_CHARS, MessageError, Messages};
-pub use phone::{MaskedPhone, PhoneNumber};
+pub use phone::{MaskedPhone, NON_GEOGRAPHIC_CODES, PhoneNumber, is_country_code};
 pub use policy::{
     MAX_ATTEMPTS_CAP, MAX_TOKEN_TTL, NIST_MAX_ACCOUNT_FAILURES, NIST_MAX_CODE_TTL, Policy, PolicyBuilder,
     PolicyError,
 };
-pub use record::{DecodeError, EffectiveState, FlowRecord, FlowState, UnknownState};
+pub use record::{DecodeError, DecoyId, EffectiveState, FlowRecord, FlowState, Subject, UnknownState};
 pub use recovery::{Account, Completed, Recovery, Requested, Verified};
 pub use secret::{
     Code, MAX_CODE_DIGITS, MIN_CODE_DIGITS, MIN_KEY_LEN, RandomError, ResetToken, SecretString, ServerKey,

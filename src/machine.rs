@@ -8,63 +8,97 @@
 //! the [`Error`] the caller sees and changes nothing.
 //!
 //! ```
-//! use otp_recovery::machine;
-//! use otp_recovery::{FlowId, Mac, Policy, Timestamp};
+//! use otp_recovery::machine::{self, Evaluation, Opening, Verdict};
+//! use otp_recovery::{AccountId, FlowId, Mac, PhoneNumber, Policy, Subject, Timestamp};
 //!
 //! let policy = Policy::default();
 //! let t0 = Timestamp::from_unix_millis(1_000_000);
-//! let flow = machine::open(&policy, t0, FlowId::from_bytes([1; 16]), None, 1, Mac::from_bytes([1; 32]));
+//! let flow = machine::open(&policy, t0, Opening {
+//!     id: FlowId::from_bytes([1; 16]),
+//!     subject: Subject::Account(AccountId::new("42").unwrap()),
+//!     phone: Some(PhoneNumber::parse("+14155550123").unwrap()),
+//!     key_id: 1,
+//!     code_mac: Mac::from_bytes([1; 32]),
+//!     prior_failures: 0,
+//! });
 //!
 //! // A wrong code costs an attempt.
-//! machine::verify_gate(&flow, t0).unwrap();
-//! let (flow, verdict) = machine::verify(&flow, &policy, t0, false, None).unwrap();
-//! assert_eq!(verdict, machine::Verdict::Wrong { attempts_left: 4 });
+//! machine::verify_gate(&flow, &policy, t0).unwrap();
+//! let (flow, verdict) = machine::verify(&flow, &policy, t0, Evaluation::Wrong).unwrap();
+//! assert_eq!(verdict, Verdict::Wrong { attempts_left: 4, account_locked: false });
 //! assert_eq!(flow.version, 2);
 //! ```
 
 use crate::clock::Timestamp;
 use crate::code::Mac;
 use crate::error::Error;
-use crate::id::{AccountId, FlowId};
+use crate::id::FlowId;
 use crate::phone::PhoneNumber;
 use crate::policy::Policy;
-use crate::record::{EffectiveState, FlowRecord, FlowState};
+use crate::record::{EffectiveState, FlowRecord, FlowState, Subject};
+
+/// What comparing the presented code with the stored MAC showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluation {
+    /// The code matched; this reset token (its key id and MAC) is issued.
+    Right {
+        /// Id of the key that made `token_mac`.
+        key_id: u32,
+        /// MAC of the new token's random part.
+        token_mac: Mac,
+    },
+    /// The code did not match.
+    Wrong,
+}
 
 /// The outcome of an evaluated code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
     /// The code matched; the flow is now `Verified`.
     Right,
-    /// The code did not match; `attempts_left == 0` means the flow is now
-    /// `Locked`.
+    /// The code did not match. `attempts_left == 0` means the flow is now
+    /// `Locked`; `account_locked` that it was the account's limit (over all
+    /// its flows in the failure window) that was reached.
     Wrong {
-        /// Attempts the flow still allows.
+        /// Attempts left: the lower of the flow's and the account's.
         attempts_left: u32,
+        /// Whether this attempt reached the account's failure limit.
+        account_locked: bool,
     },
 }
 
+/// What a new flow starts from.
+#[derive(Debug, Clone)]
+pub struct Opening {
+    /// The new flow's id.
+    pub id: FlowId,
+    /// Whom it is for.
+    pub subject: Subject,
+    /// Where its codes go (`None` for an unknown subject).
+    pub phone: Option<PhoneNumber>,
+    /// Id of the key that made `code_mac`.
+    pub key_id: u32,
+    /// MAC of the first code.
+    pub code_mac: Mac,
+    /// The subject's wrong codes in its current failure window.
+    pub prior_failures: u32,
+}
+
 /// A new flow whose first code was just generated (and is about to be sent).
-/// `account` is `None` for the decoy flow of an unknown identifier.
-pub fn open(
-    policy: &Policy,
-    now: Timestamp,
-    id: FlowId,
-    account: Option<(AccountId, PhoneNumber)>,
-    key_id: u32,
-    code_mac: Mac,
-) -> FlowRecord {
+pub fn open(policy: &Policy, now: Timestamp, opening: Opening) -> FlowRecord {
     let code_expires_at = now.saturating_add(policy.code_ttl());
-    let (account, phone) = account.unzip();
     FlowRecord {
-        id,
-        account,
-        phone,
+        id: opening.id,
+        subject: opening.subject,
+        phone: opening.phone,
         state: FlowState::CodeSent,
         version: 1,
-        key_id,
-        code_mac,
+        key_id: opening.key_id,
+        code_mac: opening.code_mac,
         code_expires_at,
         failed_attempts: 0,
+        prior_failures: opening.prior_failures,
         sends: 1,
         last_sent_at: now,
         created_at: now,
@@ -75,58 +109,79 @@ pub fn open(
     }
 }
 
+/// Attempts the flow still allows: the lower of what is left of the flow's
+/// limit and of the account's (its failures before the flow plus the
+/// flow's own).
+pub fn attempts_left(flow: &FlowRecord, policy: &Policy) -> u32 {
+    flow_attempts_left(flow, policy).min(account_attempts_left(flow, policy))
+}
+
+fn flow_attempts_left(flow: &FlowRecord, policy: &Policy) -> u32 {
+    policy.max_attempts().saturating_sub(flow.failed_attempts)
+}
+
+fn account_attempts_left(flow: &FlowRecord, policy: &Policy) -> u32 {
+    policy
+        .max_account_failures()
+        .saturating_sub(flow.prior_failures.saturating_add(flow.failed_attempts))
+}
+
 /// Whether a code may be evaluated against `flow` at `now`. Cheap; the driver
 /// calls it before computing any MAC.
 ///
 /// # Errors
 /// `Expired`, `Locked`, `AlreadyUsed`, `Superseded` or `Cancelled`.
-pub fn verify_gate(flow: &FlowRecord, now: Timestamp) -> Result<(), Error> {
+pub fn verify_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Error> {
     match flow.state_at(now) {
+        EffectiveState::Stored(FlowState::CodeSent) if attempts_left(flow, policy) == 0 => {
+            Err(Error::Locked { until: None })
+        }
         EffectiveState::Stored(FlowState::CodeSent) => Ok(()),
         other => Err(refusal(other)),
     }
 }
 
 /// Evaluates one code: consumes one attempt and records the verdict in the
-/// same new record, so an attempt is never evaluated without being counted.
-/// `token` is the key id and MAC of the reset token to issue, required when
-/// `matched`.
+/// same new record, so an attempt is never evaluated without being counted,
+/// and the flow locks in the very write that uses its last attempt (its own
+/// or its account's).
 ///
 /// # Errors
-/// As [`verify_gate`]; also `Locked` when earlier attempts already reached
-/// the policy's limit (a policy lowered while the flow was open).
-///
-/// # Panics
-/// If `matched` is true and no token is given: a driver bug.
+/// As [`verify_gate`].
 pub fn verify(
     flow: &FlowRecord,
     policy: &Policy,
     now: Timestamp,
-    matched: bool,
-    token: Option<(u32, Mac)>,
+    evaluation: Evaluation,
 ) -> Result<(FlowRecord, Verdict), Error> {
-    verify_gate(flow, now)?;
-    if flow.failed_attempts >= policy.max_attempts() {
-        return Err(Error::Locked { until: None });
-    }
+    verify_gate(flow, policy, now)?;
     let mut next = step(flow, now);
-    if matched {
-        let (key_id, mac) = token.expect("a matched code needs a token to issue");
-        next.state = FlowState::Verified;
-        next.key_id = key_id;
-        next.token_mac = Some(mac);
-        next.token_expires_at = now.saturating_add(policy.token_ttl());
-        next.purge_after = next
-            .purge_after
-            .max(next.token_expires_at.saturating_add(policy.record_retention()));
-        Ok((next, Verdict::Right))
-    } else {
-        next.failed_attempts += 1;
-        let attempts_left = policy.max_attempts() - next.failed_attempts;
-        if attempts_left == 0 {
-            next.state = FlowState::Locked;
+    match evaluation {
+        Evaluation::Right { key_id, token_mac } => {
+            next.state = FlowState::Verified;
+            next.key_id = key_id;
+            next.token_mac = Some(token_mac);
+            next.token_expires_at = now.saturating_add(policy.token_ttl());
+            next.purge_after = next
+                .purge_after
+                .max(next.token_expires_at.saturating_add(policy.record_retention()));
+            Ok((next, Verdict::Right))
         }
-        Ok((next, Verdict::Wrong { attempts_left }))
+        Evaluation::Wrong => {
+            next.failed_attempts += 1;
+            let attempts_left = attempts_left(&next, policy);
+            if attempts_left == 0 {
+                next.state = FlowState::Locked;
+            }
+            let account_locked = account_attempts_left(&next, policy) == 0;
+            Ok((
+                next,
+                Verdict::Wrong {
+                    attempts_left,
+                    account_locked,
+                },
+            ))
+        }
     }
 }
 
@@ -141,7 +196,7 @@ pub fn resend_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result
     if flow.state != FlowState::CodeSent {
         return Err(refusal(flow.state_at(now)));
     }
-    if flow.failed_attempts >= policy.max_attempts() {
+    if attempts_left(flow, policy) == 0 {
         return Err(Error::Locked { until: None });
     }
     match next_send_at(flow, policy) {
@@ -218,20 +273,9 @@ pub fn reset(flow: &FlowRecord, now: Timestamp, token_matched: bool) -> Result<F
     }
 }
 
-/// Locks the flow because its account reached its failure limit (the
-/// flow's own wrong codes may not have). `None` if it is not open for codes.
-pub fn lock(flow: &FlowRecord, now: Timestamp) -> Option<FlowRecord> {
-    if flow.state != FlowState::CodeSent {
-        return None;
-    }
-    let mut next = step(flow, now);
-    next.state = FlowState::Locked;
-    Some(next)
-}
-
-/// Whether an account with `failures` wrong codes in the current window is
-/// locked.
-pub fn account_locked(failures: u64, policy: &Policy) -> bool {
+/// Whether a subject with `failures` wrong codes in its current window may
+/// not open a new flow.
+pub fn subject_locked(failures: u64, policy: &Policy) -> bool {
     failures >= u64::from(policy.max_account_failures())
 }
 
@@ -242,11 +286,6 @@ pub fn next_send_at(flow: &FlowRecord, policy: &Policy) -> Option<Timestamp> {
         flow.last_sent_at
             .saturating_add(policy.cooldown_after(flow.sends))
     })
-}
-
-/// Attempts left on the flow.
-pub fn attempts_left(flow: &FlowRecord, policy: &Policy) -> u32 {
-    policy.max_attempts().saturating_sub(flow.failed_attempts)
 }
 
 fn step(flow: &FlowRecord, now: Timestamp) -> FlowRecord {

@@ -89,18 +89,21 @@ impl Messages {
 
     /// The message carrying `code`, valid for `ttl`.
     pub fn code_message(&self, code: &Code, ttl: Duration) -> SecretString {
+        use std::fmt::Write as _;
         let minutes = ttl.as_secs().div_ceil(60);
         let code = code.expose_secret();
-        let mut body = format!(
+        // Sized up front so the buffer holding the code never reallocates
+        // (a reallocation would free a copy of the code without zeroizing it).
+        let mut body = String::with_capacity(256);
+        let _ = write!(
+            body,
             "{code} is your {} recovery code. It expires in {minutes} min. Never share it.",
             self.app_name
         );
         if let Some(domain) = &self.webotp_domain {
-            body.push_str("\n\n@");
-            body.push_str(domain);
-            body.push_str(" #");
-            body.push_str(code);
+            let _ = write!(body, "\n\n@{domain} #{code}");
         }
+        debug_assert!(body.len() <= 256, "the capacity bounds every message");
         SecretString::new(body)
     }
 }

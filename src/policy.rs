@@ -26,6 +26,10 @@ pub const NIST_MAX_CODE_TTL: Duration = Duration::from_secs(10 * 60);
 pub const MAX_ATTEMPTS_CAP: u32 = 10;
 /// Most failed attempts NIST SP 800-63B allows on one account.
 pub const NIST_MAX_ACCOUNT_FAILURES: u32 = 100;
+/// Most wrong codes per account per failure window the crate accepts: half
+/// of NIST's 100, because a window that starts again right after filling
+/// can admit twice its limit in a short burst.
+pub const MAX_ACCOUNT_FAILURES_CAP: u32 = NIST_MAX_ACCOUNT_FAILURES / 2;
 /// Longest reset-token lifetime the crate accepts.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 
@@ -43,6 +47,7 @@ pub struct Policy {
     record_retention: Duration,
     max_account_failures: u32,
     account_failure_window: Duration,
+    reveal_send_failures: bool,
 }
 
 impl Default for Policy {
@@ -58,6 +63,7 @@ impl Default for Policy {
             record_retention: Duration::from_secs(24 * 60 * 60),
             max_account_failures: 20,
             account_failure_window: Duration::from_secs(24 * 60 * 60),
+            reveal_send_failures: false,
         }
     }
 }
@@ -105,15 +111,27 @@ impl Policy {
 
     /// Wrong codes an account may accumulate over all its flows within
     /// [`Policy::account_failure_window`] before recovery by SMS is locked
-    /// for it until the window ends (default 20; NIST SP 800-63B allows at
-    /// most 100). New requests and resends never reset this count.
+    /// for it until the window ends (default 20, at most 50 so that even a
+    /// burst across two windows stays within NIST SP 800-63B's 100). New
+    /// requests and resends never reset this count.
     pub fn max_account_failures(&self) -> u32 {
         self.max_account_failures
     }
     /// The window over which account failures are counted (default 24
-    /// hours, aligned to the Unix epoch).
+    /// hours from the first wrong code); reaching the limit locks recovery
+    /// by SMS until the window ends.
     pub fn account_failure_window(&self) -> Duration {
         self.account_failure_window
+    }
+
+    /// Whether `request` and `resend` report a failed SMS as
+    /// [`Error::Send`](crate::Error::Send) (default false). By default a
+    /// failed send answers like a successful one, because an unknown
+    /// identifier never fails to send and the difference would reveal which
+    /// identifiers have accounts; the code is expired at once either way,
+    /// and the failure is reported as an event.
+    pub fn reveal_send_failures(&self) -> bool {
+        self.reveal_send_failures
     }
 
     /// The wait required before the send that follows `sends` sends.
@@ -169,11 +187,17 @@ impl PolicyBuilder {
     }
 
     /// Wrong codes an account may accumulate per window, from
-    /// `max_attempts` to 100 (NIST SP 800-63B), and the window (1 hour to
-    /// 7 days).
+    /// `max_attempts` to 50, and the window (1 hour to 7 days).
     pub fn account_failures(mut self, max: u32, window: Duration) -> Self {
         self.0.max_account_failures = max;
         self.0.account_failure_window = window;
+        self
+    }
+
+    /// Report failed sends to the caller (see
+    /// [`Policy::reveal_send_failures`]).
+    pub fn reveal_send_failures(mut self, reveal: bool) -> Self {
+        self.0.reveal_send_failures = reveal;
         self
     }
 
@@ -201,7 +225,7 @@ impl PolicyBuilder {
         if !(1..=10).contains(&p.max_sends_per_flow) {
             return Err(PolicyError::MaxSends(p.max_sends_per_flow));
         }
-        if !(p.max_attempts..=NIST_MAX_ACCOUNT_FAILURES).contains(&p.max_account_failures) {
+        if !(p.max_attempts..=MAX_ACCOUNT_FAILURES_CAP).contains(&p.max_account_failures) {
             return Err(PolicyError::AccountFailures(p.max_account_failures));
         }
         let hour = Duration::from_secs(3600);
@@ -236,8 +260,8 @@ pub enum PolicyError {
     #[error("sends per flow must be 1 to 10, not {0}")]
     MaxSends(u32),
     /// Account failures must be at least the attempts per code and at most
-    /// 100 (NIST SP 800-63B).
-    #[error("account failures must be from the attempts per code to 100, not {0}")]
+    /// 50 (half of NIST SP 800-63B's 100).
+    #[error("account failures must be from the attempts per code to 50, not {0}")]
     AccountFailures(u32),
     /// The account failure window must be 1 hour to 7 days.
     #[error("account failure window {0:?} is outside 1 hour to 7 days")]
@@ -275,8 +299,8 @@ mod tests {
         assert!(Policy::builder().max_attempts(11).build().is_err());
         assert!(Policy::builder().max_sends_per_flow(0).build().is_err());
         let day = Duration::from_secs(86_400);
-        assert!(Policy::builder().account_failures(100, day).build().is_ok());
-        assert!(Policy::builder().account_failures(101, day).build().is_err());
+        assert!(Policy::builder().account_failures(50, day).build().is_ok());
+        assert!(Policy::builder().account_failures(51, day).build().is_err());
         assert!(Policy::builder().account_failures(4, day).build().is_err());
         assert!(
             Policy::builder()

@@ -31,7 +31,7 @@ pub enum FlowState {
 
 impl FlowState {
     /// Every state, for stores that map them and for tests.
-    pub const ALL: [FlowState; 6] = [
+    pub const ALL: &'static [FlowState] = &[
         FlowState::CodeSent,
         FlowState::Verified,
         FlowState::Completed,
@@ -44,6 +44,23 @@ impl FlowState {
     /// superseded by a newer request of the same account).
     pub fn is_open(self) -> bool {
         matches!(self, FlowState::CodeSent | FlowState::Verified)
+    }
+
+    /// A stable one-byte code, for stores; never reused.
+    pub fn code(self) -> u8 {
+        match self {
+            FlowState::CodeSent => 1,
+            FlowState::Verified => 2,
+            FlowState::Completed => 3,
+            FlowState::Locked => 4,
+            FlowState::Superseded => 5,
+            FlowState::Cancelled => 6,
+        }
+    }
+
+    /// The state with this [`code`](FlowState::code).
+    pub fn from_code(code: u8) -> Option<Self> {
+        FlowState::ALL.iter().copied().find(|s| s.code() == code)
     }
 
     /// A stable lowercase name, for stores.
@@ -63,7 +80,8 @@ impl FromStr for FlowState {
     type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         FlowState::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .find(|state| state.as_str() == s)
             .ok_or(UnknownState)
     }
@@ -80,6 +98,70 @@ impl fmt::Display for FlowState {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown flow state")]
 pub struct UnknownState;
+
+/// Whom a flow is for: an account, or an identifier that matched none.
+///
+/// Flows of an unknown identifier (decoys) behave exactly like an account's
+/// (limits, supersede, attempts) but can never be verified and send
+/// nothing. Their [`DecoyId`] is derived from the identifier under the
+/// key ring's decoy key, so it is stable and reveals nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A real account.
+    Account(AccountId),
+    /// An identifier that matched no account.
+    Unknown(DecoyId),
+}
+
+impl Subject {
+    /// The key under which a store indexes the subject's open flow and the
+    /// crate counts its limits: `account:<id>` or `unknown:<hex>`.
+    pub fn key(&self) -> String {
+        match self {
+            Subject::Account(account) => format!("account:{account}"),
+            Subject::Unknown(decoy) => format!("unknown:{decoy}"),
+        }
+    }
+
+    /// The account, if the subject is one.
+    pub fn account(&self) -> Option<&AccountId> {
+        match self {
+            Subject::Account(account) => Some(account),
+            Subject::Unknown(_) => None,
+        }
+    }
+}
+
+/// The stable stand-in for an identifier that matched no account: 128 bits
+/// of a MAC of the identifier.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecoyId([u8; 16]);
+
+impl DecoyId {
+    /// From its bytes (for stores decoding a record).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        DecoyId(bytes)
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for DecoyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::with_capacity(32);
+        crate::hex::encode_into(&self.0, &mut s);
+        f.write_str(&s)
+    }
+}
+
+impl fmt::Debug for DecoyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DecoyId({self})")
+    }
+}
 
 /// The state of a flow at a given instant, expiry included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -101,10 +183,9 @@ pub enum EffectiveState {
 pub struct FlowRecord {
     /// The flow's id.
     pub id: FlowId,
-    /// The account, or `None` for the decoy flow of an unknown identifier
-    /// (it behaves the same but can never be verified and sends nothing).
-    pub account: Option<AccountId>,
-    /// Where codes go; `None` for decoys.
+    /// Whom the flow is for.
+    pub subject: Subject,
+    /// Where codes go; `None` for an unknown subject.
     pub phone: Option<PhoneNumber>,
     /// Stored state.
     pub state: FlowState,
@@ -118,6 +199,9 @@ pub struct FlowRecord {
     pub code_expires_at: Timestamp,
     /// Wrong codes so far, over every code of this flow.
     pub failed_attempts: u32,
+    /// Wrong codes the subject had in its failure window when the flow was
+    /// opened; with `failed_attempts`, what the account limit is checked on.
+    pub prior_failures: u32,
     /// Codes sent so far, the first included.
     pub sends: u32,
     /// When the last code was sent.
@@ -146,7 +230,12 @@ impl FlowRecord {
 
     /// Whether this is the made-up flow of an unknown identifier.
     pub fn is_decoy(&self) -> bool {
-        self.account.is_none()
+        matches!(self.subject, Subject::Unknown(_))
+    }
+
+    /// The account, unless the flow is a decoy.
+    pub fn account(&self) -> Option<&AccountId> {
+        self.subject.account()
     }
 }
 
@@ -154,13 +243,14 @@ impl fmt::Debug for FlowRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FlowRecord")
             .field("id", &self.id)
-            .field("account", &self.account)
+            .field("subject", &self.subject)
             .field("phone", &self.phone)
             .field("state", &self.state)
             .field("version", &self.version)
             .field("key_id", &self.key_id)
             .field("code_expires_at", &self.code_expires_at)
             .field("failed_attempts", &self.failed_attempts)
+            .field("prior_failures", &self.prior_failures)
             .field("sends", &self.sends)
             .field("last_sent_at", &self.last_sent_at)
             .field("created_at", &self.created_at)
@@ -186,10 +276,18 @@ impl FlowRecord {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(self.id.as_bytes());
-        put_str(&mut out, self.account.as_ref().map(AccountId::as_str));
+        match &self.subject {
+            Subject::Account(account) => {
+                out.push(1);
+                put_str(&mut out, Some(account.as_str()));
+            }
+            Subject::Unknown(decoy) => {
+                out.push(2);
+                out.extend_from_slice(decoy.as_bytes());
+            }
+        }
         put_str(&mut out, self.phone.as_ref().map(PhoneNumber::as_str));
-        let state = FlowState::ALL.iter().position(|s| *s == self.state).unwrap_or(0);
-        out.push(state as u8);
+        out.push(self.state.code());
         out.extend_from_slice(&self.version.to_be_bytes());
         out.extend_from_slice(&self.key_id.to_be_bytes());
         out.extend_from_slice(self.code_mac.as_bytes());
@@ -202,6 +300,7 @@ impl FlowRecord {
             out.extend_from_slice(&t.as_unix_millis().to_be_bytes());
         }
         out.extend_from_slice(&self.failed_attempts.to_be_bytes());
+        out.extend_from_slice(&self.prior_failures.to_be_bytes());
         out.extend_from_slice(&self.sends.to_be_bytes());
         match &self.token_mac {
             Some(mac) => {
@@ -225,20 +324,22 @@ impl FlowRecord {
             return Err(DecodeError("unknown format or version"));
         }
         let id = FlowId::from_bytes(r.array()?);
-        let account = r
-            .string()?
-            .map(|s| AccountId::new(s).map_err(|_| DecodeError("invalid account id")))
-            .transpose()?;
+        let subject = match r.byte()? {
+            1 => {
+                let id = r.string()?.ok_or(DecodeError("missing account id"))?;
+                Subject::Account(AccountId::new(id).map_err(|_| DecodeError("invalid account id"))?)
+            }
+            2 => Subject::Unknown(DecoyId(r.array()?)),
+            _ => return Err(DecodeError("unknown subject kind")),
+        };
         let phone = r
             .string()?
             .map(|s| PhoneNumber::parse(s).map_err(|_| DecodeError("invalid phone number")))
             .transpose()?;
-        if account.is_some() != phone.is_some() {
-            return Err(DecodeError("account and phone must both be present or absent"));
+        if matches!(subject, Subject::Account(_)) != phone.is_some() {
+            return Err(DecodeError("an account flow has a phone and a decoy has none"));
         }
-        let state = *FlowState::ALL
-            .get(usize::from(r.byte()?))
-            .ok_or(DecodeError("unknown state"))?;
+        let state = FlowState::from_code(r.byte()?).ok_or(DecodeError("unknown state"))?;
         let version = u64::from_be_bytes(r.array()?);
         let key_id = u32::from_be_bytes(r.array()?);
         let code_mac = Mac::from_bytes(r.array()?);
@@ -247,6 +348,7 @@ impl FlowRecord {
         let created_at = r.timestamp()?;
         let updated_at = r.timestamp()?;
         let failed_attempts = u32::from_be_bytes(r.array()?);
+        let prior_failures = u32::from_be_bytes(r.array()?);
         let sends = u32::from_be_bytes(r.array()?);
         let token_mac = match r.byte()? {
             0 => None,
@@ -260,7 +362,7 @@ impl FlowRecord {
         }
         Ok(FlowRecord {
             id,
-            account,
+            subject,
             phone,
             state,
             version,
@@ -268,6 +370,7 @@ impl FlowRecord {
             code_mac,
             code_expires_at,
             failed_attempts,
+            prior_failures,
             sends,
             last_sent_at,
             created_at,
@@ -330,7 +433,7 @@ mod tests {
     pub(crate) fn sample() -> FlowRecord {
         FlowRecord {
             id: FlowId::from_bytes([9; 16]),
-            account: Some(AccountId::new("user-42").unwrap()),
+            subject: Subject::Account(AccountId::new("user-42").unwrap()),
             phone: Some(PhoneNumber::parse("+14155550123").unwrap()),
             state: FlowState::Verified,
             version: 7,
@@ -338,6 +441,7 @@ mod tests {
             code_mac: Mac::from_bytes([1; 32]),
             code_expires_at: Timestamp::from_unix_millis(10),
             failed_attempts: 2,
+            prior_failures: 4,
             sends: 3,
             last_sent_at: Timestamp::from_unix_millis(11),
             created_at: Timestamp::from_unix_millis(12),
@@ -352,10 +456,10 @@ mod tests {
     fn records_round_trip_through_bytes() {
         let mut rec = sample();
         assert_eq!(FlowRecord::from_bytes(&rec.to_bytes()), Ok(rec.clone()));
-        rec.account = None;
+        rec.subject = Subject::Unknown(DecoyId([5; 16]));
         rec.phone = None;
         rec.token_mac = None;
-        for state in FlowState::ALL {
+        for &state in FlowState::ALL {
             rec.state = state;
             assert_eq!(FlowRecord::from_bytes(&rec.to_bytes()), Ok(rec.clone()));
         }
@@ -376,6 +480,12 @@ mod tests {
         let mut foreign = bytes.clone();
         foreign[2] = 2;
         assert!(FlowRecord::from_bytes(&foreign).is_err());
+        let mut mismatched = sample();
+        mismatched.phone = None;
+        assert!(
+            FlowRecord::from_bytes(&mismatched.to_bytes()).is_err(),
+            "an account flow needs a phone"
+        );
         // Flipping any single byte never panics.
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
@@ -386,9 +496,11 @@ mod tests {
 
     #[test]
     fn state_names_round_trip_and_unknown_names_are_refused() {
-        for state in FlowState::ALL {
+        for &state in FlowState::ALL {
             assert_eq!(state.as_str().parse::<FlowState>(), Ok(state));
+            assert_eq!(FlowState::from_code(state.code()), Some(state));
         }
+        assert_eq!(FlowState::from_code(0), None);
         assert_eq!("CodeSent".parse::<FlowState>(), Err(UnknownState));
         assert_eq!("".parse::<FlowState>(), Err(UnknownState));
     }

@@ -14,11 +14,11 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
 use crate::error::{Error, InputError, Result};
 use crate::id::{AccountId, FlowId};
-use crate::machine::{self, Verdict};
+use crate::machine::{self, Evaluation, Opening, Verdict};
 use crate::message::Messages;
 use crate::phone::{MaskedPhone, PhoneNumber};
 use crate::policy::Policy;
-use crate::record::FlowRecord;
+use crate::record::{DecoyId, FlowRecord, Subject};
 use crate::secret::{Code, ResetToken};
 use crate::sms::{MessageKind, SmsMessage, SmsSender};
 use crate::store::{CodeStore, Counter};
@@ -31,6 +31,7 @@ const MAX_CAS_ROUNDS: usize = 64;
 
 /// An account as the host resolved it: its id and verified phone number.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Account {
     /// The host's account id.
     pub id: AccountId,
@@ -186,15 +187,17 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// For a known account, a new code is stored and sent, and every earlier
     /// code of the account stops working. For an unknown identifier the
     /// answer has the same shape (a flow id that behaves like a real one
-    /// under verify and resend, a stable made-up masked phone) after the
-    /// same kind of work, and nothing is sent.
+    /// under verify and resend and is superseded by the next request, a
+    /// stable made-up masked phone) after the same kind of work, and
+    /// nothing is sent.
     ///
     /// # Errors
     /// [`Error::Locked`] (with the instant it ends) when the account has
-    /// reached [`Policy::max_account_failures`] wrong codes in the current
+    /// reached [`Policy::max_account_failures`] wrong codes in its failure
     /// window, for unknown identifiers alike; [`Error::Store`],
-    /// [`Error::Random`]; [`Error::Send`] if the SMS could not be sent, in
-    /// which case the new code is already invalid.
+    /// [`Error::Random`]; [`Error::Send`] if the SMS could not be sent and
+    /// [`Policy::reveal_send_failures`] is on (the new code is invalid
+    /// either way).
     pub async fn request(&self, identifier: &str, account: Option<Account>) -> Result<Requested> {
         let now = self.clock.now();
         let id = FlowId::generate()?;
@@ -202,33 +205,39 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(&id, &code);
         let decoy = self.keys.decoy(identifier);
-        let failures = failure_key(account.as_ref().map(|a| &a.id), &decoy);
-        self.check_account(&failures, now).await?;
-        match account {
+        let (subject, phone, masked) = match account {
             Some(account) => {
                 let masked = account.phone.masked();
-                let flow = machine::open(
-                    &self.policy,
-                    now,
-                    id,
-                    Some((account.id, account.phone)),
-                    key_id,
-                    code_mac,
-                );
-                self.store.create_flow(&flow).await?;
-                self.send_code(&flow, &code).await?;
-                Ok(self.requested(&flow, masked))
+                (Subject::Account(account.id), Some(account.phone), masked)
             }
-            None => {
-                // Never verifiable: a MAC under the decoy label matches no
-                // code MAC. The message is rendered and dropped so both
-                // paths do the same work before the store.
-                drop(self.messages.code_message(&code, self.policy.code_ttl()));
-                let flow = machine::open(&self.policy, now, id, None, key_id, decoy);
-                self.store.create_flow(&flow).await?;
-                Ok(self.requested(&flow, decoy_mask(&decoy)))
-            }
+            None => (Subject::Unknown(decoy_id(&decoy)), None, self.decoy_mask(&decoy)),
+        };
+        let failures = self.failure_counter(&subject, 0);
+        let prior = self
+            .store
+            .increment_counters(std::slice::from_ref(&failures), now)
+            .await?[0];
+        if machine::subject_locked(prior.count, &self.policy) {
+            return Err(Error::Locked {
+                until: prior.resets_at,
+            });
         }
+        // A decoy stores its decoy MAC, under a label no code MAC shares, so
+        // it can never verify; the code and its message are made all the
+        // same, so both paths do the same work.
+        let code_mac = if phone.is_some() { code_mac } else { decoy };
+        let opening = Opening {
+            id,
+            subject,
+            phone,
+            key_id,
+            code_mac,
+            prior_failures: u32::try_from(prior.count).unwrap_or(u32::MAX),
+        };
+        let flow = machine::open(&self.policy, now, opening);
+        self.store.create_flow(&flow).await?;
+        self.send_code(&flow, &code).await?;
+        Ok(self.requested(&flow, masked))
     }
 
     /// Sends a new code for the flow; every earlier code stops working.
@@ -238,18 +247,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// [`Error::TooSoon`] within the cooldown (30 s, doubling with each
     /// send), [`Error::TooManySends`] once the flow has sent its allowance,
     /// [`Error::Locked`] when the flow or its account is locked,
-    /// [`Error::NotFound`], [`Error::AlreadyUsed`],
-    /// [`Error::Superseded`], [`Error::Cancelled`]; store, random and send
-    /// failures as for [`Recovery::request`].
+    /// [`Error::NotFound`], [`Error::AlreadyUsed`], [`Error::Superseded`],
+    /// [`Error::Cancelled`]; store, random and send failures as for
+    /// [`Recovery::request`].
     pub async fn resend(&self, flow_id: &FlowId) -> Result<Requested> {
         let code = Code::generate(self.policy.code_digits())?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(flow_id, &code);
-        let loaded = self.load(flow_id).await?;
-        self.check_account(&flow_failure_key(&loaded), self.clock.now())
-            .await?;
         let flow = self
-            .update(flow_id, Some(loaded), |flow, now| {
+            .update(flow_id, |flow, now| {
                 // A decoy keeps its decoy MAC, which no code can match.
                 let mac = if flow.is_decoy() { flow.code_mac } else { code_mac };
                 machine::resend(flow, &self.policy, now, key_id, mac)
@@ -257,7 +263,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             .await?;
         let masked = match &flow.phone {
             Some(phone) => phone.masked(),
-            None => decoy_mask(&flow.code_mac),
+            None => self.decoy_mask(&flow.code_mac),
         };
         self.send_code(&flow, &code).await?;
         Ok(self.requested(&flow, masked))
@@ -269,11 +275,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// # Errors
     /// [`Error::InvalidCode`] with the attempts left (0: the flow is now
     /// locked); [`Error::Locked`] with its end when this wrong code brought
-    /// the account to its failure limit; [`Error::Input`] for a code that is not exactly the
+    /// the account to its failure limit, or when the flow was locked
+    /// already; [`Error::Input`] for a code that is not exactly the
     /// policy's number of digits (no attempt is consumed);
-    /// [`Error::Expired`], [`Error::Locked`], [`Error::AlreadyUsed`],
-    /// [`Error::Superseded`], [`Error::Cancelled`], [`Error::NotFound`];
-    /// [`Error::Store`], [`Error::Random`], [`Error::Busy`].
+    /// [`Error::Expired`], [`Error::AlreadyUsed`], [`Error::Superseded`],
+    /// [`Error::Cancelled`], [`Error::NotFound`]; [`Error::Store`],
+    /// [`Error::Random`], [`Error::Busy`], [`Error::UnknownKey`].
     pub async fn verify(&self, flow_id: &FlowId, code: &str) -> Result<Verified> {
         let code = Code::parse(code)?;
         if code.len() != usize::from(self.policy.code_digits()) {
@@ -282,50 +289,49 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
             let flow = self.load(flow_id).await?;
-            machine::verify_gate(&flow, now)?;
+            machine::verify_gate(&flow, &self.policy, now)?;
             let expected = self
                 .keys
                 .code_mac(flow.key_id, flow_id, &code)
                 .ok_or(Error::UnknownKey(flow.key_id))?;
-            let matched = flow.code_mac.ct_matches(&expected);
-            let token = if matched {
+            if flow.code_mac.ct_matches(&expected) {
                 let token = ResetToken::generate(*flow_id)?;
                 let key_id = self.keys.current_id();
-                let mac = self.keys.token_mac(key_id, flow_id, token.secret_bytes());
-                Some((token, key_id, mac.ok_or(Error::UnknownKey(key_id))?))
-            } else {
-                None
-            };
-            let issued = token.as_ref().map(|(_, key_id, mac)| (*key_id, *mac));
-            let (next, verdict) = machine::verify(&flow, &self.policy, now, matched, issued)?;
-            match (verdict, token) {
-                (Verdict::Right, Some((token, _, _))) => {
-                    if self.store.compare_and_swap(flow.version, &next).await? {
-                        return Ok(Verified {
-                            token,
-                            token_expires_at: next.token_expires_at,
-                        });
-                    }
+                let token_mac = self
+                    .keys
+                    .token_mac(key_id, flow_id, token.secret_bytes())
+                    .ok_or(Error::UnknownKey(key_id))?;
+                let (next, _) =
+                    machine::verify(&flow, &self.policy, now, Evaluation::Right { key_id, token_mac })?;
+                if self.store.compare_and_swap(flow.version, &next).await? {
+                    return Ok(Verified {
+                        token,
+                        token_expires_at: next.token_expires_at,
+                    });
                 }
-                (Verdict::Wrong { attempts_left }, _) => {
-                    // The flow's attempt and the account's failure are
-                    // counted together, in one store call.
-                    let failure = self.failure_counter(flow_failure_key(&flow), 1);
-                    let Some(counts) = self
-                        .store
-                        .compare_and_swap_counting(flow.version, &next, std::slice::from_ref(&failure), now)
-                        .await?
-                    else {
-                        continue;
-                    };
-                    if machine::account_locked(counts[0], &self.policy) {
-                        self.lock_flow(&next).await?;
-                        return Err(self.account_lock(&failure, now));
-                    }
-                    return Err(Error::InvalidCode { attempts_left });
-                }
-                (Verdict::Right, None) => unreachable!("a right verdict always carries a token"),
+                continue;
             }
+            let (next, verdict) = machine::verify(&flow, &self.policy, now, Evaluation::Wrong)?;
+            // The flow's attempt and the subject's failure are counted in
+            // one store call; the flow locks in the same write when either
+            // limit is reached.
+            let failure = self.failure_counter(&flow.subject, 1);
+            let Some(counts) = self
+                .store
+                .compare_and_swap_counting(flow.version, &next, std::slice::from_ref(&failure), now)
+                .await?
+            else {
+                continue;
+            };
+            return Err(match verdict {
+                Verdict::Wrong {
+                    account_locked: true, ..
+                } => Error::Locked {
+                    until: counts[0].resets_at,
+                },
+                Verdict::Wrong { attempts_left, .. } => Error::InvalidCode { attempts_left },
+                Verdict::Right => unreachable!("a wrong evaluation has a wrong verdict"),
+            });
         }
         Err(Error::Busy)
     }
@@ -335,17 +341,19 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     ///
     /// # Errors
     /// [`Error::Input`] for a malformed token; [`Error::InvalidToken`] for
-    /// one that does not match; [`Error::AlreadyUsed`], [`Error::Expired`];
-    /// [`Error::Store`], [`Error::Busy`].
+    /// one that does not match; [`Error::AlreadyUsed`], [`Error::Expired`],
+    /// [`Error::Superseded`], [`Error::Cancelled`]; [`Error::Store`],
+    /// [`Error::Busy`], [`Error::UnknownKey`].
     pub async fn reset(&self, token: &str) -> Result<Completed> {
         let token = ResetToken::parse(token)?;
         let flow_id = *token.flow_id();
         let flow = self
-            .update(&flow_id, None, |flow, now| {
-                let matched = flow
-                    .token_mac
-                    .zip(self.keys.token_mac(flow.key_id, &flow_id, token.secret_bytes()))
-                    .is_some_and(|(stored, presented)| stored.ct_matches(&presented));
+            .update(&flow_id, |flow, now| {
+                let presented = self
+                    .keys
+                    .token_mac(flow.key_id, &flow_id, token.secret_bytes())
+                    .ok_or(Error::UnknownKey(flow.key_id))?;
+                let matched = flow.token_mac.is_some_and(|stored| stored.ct_matches(&presented));
                 machine::reset(flow, now, matched)
             })
             .await
@@ -353,7 +361,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 Error::NotFound => Error::InvalidToken,
                 e => e,
             })?;
-        let account = flow.account.ok_or(Error::InvalidToken)?;
+        let account = flow.account().cloned().ok_or(Error::InvalidToken)?;
         Ok(Completed { account, flow_id })
     }
 
@@ -371,20 +379,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)
     }
 
-    /// Load (unless `loaded` is given for the first round), decide,
-    /// compare-and-swap; again on a lost race.
+    /// Load, decide, compare-and-swap; again on a lost race.
     async fn update(
         &self,
         flow_id: &FlowId,
-        mut loaded: Option<FlowRecord>,
         decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord>,
     ) -> Result<FlowRecord> {
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
-            let flow = match loaded.take() {
-                Some(flow) => flow,
-                None => self.load(flow_id).await?,
-            };
+            let flow = self.load(flow_id).await?;
             let next = decide(&flow, now)?;
             if self.store.compare_and_swap(flow.version, &next).await? {
                 return Ok(next);
@@ -396,6 +399,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// Sends the code stored in `flow` (a no-op for decoys). If the send
     /// fails, the code is expired at once so that no code the user never
     /// received stays valid; the send still counts toward the flow's limit.
+    /// The failure is returned only when the policy reveals send failures.
     async fn send_code(&self, flow: &FlowRecord, code: &Code) -> Result<()> {
         let Some(phone) = &flow.phone else {
             return Ok(());
@@ -405,34 +409,21 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let Err(send_error) = self.sender.send(&message).await else {
             return Ok(());
         };
-        // The send error is what the caller must see. If the undo fails
-        // too (store down), the code nobody received expires with its TTL.
+        // If the undo fails too (store down), the code nobody received
+        // expires with its TTL.
         let _ = self.expire_unsent(flow).await;
-        Err(Error::Send(send_error))
+        if self.policy.reveal_send_failures() {
+            return Err(Error::Send(send_error));
+        }
+        Ok(())
     }
 
     async fn expire_unsent(&self, sent: &FlowRecord) -> Result<()> {
-        self.update_if(&sent.id, |current, now| {
-            machine::send_failed(current, now, &sent.code_mac)
-        })
-        .await
-    }
-
-    async fn lock_flow(&self, flow: &FlowRecord) -> Result<()> {
-        self.update_if(&flow.id, machine::lock).await
-    }
-
-    /// Like `update`, for a change that may turn out unnecessary: `decide`
-    /// returns `None` when there is nothing to do.
-    async fn update_if(
-        &self,
-        flow_id: &FlowId,
-        decide: impl Fn(&FlowRecord, Timestamp) -> Option<FlowRecord>,
-    ) -> Result<()> {
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
-            let current = self.load(flow_id).await?;
-            let Some(next) = decide(&current, now) else {
+            let current = self.load(&sent.id).await?;
+            // `None`: replaced, used or expired already; nothing to undo.
+            let Some(next) = machine::send_failed(&current, now, &sent.code_mac) else {
                 return Ok(());
             };
             if self.store.compare_and_swap(current.version, &next).await? {
@@ -442,28 +433,19 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         Err(Error::Busy)
     }
 
-    fn failure_counter(&self, key: String, by: u32) -> Counter {
-        Counter::new(key, self.policy.account_failure_window(), by)
+    /// The counter of a subject's wrong codes.
+    fn failure_counter(&self, subject: &Subject, by: u32) -> Counter {
+        Counter::new(
+            format!("fail:{}", subject.key()),
+            self.policy.account_failure_window(),
+            by,
+        )
     }
 
-    /// Refuses when the account (or the unknown identifier's decoy) has
-    /// reached its failure limit in the current window.
-    async fn check_account(&self, key: &str, now: Timestamp) -> Result<()> {
-        let read = self.failure_counter(key.to_owned(), 0);
-        let counts = self
-            .store
-            .increment_counters(std::slice::from_ref(&read), now)
-            .await?;
-        if machine::account_locked(counts[0], &self.policy) {
-            return Err(self.account_lock(&read, now));
-        }
-        Ok(())
-    }
-
-    fn account_lock(&self, counter: &Counter, now: Timestamp) -> Error {
-        Error::Locked {
-            until: Some(Timestamp::from_unix_millis(counter.window_end(now))),
-        }
+    /// The made-up masked phone of an unknown identifier: the policy's
+    /// decoy shape, with four digits from its decoy MAC.
+    fn decoy_mask(&self, decoy: &Mac) -> MaskedPhone {
+        MaskedPhone::made_up(1, 10, &decoy.as_bytes()[16..20])
     }
 
     fn requested(&self, flow: &FlowRecord, masked_phone: MaskedPhone) -> Requested {
@@ -477,29 +459,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 }
 
-/// The counter key of an account's failures. Unknown identifiers count
-/// under a key derived from their decoy MAC, so they lock exactly like
-/// accounts do.
-fn failure_key(account: Option<&AccountId>, decoy: &Mac) -> String {
-    match account {
-        Some(account) => format!("fail:account:{account}"),
-        None => {
-            let mut key = String::from("fail:decoy:");
-            crate::hex::encode_into(&decoy.as_bytes()[..16], &mut key);
-            key
-        }
-    }
-}
-
-/// The failure counter key of the account a flow belongs to; a decoy flow's
-/// code MAC is its identifier's decoy MAC.
-fn flow_failure_key(flow: &FlowRecord) -> String {
-    failure_key(flow.account.as_ref(), &flow.code_mac)
-}
-
-/// The made-up masked phone of an unknown identifier: two digits from its
-/// decoy MAC, stable across requests for the same identifier.
-fn decoy_mask(decoy: &Mac) -> MaskedPhone {
-    let b = decoy.as_bytes();
-    MaskedPhone::from_last_digits(b[0], b[1])
+/// The decoy id of an unknown identifier: the first half of its decoy MAC.
+fn decoy_id(decoy: &Mac) -> DecoyId {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&decoy.as_bytes()[..16]);
+    DecoyId::from_bytes(id)
 }

@@ -84,7 +84,7 @@ async fn the_whole_flow_returns_the_account_once() {
     let h = harness();
     let (requested, code) = h.request().await;
     assert_eq!(requested.attempts_left, 5);
-    assert_eq!(requested.masked_phone.to_string(), "+** *** ***23");
+    assert_eq!(requested.masked_phone.to_string(), "+1 ***-***-0123");
     assert_eq!(
         requested.code_expires_at,
         T0.saturating_add(Duration::from_secs(600))
@@ -399,19 +399,21 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
             .await
             .unwrap_err();
     }
-    // A new request gives a new flow, but not new account failures.
+    // A new request gives a new flow, but not new account failures: 7 - 5
+    // leaves 2 attempts, whatever the flow's own 5.
     let (second, code) = h.request().await;
+    assert_eq!(second.attempts_left, 2);
     let err = h
         .recovery
         .verify(&second.flow_id, &wrong(&code))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::InvalidCode { attempts_left: 4, .. }),
+        matches!(err, Error::InvalidCode { attempts_left: 1, .. }),
         "{err:?}"
     );
-    let window_end =
-        Timestamp::from_unix_millis(T0.as_unix_millis() - T0.as_unix_millis() % 86_400_000 + 86_400_000);
+    // The failure window opened with the first wrong code, at T0.
+    let window_end = T0.saturating_add(day);
     let err = h
         .recovery
         .verify(&second.flow_id, &wrong(&code))
@@ -553,15 +555,15 @@ async fn unknown_flows_are_not_found() {
 }
 
 #[tokio::test]
-async fn a_failed_send_leaves_no_valid_code_and_costs_no_attempt() {
+async fn a_failed_send_answers_like_a_sent_one_but_leaves_no_valid_code() {
     let h = harness();
     let (requested, first) = h.request().await;
     h.clock.advance(Duration::from_secs(30));
     h.sender
         .fail_next(SendError::new(SendErrorKind::Unavailable, "503 from gateway"));
-    let err = h.recovery.resend(&requested.flow_id).await.unwrap_err();
-    assert!(matches!(&err, Error::Send(e) if e.is_retryable()), "{err:?}");
-    assert!(err.is_retryable());
+    // By default the caller cannot tell (an unknown identifier never fails).
+    let resent = h.recovery.resend(&requested.flow_id).await.unwrap();
+    assert_eq!(resent.attempts_left, 5);
     // The earlier code was replaced and the unsent one expired at once.
     let err = h
         .recovery
@@ -572,7 +574,7 @@ async fn a_failed_send_leaves_no_valid_code_and_costs_no_attempt() {
     // The failed send still counts toward the cooldown; then a resend works.
     h.clock.advance(Duration::from_secs(60));
     let again = h.recovery.resend(&requested.flow_id).await.unwrap();
-    assert_eq!(again.attempts_left, 5);
+    assert_eq!(again.attempts_left, 5, "an unsent code costs no attempt");
     let code = h.sender.last_code().unwrap();
     assert!(
         h.recovery
@@ -583,8 +585,8 @@ async fn a_failed_send_leaves_no_valid_code_and_costs_no_attempt() {
 }
 
 #[tokio::test]
-async fn a_failed_first_send_is_reported_and_a_new_request_works() {
-    let h = harness();
+async fn a_failed_send_is_reported_when_the_policy_reveals_it() {
+    let h = harness_with(Policy::builder().reveal_send_failures(true).build().unwrap());
     h.sender
         .fail_next(SendError::new(SendErrorKind::InvalidNumber, "21211"));
     let err = h
@@ -598,6 +600,14 @@ async fn a_failed_first_send_is_reported_and_a_new_request_works() {
     );
     assert!(!err.is_retryable());
     assert_eq!(h.sender.count(), 0);
+
+    let (requested, _) = h.request().await;
+    h.clock.advance(Duration::from_secs(30));
+    h.sender
+        .fail_next(SendError::new(SendErrorKind::Unavailable, "503 from gateway"));
+    let err = h.recovery.resend(&requested.flow_id).await.unwrap_err();
+    assert!(matches!(&err, Error::Send(e) if e.is_retryable()), "{err:?}");
+    assert!(err.is_retryable());
     let (requested, code) = h.request().await;
     assert!(
         h.recovery
@@ -605,6 +615,50 @@ async fn a_failed_first_send_is_reported_and_a_new_request_works() {
             .await
             .is_ok()
     );
+}
+
+#[tokio::test]
+async fn a_code_from_one_flow_is_refused_on_another() {
+    let h = harness();
+    let (alices, alice_code) = h.request().await;
+    let bob = Account::new(
+        AccountId::new("bob").unwrap(),
+        PhoneNumber::parse("+14155550199").unwrap(),
+    );
+    let bobs = h.recovery.request("bob@example.com", Some(bob)).await.unwrap();
+    let bob_code = h.sender.last_code().unwrap();
+    if alice_code.expose_secret() != bob_code.expose_secret() {
+        let err = h
+            .recovery
+            .verify(&bobs.flow_id, alice_code.expose_secret())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidCode { attempts_left: 4, .. }),
+            "{err:?}"
+        );
+    }
+    assert!(
+        h.recovery
+            .verify(&alices.flow_id, alice_code.expose_secret())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_identifier_is_superseded_like_an_account() {
+    let h = harness();
+    let (first_known, _) = h.request().await;
+    h.request().await;
+    let first_unknown = h.recovery.request("nobody@example.com", None).await.unwrap();
+    h.recovery.request("nobody@example.com", None).await.unwrap();
+    for flow in [first_known.flow_id, first_unknown.flow_id] {
+        let err = h.recovery.verify(&flow, "000000").await.unwrap_err();
+        assert!(matches!(err, Error::Superseded), "{err:?}");
+        let err = h.recovery.resend(&flow).await.unwrap_err();
+        assert!(matches!(err, Error::Superseded), "{err:?}");
+    }
 }
 
 #[tokio::test]

@@ -19,18 +19,20 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::{CodeStore, Counter};
+use async_trait::async_trait;
+use tokio::sync::Barrier;
+
+use super::{CodeStore, Counter, CounterValue, Result as StoreResult};
 use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
 use crate::error::Error;
 use crate::id::{AccountId, FlowId};
-use crate::machine;
+use crate::machine::{self, Opening};
 use crate::phone::PhoneNumber;
 use crate::policy::Policy;
-use crate::record::{FlowRecord, FlowState};
+use crate::record::{DecoyId, FlowRecord, FlowState, Subject};
 use crate::recovery::{Account, Recovery};
 use crate::secret::ServerKey;
 use crate::sms::RecordingSender;
@@ -46,7 +48,7 @@ macro_rules! code_store_conformance {
             get_of_an_unknown_flow_is_none,
             create_refuses_a_duplicate_id,
             create_supersedes_the_accounts_open_flow,
-            decoys_supersede_nothing,
+            decoys_supersede_per_subject,
             compare_and_swap_applies_only_on_the_expected_version,
             compare_and_swap_counting_counts_only_when_it_writes,
             counters_count_per_key_and_per_window,
@@ -92,7 +94,7 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     get_of_an_unknown_flow_is_none(store.clone()).await;
     create_refuses_a_duplicate_id(store.clone()).await;
     create_supersedes_the_accounts_open_flow(store.clone()).await;
-    decoys_supersede_nothing(store.clone()).await;
+    decoys_supersede_per_subject(store.clone()).await;
     compare_and_swap_applies_only_on_the_expected_version(store.clone()).await;
     compare_and_swap_counting_counts_only_when_it_writes(store.clone()).await;
     counters_count_per_key_and_per_window(store.clone()).await;
@@ -128,16 +130,27 @@ fn now() -> Timestamp {
     SystemClock.now()
 }
 
-fn flow_at(now: Timestamp, account: Option<AccountId>) -> FlowRecord {
-    let id = FlowId::generate().expect("randomness");
-    machine::open(
-        &Policy::default(),
-        now,
-        id,
-        account.map(|a| (a, phone())),
-        1,
-        random_mac(),
-    )
+fn decoy() -> Subject {
+    Subject::Unknown(DecoyId::from_bytes(
+        *FlowId::generate().expect("randomness").as_bytes(),
+    ))
+}
+
+fn flow_at(now: Timestamp, subject: Subject) -> FlowRecord {
+    let phone = matches!(subject, Subject::Account(_)).then(phone);
+    let opening = Opening {
+        id: FlowId::generate().expect("randomness"),
+        subject,
+        phone,
+        key_id: 1,
+        code_mac: random_mac(),
+        prior_failures: 0,
+    };
+    machine::open(&Policy::default(), now, opening)
+}
+
+fn of(account: &AccountId) -> Subject {
+    Subject::Account(account.clone())
 }
 
 fn random_mac() -> Mac {
@@ -154,14 +167,96 @@ async fn get<S: CodeStore>(store: &S, id: &FlowId) -> FlowRecord {
         .expect("the flow is stored")
 }
 
-type TestRecovery<S> = Recovery<Arc<S>, RecordingSender, ManualClock>;
+/// Wraps the store under test so every call yields to the scheduler before
+/// and after it: racing tasks then interleave between a load and its
+/// compare-and-swap even over a store that never waits (in memory), which
+/// is where lost updates would hide.
+struct Interleaved<S>(Arc<S>);
+
+#[async_trait]
+impl<S: CodeStore> CodeStore for Interleaved<S> {
+    async fn create_flow(&self, flow: &FlowRecord) -> StoreResult<()> {
+        tokio::task::yield_now().await;
+        let out = self.0.create_flow(flow).await;
+        tokio::task::yield_now().await;
+        out
+    }
+    async fn get_flow(&self, id: &FlowId) -> StoreResult<Option<FlowRecord>> {
+        tokio::task::yield_now().await;
+        let out = self.0.get_flow(id).await;
+        tokio::task::yield_now().await;
+        out
+    }
+    async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> StoreResult<bool> {
+        tokio::task::yield_now().await;
+        let out = self.0.compare_and_swap(expected_version, flow).await;
+        tokio::task::yield_now().await;
+        out
+    }
+    async fn compare_and_swap_counting(
+        &self,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> StoreResult<Option<Vec<CounterValue>>> {
+        tokio::task::yield_now().await;
+        let out = self
+            .0
+            .compare_and_swap_counting(expected_version, flow, counters, now)
+            .await;
+        tokio::task::yield_now().await;
+        out
+    }
+    async fn increment_counters(
+        &self,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> StoreResult<Vec<CounterValue>> {
+        tokio::task::yield_now().await;
+        let out = self.0.increment_counters(counters, now).await;
+        tokio::task::yield_now().await;
+        out
+    }
+    async fn purge_expired(&self, now: Timestamp) -> StoreResult<u64> {
+        self.0.purge_expired(now).await
+    }
+}
+
+type TestRecovery<S> = Recovery<Interleaved<S>, RecordingSender, ManualClock>;
 
 fn recovery<S: CodeStore>(store: Arc<S>) -> (Arc<TestRecovery<S>>, RecordingSender, ManualClock) {
     let sender = RecordingSender::new();
     let clock = ManualClock::new(now());
     let keys = KeyRing::new(1, ServerKey::generate().expect("randomness"));
-    let recovery = Recovery::new(store, sender.clone(), keys).with_clock(clock.clone());
+    let recovery = Recovery::new(Interleaved(store), sender.clone(), keys).with_clock(clock.clone());
     (Arc::new(recovery), sender, clock)
+}
+
+/// Spawns `n` copies of `task`, all released at once by a barrier, and
+/// returns their outputs.
+async fn race<T, F, Fut>(n: usize, task: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let fut = task(i);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                fut.await
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for handle in handles {
+        out.push(handle.await.expect("a racing task panicked"));
+    }
+    out
 }
 
 async fn requested_flow<S: CodeStore>(recovery: &TestRecovery<S>) -> FlowId {
@@ -179,13 +274,14 @@ async fn requested_flow<S: CodeStore>(recovery: &TestRecovery<S>) -> FlowId {
 /// flows, with and without a token.
 pub async fn create_then_get_returns_every_field<S: CodeStore>(store: Arc<S>) {
     let t = now();
-    let mut real = flow_at(t, Some(account()));
+    let mut real = flow_at(t, of(&account()));
     real.token_mac = Some(Mac::from_bytes([0xa5; 32]));
     real.token_expires_at = t.saturating_add(Duration::from_secs(600));
     real.failed_attempts = 3;
+    real.prior_failures = 7;
     real.sends = 2;
     real.key_id = u32::MAX;
-    let decoy = flow_at(t, None);
+    let decoy = flow_at(t, decoy());
     for flow in [real, decoy] {
         store.create_flow(&flow).await.expect("create_flow");
         assert_eq!(
@@ -204,7 +300,7 @@ pub async fn get_of_an_unknown_flow_is_none<S: CodeStore>(store: Arc<S>) {
 
 /// Creating a second flow with an existing id fails and changes nothing.
 pub async fn create_refuses_a_duplicate_id<S: CodeStore>(store: Arc<S>) {
-    let flow = flow_at(now(), Some(account()));
+    let flow = flow_at(now(), of(&account()));
     store.create_flow(&flow).await.expect("create_flow");
     let mut again = flow.clone();
     again.failed_attempts = 4;
@@ -220,19 +316,18 @@ pub async fn create_refuses_a_duplicate_id<S: CodeStore>(store: Arc<S>) {
     );
 }
 
-/// A new flow supersedes the account's open flow (code sent or verified),
-/// bumping its version, and leaves closed flows and other accounts alone.
+/// A new flow supersedes its subject's open flow (code sent or verified),
+/// bumping its version, and leaves closed flows and other subjects alone.
 pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S>) {
     let t = now();
     let alice = account();
-    let bob = account();
-    let first = flow_at(t, Some(alice.clone()));
-    let bobs = flow_at(t, Some(bob));
+    let first = flow_at(t, of(&alice));
+    let bobs = flow_at(t, of(&account()));
     store.create_flow(&first).await.expect("create");
     store.create_flow(&bobs).await.expect("create");
 
     let later = t.saturating_add(Duration::from_secs(1));
-    let second = flow_at(later, Some(alice.clone()));
+    let second = flow_at(later, of(&alice));
     store.create_flow(&second).await.expect("create");
     let old = get(&*store, &first.id).await;
     assert_eq!(
@@ -263,7 +358,7 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
             .await
             .expect("cas")
     );
-    let third = flow_at(later, Some(alice.clone()));
+    let third = flow_at(later, of(&alice));
     store.create_flow(&third).await.expect("create");
     assert_eq!(get(&*store, &second.id).await.state, FlowState::Superseded);
 
@@ -277,7 +372,7 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
             .await
             .expect("cas")
     );
-    let fourth = flow_at(later, Some(alice));
+    let fourth = flow_at(later, of(&alice));
     store.create_flow(&fourth).await.expect("create");
     assert_eq!(
         get(&*store, &third.id).await,
@@ -291,25 +386,37 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
     );
 }
 
-/// Decoy flows (no account) are stored but supersede nothing.
-pub async fn decoys_supersede_nothing<S: CodeStore>(store: Arc<S>) {
+/// Decoy flows supersede the open flow of the same decoy subject, exactly
+/// like accounts, and nothing else.
+pub async fn decoys_supersede_per_subject<S: CodeStore>(store: Arc<S>) {
     let t = now();
-    let real = flow_at(t, Some(account()));
+    let real = flow_at(t, of(&account()));
     store.create_flow(&real).await.expect("create");
-    let decoys = [flow_at(t, None), flow_at(t, None)];
-    for decoy in &decoys {
-        store.create_flow(decoy).await.expect("create");
-    }
-    assert_eq!(get(&*store, &real.id).await, real);
-    for decoy in &decoys {
-        assert_eq!(get(&*store, &decoy.id).await, *decoy);
-    }
+    let nobody = decoy();
+    let first = flow_at(t, nobody.clone());
+    let other = flow_at(t, decoy());
+    store.create_flow(&first).await.expect("create");
+    store.create_flow(&other).await.expect("create");
+    let second = flow_at(t, nobody);
+    store.create_flow(&second).await.expect("create");
+    assert_eq!(get(&*store, &first.id).await.state, FlowState::Superseded);
+    assert_eq!(get(&*store, &second.id).await, second);
+    assert_eq!(
+        get(&*store, &other.id).await,
+        other,
+        "another decoy must not change"
+    );
+    assert_eq!(
+        get(&*store, &real.id).await,
+        real,
+        "an account's flow must not change"
+    );
 }
 
 /// Compare-and-swap writes only when the stored version is the expected
 /// one, and reports `false` for a stale version or a missing flow.
 pub async fn compare_and_swap_applies_only_on_the_expected_version<S: CodeStore>(store: Arc<S>) {
-    let flow = flow_at(now(), Some(account()));
+    let flow = flow_at(now(), of(&account()));
     store.create_flow(&flow).await.expect("create");
     let mut next = flow.clone();
     next.version += 1;
@@ -330,7 +437,7 @@ pub async fn compare_and_swap_applies_only_on_the_expected_version<S: CodeStore>
         "a failed swap must change nothing"
     );
 
-    let missing = flow_at(now(), None);
+    let missing = flow_at(now(), decoy());
     assert!(
         !store
             .compare_and_swap(missing.version, &missing)
@@ -347,10 +454,11 @@ pub async fn compare_and_swap_applies_only_on_the_expected_version<S: CodeStore>
 /// A counting swap increments its counters when, and only when, it writes.
 pub async fn compare_and_swap_counting_counts_only_when_it_writes<S: CodeStore>(store: Arc<S>) {
     let t = now();
-    let flow = flow_at(t, Some(account()));
+    let hour = Duration::from_secs(3600);
+    let flow = flow_at(t, of(&account()));
     store.create_flow(&flow).await.expect("create");
     let key = unique("counting");
-    let counter = [Counter::new(&key, Duration::from_secs(3600), 1)];
+    let counter = [Counter::new(&key, hour, 1)];
     let mut next = flow.clone();
     next.version += 1;
     next.failed_attempts = 1;
@@ -358,7 +466,8 @@ pub async fn compare_and_swap_counting_counts_only_when_it_writes<S: CodeStore>(
         .compare_and_swap_counting(flow.version, &next, &counter, t)
         .await
         .expect("cas");
-    assert_eq!(counts, Some(vec![1]), "a winning swap must count");
+    let opened = CounterValue::new(1, Some(t.saturating_add(hour)));
+    assert_eq!(counts, Some(vec![opened]), "a winning swap must count");
     assert_eq!(get(&*store, &flow.id).await, next);
     let lost = store
         .compare_and_swap_counting(flow.version, &next, &counter, t)
@@ -366,74 +475,95 @@ pub async fn compare_and_swap_counting_counts_only_when_it_writes<S: CodeStore>(
         .expect("cas");
     assert_eq!(lost, None, "a losing swap must report that it did not write");
     let read = store
-        .increment_counters(&[Counter::new(&key, Duration::from_secs(3600), 0)], t)
+        .increment_counters(&[Counter::read(&key, hour)], t)
         .await
         .expect("read");
-    assert_eq!(read, [1], "a losing swap must not count");
+    assert_eq!(read, [opened], "a losing swap must not count");
 }
 
-/// Counters add per key, return the count after each addition, read with
-/// `by: 0`, and start again at the first millisecond of the next window.
+/// A counter's window opens at its first increment and lasts its length to
+/// the millisecond; counts add per key; reads never open a window.
 pub async fn counters_count_per_key_and_per_window<S: CodeStore>(store: Arc<S>) {
-    let window = Duration::from_secs(60);
-    let t = now().as_unix_millis();
-    let start = Timestamp::from_unix_millis(t - t % 60_000 + 60_000);
-    let last = Timestamp::from_unix_millis(start.as_unix_millis() + 59_999);
-    let next = Timestamp::from_unix_millis(start.as_unix_millis() + 60_000);
-    let (a, b) = (unique("counter-a"), unique("counter-b"));
+    let minute = Duration::from_secs(60);
+    let start = now();
+    let end = start.saturating_add(minute);
+    let last = Timestamp::from_unix_millis(end.as_unix_millis() - 1);
+    let (a, b, c) = (unique("counter-a"), unique("counter-b"), unique("counter-c"));
 
+    let none = store
+        .increment_counters(&[Counter::read(&a, minute)], start)
+        .await
+        .expect("read");
+    assert_eq!(
+        none,
+        [CounterValue::default()],
+        "a counter never incremented reads as zero, no window"
+    );
     let counts = store
         .increment_counters(
             &[
-                Counter::new(&a, window, 1),
-                Counter::new(&b, window, 3),
-                Counter::new(&a, window, 2),
+                Counter::new(&a, minute, 1),
+                Counter::new(&b, minute, 3),
+                Counter::new(&a, minute, 2),
             ],
             start,
         )
         .await
         .expect("increment");
+    let window = Some(end);
     assert_eq!(
         counts,
-        [1, 3, 3],
-        "counts after each increment, a key repeated in one call included"
+        [
+            CounterValue::new(1, window),
+            CounterValue::new(3, window),
+            CounterValue::new(3, window)
+        ],
+        "values after each increment, a key repeated in one call included"
     );
     let read = store
-        .increment_counters(&[Counter::new(&a, window, 0)], last)
+        .increment_counters(&[Counter::read(&a, minute)], last)
         .await
         .expect("read");
     assert_eq!(
         read,
-        [3],
-        "the last millisecond of the window must see the window's count"
+        [CounterValue::new(3, window)],
+        "the last millisecond of the window sees its count"
     );
     let fresh = store
-        .increment_counters(&[Counter::new(&a, window, 1), Counter::new(&b, window, 0)], next)
+        .increment_counters(&[Counter::new(&a, minute, 1), Counter::read(&b, minute)], end)
         .await
         .expect("increment");
-    assert_eq!(fresh, [1, 0], "the next window must start again from zero");
-    let other_window = store
-        .increment_counters(&[Counter::new(&a, Duration::from_secs(3600), 0)], next)
+    let next = Some(end.saturating_add(minute));
+    assert_eq!(
+        fresh,
+        [CounterValue::new(1, next), CounterValue::default()],
+        "at the window's end the count starts again, and a read sees no window"
+    );
+    // A read does not open a window: the next increment opens it then.
+    let later = end.saturating_add(Duration::from_secs(30));
+    store
+        .increment_counters(&[Counter::read(&c, minute)], start)
         .await
         .expect("read");
-    assert!(
-        other_window[0] <= 1,
-        "windows of another length are other counters"
-    );
+    let opened = store
+        .increment_counters(&[Counter::new(&c, minute, 1)], later)
+        .await
+        .expect("increment");
+    assert_eq!(opened, [CounterValue::new(1, Some(later.saturating_add(minute)))]);
     assert_eq!(
         store.increment_counters(&[], start).await.expect("empty"),
-        Vec::<u64>::new()
+        Vec::<CounterValue>::new()
     );
 }
 
 /// Purging deletes flows whose `purge_after` is at or before `now`, keeps
-/// later ones, and a purged account can open a new flow.
+/// later ones, and a purged subject can open a new flow.
 pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
     let t = now();
     let alice = account();
-    let mut expiring = flow_at(t, Some(alice.clone()));
+    let mut expiring = flow_at(t, of(&alice));
     expiring.purge_after = t.saturating_add(Duration::from_secs(10));
-    let mut staying = flow_at(t, Some(account()));
+    let mut staying = flow_at(t, of(&account()));
     staying.purge_after = t.saturating_add(Duration::from_secs(10) + Duration::from_millis(1));
     store.create_flow(&expiring).await.expect("create");
     store.create_flow(&staying).await.expect("create");
@@ -452,7 +582,7 @@ pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
     );
     assert_eq!(get(&*store, &staying.id).await, staying, "a live flow was purged");
 
-    let fresh = flow_at(expiring.purge_after, Some(alice));
+    let fresh = flow_at(expiring.purge_after, of(&alice));
     store.create_flow(&fresh).await.expect("create after purge");
     assert_eq!(get(&*store, &fresh.id).await, fresh);
 }
@@ -496,102 +626,95 @@ const RACERS: usize = 100;
 /// Many tasks incrementing one counter lose no increment.
 pub async fn concurrent_counter_increments_are_all_counted<S: CodeStore + 'static>(store: Arc<S>) {
     let key = unique("race-counter");
+    let hour = Duration::from_secs(3600);
     let t = now();
-    let tasks: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let (store, key) = (store.clone(), key.clone());
-            tokio::spawn(async move {
-                for _ in 0..10 {
-                    let c = Counter::new(&key, Duration::from_secs(3600), 1);
-                    store.increment_counters(&[c], t).await.expect("increment");
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
-    }
-    let read = Counter::new(&key, Duration::from_secs(3600), 0);
+    race(RACERS, |_| {
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            for _ in 0..10 {
+                store
+                    .increment_counters(&[Counter::new(&key, hour, 1)], t)
+                    .await
+                    .expect("increment");
+            }
+        }
+    })
+    .await;
+    let read = store
+        .increment_counters(&[Counter::read(&key, hour)], t)
+        .await
+        .expect("read");
     assert_eq!(
-        store.increment_counters(&[read], t).await.expect("read"),
-        [(RACERS * 10) as u64],
+        read[0].count,
+        (RACERS * 10) as u64,
         "concurrent increments were lost"
+    );
+    assert_eq!(
+        read[0].resets_at,
+        Some(t.saturating_add(hour)),
+        "one window, opened once"
     );
 }
 
 /// Of many tasks swapping from the same version, exactly one wins.
 pub async fn concurrent_compare_and_swaps_have_one_winner<S: CodeStore + 'static>(store: Arc<S>) {
-    let flow = flow_at(now(), Some(account()));
+    let flow = flow_at(now(), of(&account()));
     store.create_flow(&flow).await.expect("create");
-    let tasks: Vec<_> = (0..RACERS)
-        .map(|i| {
-            let (store, flow) = (store.clone(), flow.clone());
-            tokio::spawn(async move {
-                let mut next = flow.clone();
-                next.version += 1;
-                next.failed_attempts = i as u32;
-                store.compare_and_swap(flow.version, &next).await.expect("cas")
-            })
-        })
-        .collect();
-    let mut wins = 0;
-    for task in tasks {
-        wins += usize::from(task.await.expect("task"));
-    }
-    assert_eq!(
-        wins, 1,
-        "compare-and-swap from one version must have exactly one winner"
-    );
+    let wins = race(RACERS, |i| {
+        let (store, flow) = (store.clone(), flow.clone());
+        async move {
+            let mut next = flow.clone();
+            next.version += 1;
+            next.failed_attempts = i as u32;
+            store.compare_and_swap(flow.version, &next).await.expect("cas")
+        }
+    })
+    .await;
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "one version, one winner");
     assert_eq!(get(&*store, &flow.id).await.version, flow.version + 1);
 }
 
 /// Of many counting swaps from one version, one writes and counts once.
 pub async fn concurrent_counting_swaps_count_once<S: CodeStore + 'static>(store: Arc<S>) {
     let t = now();
-    let flow = flow_at(t, Some(account()));
+    let hour = Duration::from_secs(3600);
+    let flow = flow_at(t, of(&account()));
     store.create_flow(&flow).await.expect("create");
     let key = unique("race-counting");
-    let tasks: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let (store, flow, key) = (store.clone(), flow.clone(), key.clone());
-            tokio::spawn(async move {
-                let mut next = flow.clone();
-                next.version += 1;
-                let counter = [Counter::new(&key, Duration::from_secs(3600), 1)];
-                store
-                    .compare_and_swap_counting(flow.version, &next, &counter, t)
-                    .await
-                    .expect("cas")
-            })
-        })
-        .collect();
-    let mut wins = 0;
-    for task in tasks {
-        wins += usize::from(task.await.expect("task").is_some());
-    }
-    assert_eq!(wins, 1);
-    let read = Counter::new(&key, Duration::from_secs(3600), 0);
-    assert_eq!(store.increment_counters(&[read], t).await.expect("read"), [1]);
+    let wins = race(RACERS, |_| {
+        let (store, flow, key) = (store.clone(), flow.clone(), key.clone());
+        async move {
+            let mut next = flow.clone();
+            next.version += 1;
+            let counter = [Counter::new(&key, hour, 1)];
+            store
+                .compare_and_swap_counting(flow.version, &next, &counter, t)
+                .await
+                .expect("cas")
+        }
+    })
+    .await;
+    assert_eq!(wins.iter().filter(|w| w.is_some()).count(), 1);
+    let read = store
+        .increment_counters(&[Counter::read(&key, hour)], t)
+        .await
+        .expect("read");
+    assert_eq!(read[0].count, 1);
 }
 
-/// Many concurrent creates for one account leave exactly one open flow.
+/// Many concurrent creates for one subject leave exactly one open flow.
 pub async fn concurrent_creates_leave_one_open_flow_per_account<S: CodeStore + 'static>(store: Arc<S>) {
     let alice = account();
     let t = now();
-    let tasks: Vec<_> = (0..RACERS / 2)
-        .map(|_| {
-            let (store, alice) = (store.clone(), alice.clone());
-            tokio::spawn(async move {
-                let flow = flow_at(t, Some(alice));
-                store.create_flow(&flow).await.expect("create");
-                flow.id
-            })
-        })
-        .collect();
-    let mut ids = Vec::new();
-    for task in tasks {
-        ids.push(task.await.expect("task"));
-    }
+    let ids = race(RACERS / 2, |_| {
+        let (store, alice) = (store.clone(), alice.clone());
+        async move {
+            let flow = flow_at(t, of(&alice));
+            store.create_flow(&flow).await.expect("create");
+            flow.id
+        }
+    })
+    .await;
     let mut open = 0;
     for id in &ids {
         open += usize::from(get(&*store, id).await.state.is_open());
@@ -610,38 +733,24 @@ pub async fn wrong_code_race_evaluates_exactly_the_attempt_limit<S: CodeStore + 
         "{:06}",
         (right.expose_secret().parse::<u32>().expect("digits") + 1) % 1_000_000
     );
-    let evaluated = Arc::new(AtomicUsize::new(0));
-    let locked_by = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..1000)
-        .map(|_| {
-            let (recovery, wrong) = (recovery.clone(), wrong.clone());
-            let (evaluated, locked_by) = (evaluated.clone(), locked_by.clone());
-            tokio::spawn(async move {
-                match recovery.verify(&flow, &wrong).await {
-                    Err(Error::InvalidCode { attempts_left }) => {
-                        evaluated.fetch_add(1, Ordering::SeqCst);
-                        if attempts_left == 0 {
-                            locked_by.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                    Err(Error::Locked { .. }) => {}
-                    other => panic!("unexpected outcome of a wrong code: {other:?}"),
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
+    let outcomes = race(1000, |_| {
+        let (recovery, wrong) = (recovery.clone(), wrong.clone());
+        async move { recovery.verify(&flow, &wrong).await }
+    })
+    .await;
+    let mut left: Vec<u32> = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Err(Error::InvalidCode { attempts_left }) => left.push(attempts_left),
+            Err(Error::Locked { .. }) => {}
+            other => panic!("unexpected outcome of a wrong code: {other:?}"),
+        }
     }
+    left.sort_unstable();
     assert_eq!(
-        evaluated.load(Ordering::SeqCst),
-        5,
-        "exactly max_attempts codes may be evaluated"
-    );
-    assert_eq!(
-        locked_by.load(Ordering::SeqCst),
-        1,
-        "exactly one attempt is the last"
+        left,
+        [0, 1, 2, 3, 4],
+        "exactly max_attempts codes may be evaluated, each once"
     );
     let stored = get(&*store, &flow).await;
     assert_eq!(stored.failed_attempts, 5);
@@ -661,29 +770,20 @@ pub async fn right_code_race_issues_exactly_one_token<S: CodeStore + 'static>(st
     let (recovery, sender, _) = recovery(store);
     let flow = requested_flow(&recovery).await;
     let code = sender.last_code().expect("a code was sent");
-    let tokens = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let (recovery, code, tokens) = (recovery.clone(), code.clone(), tokens.clone());
-            tokio::spawn(async move {
-                match recovery.verify(&flow, code.expose_secret()).await {
-                    Ok(_) => {
-                        tokens.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(Error::AlreadyUsed) => {}
-                    Err(other) => panic!("unexpected outcome of a used code: {other:?}"),
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
+    let outcomes = race(RACERS, |_| {
+        let (recovery, code) = (recovery.clone(), code.clone());
+        async move { recovery.verify(&flow, code.expose_secret()).await.map(|_| ()) }
+    })
+    .await;
+    let mut tokens = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => tokens += 1,
+            Err(Error::AlreadyUsed) => {}
+            Err(other) => panic!("unexpected outcome of a used code: {other:?}"),
+        }
     }
-    assert_eq!(
-        tokens.load(Ordering::SeqCst),
-        1,
-        "a code must yield exactly one token"
-    );
+    assert_eq!(tokens, 1, "a code must yield exactly one token");
 }
 
 /// 100 concurrent resets with one token succeed exactly once.
@@ -696,29 +796,20 @@ pub async fn reset_race_completes_exactly_once<S: CodeStore + 'static>(store: Ar
         .await
         .expect("verify");
     let token = verified.token.expose_secret();
-    let completed = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let (recovery, token, completed) = (recovery.clone(), token.clone(), completed.clone());
-            tokio::spawn(async move {
-                match recovery.reset(&token).await {
-                    Ok(_) => {
-                        completed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(Error::AlreadyUsed) => {}
-                    Err(other) => panic!("unexpected outcome of a used token: {other:?}"),
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
+    let outcomes = race(RACERS, |_| {
+        let (recovery, token) = (recovery.clone(), token.clone());
+        async move { recovery.reset(&token).await.map(|_| ()) }
+    })
+    .await;
+    let mut completed = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => completed += 1,
+            Err(Error::AlreadyUsed) => {}
+            Err(other) => panic!("unexpected outcome of a used token: {other:?}"),
+        }
     }
-    assert_eq!(
-        completed.load(Ordering::SeqCst),
-        1,
-        "a token must reset exactly once"
-    );
+    assert_eq!(completed, 1, "a token must reset exactly once");
 }
 
 /// 100 concurrent resends once the cooldown has passed: exactly one sends.
@@ -727,28 +818,19 @@ pub async fn resend_race_sends_exactly_once<S: CodeStore + 'static>(store: Arc<S
     let flow = requested_flow(&recovery).await;
     clock.advance(recovery.policy().cooldown_after(1));
     let before = sender.count();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..RACERS)
-        .map(|_| {
-            let (recovery, sent) = (recovery.clone(), sent.clone());
-            tokio::spawn(async move {
-                match recovery.resend(&flow).await {
-                    Ok(_) => {
-                        sent.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(Error::TooSoon { .. }) => {}
-                    Err(other) => panic!("unexpected outcome of a resend: {other:?}"),
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
+    let outcomes = race(RACERS, |_| {
+        let recovery = recovery.clone();
+        async move { recovery.resend(&flow).await.map(|_| ()) }
+    })
+    .await;
+    let mut sent = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(()) => sent += 1,
+            Err(Error::TooSoon { .. }) => {}
+            Err(other) => panic!("unexpected outcome of a resend: {other:?}"),
+        }
     }
-    assert_eq!(
-        sent.load(Ordering::SeqCst),
-        1,
-        "one cooldown must allow exactly one resend"
-    );
+    assert_eq!(sent, 1, "one cooldown must allow exactly one resend");
     assert_eq!(sender.count(), before + 1, "exactly one SMS must go out");
 }

@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{CodeStore, Counter, Result, StoreError};
+use super::{CodeStore, Counter, CounterValue, Result, StoreError};
 use crate::clock::Timestamp;
-use crate::id::{AccountId, FlowId};
+use crate::id::FlowId;
 use crate::record::{FlowRecord, FlowState};
 
 const SHARDS: usize = 64;
@@ -23,20 +24,19 @@ const MIN_SWEEP_LEN: usize = 256;
 /// `.await`.
 ///
 /// Expired flows and counters are swept as the store grows, so memory stays
-/// bounded by the live records; [`CodeStore::purge_expired`] sweeps
-/// everything at once.
+/// within twice the live records; [`CodeStore::purge_expired`] sweeps
+/// everything at once. Live records are capped too (default 1,000,000
+/// flows, about 400 MB): past the cap, new flows are refused with a
+/// retryable error rather than exhausting memory.
 #[derive(Debug)]
 pub struct MemoryStore {
     flows: Box<[Mutex<Shard<FlowId, FlowRecord>>]>,
-    open: Box<[Mutex<HashMap<AccountId, FlowId>>]>,
-    counters: Box<[Mutex<Shard<CounterKey, CounterValue>>]>,
+    open: Box<[Mutex<HashMap<String, FlowId>>]>,
+    counters: Box<[Mutex<Shard<String, CounterValue>>]>,
     hasher: RandomState,
+    flow_count: AtomicUsize,
+    capacity: usize,
 }
-
-/// A counter: its key and the start of its window (Unix ms).
-type CounterKey = (String, u64);
-/// The count and the end of the window (Unix ms).
-type CounterValue = (u64, u64);
 
 #[derive(Debug)]
 struct Shard<K, V> {
@@ -85,19 +85,29 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// Default cap on flow records.
+    pub const DEFAULT_CAPACITY: usize = 1_000_000;
+
+    /// An empty store holding at most [`MemoryStore::DEFAULT_CAPACITY`] flows.
     pub fn new() -> Self {
+        Self::with_capacity(Self::DEFAULT_CAPACITY)
+    }
+
+    /// An empty store holding at most `capacity` flow records.
+    pub fn with_capacity(capacity: usize) -> Self {
         MemoryStore {
             flows: (0..SHARDS).map(|_| Mutex::default()).collect(),
             open: (0..SHARDS).map(|_| Mutex::default()).collect(),
             counters: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
+            flow_count: AtomicUsize::new(0),
+            capacity,
         }
     }
 
     /// Number of flow records held, expired ones not yet swept included.
     pub fn flow_count(&self) -> usize {
-        self.flows.iter().map(|s| lock(s).map.len()).sum()
+        self.flow_count.load(Ordering::Relaxed)
     }
 
     /// Number of counter windows held.
@@ -114,16 +124,32 @@ impl MemoryStore {
         (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
-    /// Removes swept flows from the account index. Called with no lock held.
+    /// Uncounts swept flows and removes them from the subject index. Called
+    /// with no lock held.
     fn forget_open(&self, swept: Vec<FlowRecord>) {
+        self.flow_count.fetch_sub(swept.len(), Ordering::Relaxed);
+        self.forget_swept(swept);
+    }
+
+    /// Removes already uncounted swept flows from the subject index.
+    fn forget_swept(&self, swept: Vec<FlowRecord>) {
         for flow in swept {
-            if let Some(account) = &flow.account {
-                let mut open = lock(&self.open[self.shard_of(account)]);
-                if open.get(account) == Some(&flow.id) {
-                    open.remove(account);
-                }
+            let subject = flow.subject.key();
+            let mut open = lock(&self.open[self.shard_of(&subject)]);
+            if open.get(&subject) == Some(&flow.id) {
+                open.remove(&subject);
             }
         }
+    }
+
+    /// Reserves room for one more flow, or refuses past the capacity.
+    fn reserve(&self) -> Result<()> {
+        let before = self.flow_count.fetch_add(1, Ordering::Relaxed);
+        if before >= self.capacity {
+            self.flow_count.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::backend("the memory store is full", true));
+        }
+        Ok(())
     }
 }
 
@@ -139,22 +165,12 @@ impl CodeStore for MemoryStore {
         let now = flow.created_at;
         let live = |f: &FlowRecord| f.purge_after > now;
         let new_shard = Self::flow_shard(&flow.id);
-        let Some(account) = &flow.account else {
-            let mut shard = lock(&self.flows[new_shard]);
-            if shard.map.contains_key(&flow.id) {
-                return Err(StoreError::Duplicate);
-            }
-            let swept = shard.sweep(false, live);
-            shard.map.insert(flow.id, flow.clone());
-            drop(shard);
-            self.forget_open(swept);
-            return Ok(());
-        };
-        // Lock order: the account's index shard, then flow shards in
+        let subject = flow.subject.key();
+        // Lock order: the subject's index shard, then flow shards in
         // ascending index. `compare_and_swap` takes a single flow shard, so
         // no cycle can form.
-        let mut open = lock(&self.open[self.shard_of(account)]);
-        let old = open.get(account).copied().filter(|old| *old != flow.id);
+        let mut open = lock(&self.open[self.shard_of(&subject)]);
+        let old = open.get(&subject).copied().filter(|old| *old != flow.id);
         let old_shard = old.map(|id| Self::flow_shard(&id)).filter(|s| *s != new_shard);
         let (mut new_guard, mut old_guard) = match old_shard {
             Some(s) if s < new_shard => {
@@ -170,6 +186,13 @@ impl CodeStore for MemoryStore {
         if new_guard.map.contains_key(&flow.id) {
             return Err(StoreError::Duplicate);
         }
+        let swept = new_guard.sweep(false, live);
+        self.flow_count.fetch_sub(swept.len(), Ordering::Relaxed);
+        if let Err(full) = self.reserve() {
+            drop((new_guard, old_guard, open));
+            self.forget_swept(swept);
+            return Err(full);
+        }
         if let Some(old) = old {
             let shard = old_guard.as_deref_mut().unwrap_or(&mut *new_guard);
             if let Some(record) = shard.map.get_mut(&old)
@@ -180,11 +203,10 @@ impl CodeStore for MemoryStore {
                 record.updated_at = now;
             }
         }
-        let swept = new_guard.sweep(false, live);
         new_guard.map.insert(flow.id, flow.clone());
-        open.insert(account.clone(), flow.id);
+        open.insert(subject, flow.id);
         drop((new_guard, old_guard, open));
-        self.forget_open(swept);
+        self.forget_swept(swept);
         Ok(())
     }
 
@@ -203,18 +225,22 @@ impl CodeStore for MemoryStore {
         }
     }
 
-    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<u64>> {
-        let mut counts = Vec::with_capacity(counters.len());
+    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
+        let live = |v: &CounterValue| v.resets_at.is_some_and(|end| end > now);
+        let mut values = Vec::with_capacity(counters.len());
         for c in counters {
-            let start = c.window_start(now);
-            let key = (c.key.clone(), start);
-            let mut shard = lock(&self.counters[self.shard_of(&key)]);
-            shard.sweep(false, |&(_, end)| end > now.as_unix_millis());
-            let entry = shard.map.entry(key).or_insert((0, c.window_end(now)));
-            entry.0 = entry.0.saturating_add(u64::from(c.by));
-            counts.push(entry.0);
+            let mut shard = lock(&self.counters[self.shard_of(&c.key)]);
+            let value = c.apply(shard.map.get(&c.key).copied(), now);
+            if value.resets_at.is_some() {
+                // Only an increment opens a window: reads store nothing.
+                if !shard.map.contains_key(&c.key) {
+                    shard.sweep(false, live);
+                }
+                shard.map.insert(c.key.clone(), value);
+            }
+            values.push(value);
         }
-        Ok(counts)
+        Ok(values)
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
@@ -225,7 +251,7 @@ impl CodeStore for MemoryStore {
             self.forget_open(swept);
         }
         for shard in self.counters.iter() {
-            lock(shard).sweep(true, |&(_, end)| end > now.as_unix_millis());
+            lock(shard).sweep(true, |v: &CounterValue| v.resets_at.is_some_and(|end| end > now));
         }
         Ok(purged)
     }
@@ -237,25 +263,32 @@ mod tests {
 
     use super::*;
     use crate::code::Mac;
-    use crate::machine;
+    use crate::id::AccountId;
+    use crate::machine::{self, Opening};
     use crate::phone::PhoneNumber;
     use crate::policy::Policy;
+    use crate::record::{DecoyId, Subject};
 
     fn flow(now: Timestamp, account: Option<&str>) -> FlowRecord {
-        let account = account.map(|a| {
-            (
-                AccountId::new(a).unwrap(),
-                PhoneNumber::parse("+14155550123").unwrap(),
-            )
-        });
-        machine::open(
-            &Policy::default(),
-            now,
-            FlowId::generate().unwrap(),
-            account,
-            1,
-            Mac::from_bytes([0; 32]),
-        )
+        let (subject, phone) = match account {
+            Some(a) => (
+                Subject::Account(AccountId::new(a).unwrap()),
+                Some(PhoneNumber::parse("+14155550123").unwrap()),
+            ),
+            None => (
+                Subject::Unknown(DecoyId::from_bytes(*FlowId::generate().unwrap().as_bytes())),
+                None,
+            ),
+        };
+        let opening = Opening {
+            id: FlowId::generate().unwrap(),
+            subject,
+            phone,
+            key_id: 1,
+            code_mac: Mac::from_bytes([0; 32]),
+            prior_failures: 0,
+        };
+        machine::open(&Policy::default(), now, opening)
     }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
@@ -287,9 +320,12 @@ mod tests {
                 store.flow_count()
             );
         }
-        // Account index entries of swept flows went with them.
+        // Index entries of swept flows went with them (500 accounts, and
+        // the decoys of the last two rounds at most).
         let indexed: usize = store.open.iter().map(|s| lock(s).len()).sum();
-        assert!(indexed <= 500, "{indexed}");
+        assert!(indexed <= 500 + 2 * 5_000 + SHARDS * MIN_SWEEP_LEN, "{indexed}");
+        let counted: usize = store.flows.iter().map(|s| lock(s).map.len()).sum();
+        assert_eq!(store.flow_count(), counted, "the flow count must match the maps");
     }
 
     #[test]
@@ -309,6 +345,36 @@ mod tests {
         }
         run(store.purge_expired(now)).unwrap();
         assert_eq!(store.counter_count(), 0);
+    }
+
+    #[test]
+    fn reads_store_nothing() {
+        let store = MemoryStore::new();
+        let t = Timestamp::from_unix_millis(1_000);
+        for i in 0..1_000 {
+            let read = Counter::read(format!("k{i}"), Duration::from_secs(60));
+            assert_eq!(
+                run(store.increment_counters(&[read], t)).unwrap(),
+                [CounterValue::default()]
+            );
+        }
+        assert_eq!(store.counter_count(), 0);
+    }
+
+    #[test]
+    fn new_flows_are_refused_past_the_capacity_and_accepted_after_a_purge() {
+        let store = MemoryStore::with_capacity(3);
+        let t = Timestamp::from_unix_millis(1_000);
+        for _ in 0..3 {
+            run(store.create_flow(&flow(t, None))).unwrap();
+        }
+        let err = run(store.create_flow(&flow(t, None))).unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert_eq!(store.flow_count(), 3);
+        let later = flow(t, None).purge_after;
+        assert_eq!(run(store.purge_expired(later)).unwrap(), 3);
+        run(store.create_flow(&flow(later, None))).unwrap();
+        assert_eq!(store.flow_count(), 1);
     }
 
     #[test]

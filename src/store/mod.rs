@@ -15,8 +15,8 @@
 //! use std::collections::HashMap;
 //! use std::sync::Mutex;
 //! use async_trait::async_trait;
-//! use otp_recovery::store::{CodeStore, Counter, Result};
-//! use otp_recovery::{AccountId, FlowId, FlowRecord, FlowState, Timestamp};
+//! use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+//! use otp_recovery::{FlowId, FlowRecord, FlowState, Timestamp};
 //!
 //! #[derive(Default)]
 //! struct MapStore {
@@ -26,22 +26,23 @@
 //! #[derive(Default)]
 //! struct Inner {
 //!     flows: HashMap<FlowId, FlowRecord>,
-//!     open: HashMap<AccountId, FlowId>,
-//!     counters: HashMap<(String, u64), u64>,
+//!     open: HashMap<String, FlowId>,
+//!     counters: HashMap<String, CounterValue>,
 //! }
 //!
 //! #[async_trait]
 //! impl CodeStore for MapStore {
 //!     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
 //!         let mut inner = self.inner.lock().unwrap();
-//!         if let Some(account) = &flow.account {
-//!             if let Some(old) = inner.open.insert(account.clone(), flow.id) {
-//!                 if let Some(old) = inner.flows.get_mut(&old) {
-//!                     if old.state.is_open() {
-//!                         old.state = FlowState::Superseded;
-//!                         old.version += 1;
-//!                         old.updated_at = flow.created_at;
-//!                     }
+//!         if inner.flows.contains_key(&flow.id) {
+//!             return Err(StoreError::Duplicate);
+//!         }
+//!         if let Some(old) = inner.open.insert(flow.subject.key(), flow.id) {
+//!             if let Some(old) = inner.flows.get_mut(&old) {
+//!                 if old.state.is_open() {
+//!                     old.state = FlowState::Superseded;
+//!                     old.version += 1;
+//!                     old.updated_at = flow.created_at;
 //!                 }
 //!             }
 //!         }
@@ -64,14 +65,16 @@
 //!         }
 //!     }
 //!
-//!     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<u64>> {
+//!     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
 //!         let mut inner = self.inner.lock().unwrap();
 //!         Ok(counters
 //!             .iter()
 //!             .map(|c| {
-//!                 let count = inner.counters.entry((c.key.clone(), c.window_start(now))).or_default();
-//!                 *count += u64::from(c.by);
-//!                 *count
+//!                 let value = c.apply(inner.counters.get(&c.key).copied(), now);
+//!                 if value.resets_at.is_some() {
+//!                     inner.counters.insert(c.key.clone(), value);
+//!                 }
+//!                 value
 //!             })
 //!             .collect())
 //!     }
@@ -82,10 +85,14 @@
 //!         inner.flows.retain(|_, f| f.purge_after > now);
 //!         let Inner { flows, open, counters } = &mut *inner;
 //!         open.retain(|_, id| flows.contains_key(id));
-//!         counters.retain(|(_, start), _| *start + 366 * 86_400_000 > now.as_unix_millis());
+//!         counters.retain(|_, v| v.resets_at.is_some_and(|end| end > now));
 //!         Ok((before - flows.len()) as u64)
 //!     }
 //! }
+//!
+//! // The conformance suite passes against it:
+//! # #[cfg(feature = "conformance")]
+//! # otp_recovery::store::conformance::block_on(otp_recovery::store::conformance::run(std::sync::Arc::new(MapStore::default())));
 //! ```
 //!
 //! With the `conformance` feature, one call checks a store against every
@@ -157,12 +164,14 @@ impl From<DecodeError> for StoreError {
     }
 }
 
-/// One increment of a fixed-window counter.
+/// One increment of a windowed counter.
 ///
-/// Windows are aligned to the Unix epoch: the window of `now` starts at
-/// `now - now % window`. The count of a key starts again at zero in each
-/// window. An increment `by: 0` reads the count without changing it.
+/// A counter's window opens at its first increment and lasts `window`; the
+/// count starts again at zero with the first increment after the window has
+/// ended. An increment `by: 0` reads the count and never opens a window.
+/// Use one window length per key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Counter {
     /// What is counted, e.g. `send:phone:+14155550123`. Opaque to the store.
     pub key: String,
@@ -182,21 +191,48 @@ impl Counter {
         }
     }
 
-    /// Window length in milliseconds, at least 1.
-    pub fn window_millis(&self) -> u64 {
-        u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1)
+    /// A read of `key`'s count (an increment by zero).
+    pub fn read(key: impl Into<String>, window: Duration) -> Self {
+        Counter::new(key, window, 0)
     }
 
-    /// Start (Unix milliseconds) of the window that holds `now`.
-    pub fn window_start(&self, now: Timestamp) -> u64 {
-        let now = now.as_unix_millis();
-        now - now % self.window_millis()
+    /// When a window opened at `now` ends.
+    pub fn window_end_from(&self, now: Timestamp) -> Timestamp {
+        now.saturating_add(self.window.max(Duration::from_millis(1)))
     }
 
-    /// End (exclusive, Unix milliseconds) of the window that holds `now`;
-    /// the count may be forgotten from then on.
-    pub fn window_end(&self, now: Timestamp) -> u64 {
-        self.window_start(now).saturating_add(self.window_millis())
+    /// The counter's new value given its stored value (`count`, window end)
+    /// and `now`: the shared rule every store applies atomically.
+    pub fn apply(&self, stored: Option<CounterValue>, now: Timestamp) -> CounterValue {
+        let live = stored.filter(|v| v.resets_at.is_some_and(|end| now < end));
+        match (live, self.by) {
+            (Some(v), by) => CounterValue {
+                count: v.count.saturating_add(u64::from(by)),
+                resets_at: v.resets_at,
+            },
+            (None, 0) => CounterValue::default(),
+            (None, by) => CounterValue {
+                count: u64::from(by),
+                resets_at: Some(self.window_end_from(now)),
+            },
+        }
+    }
+}
+
+/// A counter's value after an increment or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CounterValue {
+    /// The count in the current window.
+    pub count: u64,
+    /// When the current window ends; `None` when no window is open (count 0).
+    pub resets_at: Option<Timestamp>,
+}
+
+impl CounterValue {
+    /// A value of `count` in a window ending at `resets_at`.
+    pub fn new(count: u64, resets_at: Option<Timestamp>) -> Self {
+        CounterValue { count, resets_at }
     }
 }
 
@@ -207,12 +243,12 @@ impl Counter {
 /// two round trips without a version check.
 #[async_trait]
 pub trait CodeStore: Send + Sync {
-    /// Inserts a new flow. If `flow.account` is set and that account has an
-    /// open flow ([`FlowState::is_open`](crate::FlowState::is_open)), that
-    /// flow becomes `Superseded` (its `version` grows by one and its
-    /// `updated_at` becomes `flow.created_at`) in the same atomic step, and
-    /// the new flow becomes the account's open one. Decoy flows (no account)
-    /// supersede nothing.
+    /// Inserts a new flow. If its subject (keyed by
+    /// [`Subject::key`](crate::Subject::key), decoys included) has an open
+    /// flow ([`FlowState::is_open`](crate::FlowState::is_open)), that flow
+    /// becomes `Superseded` (its `version` grows by one and its `updated_at`
+    /// becomes `flow.created_at`) in the same atomic step, and the new flow
+    /// becomes the subject's open one.
     ///
     /// # Errors
     /// [`StoreError::Duplicate`] if a flow with this id exists.
@@ -242,20 +278,20 @@ pub trait CodeStore: Send + Sync {
         flow: &FlowRecord,
         counters: &[Counter],
         now: Timestamp,
-    ) -> Result<Option<Vec<u64>>> {
+    ) -> Result<Option<Vec<CounterValue>>> {
         if !self.compare_and_swap(expected_version, flow).await? {
             return Ok(None);
         }
         Ok(Some(self.increment_counters(counters, now).await?))
     }
 
-    /// Atomically adds each counter's `by` to its count in the window of
-    /// `now` and returns the counts after the addition, in order. Each
-    /// counter's increment is atomic; a key may appear more than once.
-    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<u64>>;
+    /// Atomically applies each counter (see [`Counter::apply`]) and returns
+    /// the values after it, in order. Each counter's step is atomic; a key
+    /// may appear more than once.
+    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>>;
 
     /// Deletes flows whose `purge_after` is at or before `now` and counters
-    /// whose window ended by `now`. Returns how many flows were deleted
+    /// whose window ended by `now` (stores may delete ended counters sooner). Returns how many flows were deleted
     /// (stores whose backend expires keys by itself may return 0).
     async fn purge_expired(&self, now: Timestamp) -> Result<u64>;
 }
@@ -277,12 +313,12 @@ impl<S: CodeStore + ?Sized> CodeStore for Arc<S> {
         flow: &FlowRecord,
         counters: &[Counter],
         now: Timestamp,
-    ) -> Result<Option<Vec<u64>>> {
+    ) -> Result<Option<Vec<CounterValue>>> {
         (**self)
             .compare_and_swap_counting(expected_version, flow, counters, now)
             .await
     }
-    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<u64>> {
+    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
         (**self).increment_counters(counters, now).await
     }
     async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
