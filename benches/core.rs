@@ -19,7 +19,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
 use otp_recovery::store::MemoryStore;
 use otp_recovery::{
-    Account, AccountId, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, ServerKey, Timestamp,
+    Account, AccountId, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, RequestContext, ServerKey,
+    Timestamp,
 };
 use sha2::Sha256;
 
@@ -106,12 +107,19 @@ fn benches(c: &mut Criterion) {
     let keys = KeyRing::new(1, ServerKey::generate().unwrap());
     let recovery = Recovery::new(MemoryStore::new(), NullSender, keys.clone()).with_clock(clock.clone());
     g.bench_function("request_known", |b| {
-        b.iter(|| ready(recovery.request("someone@example.com", Some(account(tick())))).unwrap())
+        b.iter(|| {
+            ready(recovery.request(
+                "someone@example.com",
+                Some(account(tick())),
+                &RequestContext::none(),
+            ))
+            .unwrap()
+        })
     });
     g.bench_function("request_unknown", |b| {
         b.iter(|| {
             tick();
-            ready(recovery.request("nobody@example.com", None)).unwrap()
+            ready(recovery.request("nobody@example.com", None, &RequestContext::none())).unwrap()
         })
     });
 
@@ -119,9 +127,13 @@ fn benches(c: &mut Criterion) {
     let recovery = Recovery::new(MemoryStore::new(), sender.clone(), keys).with_clock(clock.clone());
     // A fresh account per flow, so wrong codes never reach the account limit.
     let open_flow = || {
-        let flow = ready(recovery.request("someone@example.com", Some(account(tick()))))
-            .unwrap()
-            .flow_id;
+        let flow = ready(recovery.request(
+            "someone@example.com",
+            Some(account(tick())),
+            &RequestContext::none(),
+        ))
+        .unwrap()
+        .flow_id;
         let code = sender.0.lock().unwrap().clone();
         let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
         (flow, code, wrong)
@@ -129,14 +141,18 @@ fn benches(c: &mut Criterion) {
     g.bench_function("verify_wrong", |b| {
         b.iter_batched(
             &open_flow,
-            |(flow, _, wrong): (FlowId, String, String)| ready(recovery.verify(&flow, &wrong)).unwrap_err(),
+            |(flow, _, wrong): (FlowId, String, String)| {
+                ready(recovery.verify(&flow, &wrong, &RequestContext::none())).unwrap_err()
+            },
             BatchSize::PerIteration,
         )
     });
     g.bench_function("verify_right", |b| {
         b.iter_batched(
             &open_flow,
-            |(flow, code, _): (FlowId, String, String)| ready(recovery.verify(&flow, &code)).unwrap(),
+            |(flow, code, _): (FlowId, String, String)| {
+                ready(recovery.verify(&flow, &code, &RequestContext::none())).unwrap()
+            },
             BatchSize::PerIteration,
         )
     });

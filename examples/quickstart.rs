@@ -8,7 +8,9 @@
 use async_trait::async_trait;
 use otp_recovery::sms::{ConsoleSender, RecordingSender, SendError, SendReceipt, SmsMessage, SmsSender};
 use otp_recovery::store::MemoryStore;
-use otp_recovery::{Account, AccountId, Error, KeyRing, Messages, PhoneNumber, Recovery, ServerKey};
+use otp_recovery::{
+    Account, AccountId, Error, KeyRing, Messages, PhoneNumber, Recovery, RequestContext, ServerKey,
+};
 
 /// The host's user table, reduced to one user.
 fn find_account(identifier: &str) -> Option<Account> {
@@ -42,12 +44,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // ServerKey::from_bytes(load_secret("otp-recovery-key-1")?)?
     let keys = KeyRing::new(1, ServerKey::generate()?);
     let phone = std::sync::Arc::new(Phone::default());
-    let messages = Messages::new("Acme")?.with_webotp_domain("acme.example")?;
+    let messages = Messages::builder("Acme")
+        .webotp_domain("acme.example")
+        .support_contact("help@acme.example")
+        .build()?;
     let recovery = Recovery::new(MemoryStore::new(), phone.clone(), keys).with_messages(messages);
 
     println!("1. alice@example.com asks to recover her account");
     let requested = recovery
-        .request("alice@example.com", find_account("alice@example.com"))
+        .request(
+            "alice@example.com",
+            find_account("alice@example.com"),
+            &RequestContext::none(),
+        )
         .await?;
     println!(
         "   -> code sent to {}; recovery id {}; {} attempts allowed",
@@ -56,7 +65,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("2. someone asks for an address that has no account");
     let unknown = recovery
-        .request("mallory@example.com", find_account("mallory@example.com"))
+        .request(
+            "mallory@example.com",
+            find_account("mallory@example.com"),
+            &RequestContext::none(),
+        )
         .await?;
     println!(
         "   -> the same kind of answer (code 'sent' to {}, {} attempts allowed); no SMS went out",
@@ -64,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     println!("3. alice asks for another code straight away");
-    match recovery.resend(&requested.flow_id).await {
+    match recovery.resend(&requested.flow_id, &RequestContext::none()).await {
         Err(Error::TooSoon { retry_after, .. }) => {
             println!("   -> refused: try again in {} s", retry_after.as_secs().max(1))
         }
@@ -79,7 +92,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     println!("4. alice mistypes the code");
-    match recovery.verify(&requested.flow_id, wrong).await {
+    match recovery
+        .verify(&requested.flow_id, wrong, &RequestContext::none())
+        .await
+    {
         Err(Error::InvalidCode { attempts_left, .. }) => {
             println!("   -> wrong code, {attempts_left} attempts left")
         }
@@ -87,25 +103,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!("5. alice types something that is not a six-digit code");
-    let err = recovery.verify(&requested.flow_id, "12a456").await.unwrap_err();
+    let err = recovery
+        .verify(&requested.flow_id, "12a456", &RequestContext::none())
+        .await
+        .unwrap_err();
     println!("   -> refused before any check, no attempt used: {err}");
 
     println!("6. alice types the code from the SMS");
-    let verified = recovery.verify(&requested.flow_id, code.expose_secret()).await?;
+    let verified = recovery
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .await?;
     println!("   -> verified; a single-use reset token was issued, valid 10 minutes");
 
     println!("7. alice submits her new password with the token");
-    let done = recovery.reset(&verified.token.expose_secret()).await?;
+    let done = recovery
+        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .await?;
     println!(
         "   -> token accepted: the host now sets the password of account {}",
         done.account
     );
 
     println!("8. the token is replayed, and the code typed again");
-    let replay = recovery.reset(&verified.token.expose_secret()).await.unwrap_err();
+    let replay = recovery
+        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .await
+        .unwrap_err();
     println!("   -> token refused: {replay}");
     let again = recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     println!("   -> code refused: {again}");

@@ -23,15 +23,19 @@ use hmac::{Hmac, KeyInit, Mac as _};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::clock::Timestamp;
 use crate::error::InputError;
 use crate::id::FlowId;
 use crate::secret::{Code, ServerKey};
+use crate::support::SupportReference;
 
 type HmacSha256 = Hmac<Sha256>;
 
 const CODE_LABEL: &[u8] = b"otp-recovery/v1/code";
 const TOKEN_LABEL: &[u8] = b"otp-recovery/v1/token";
 const DECOY_LABEL: &[u8] = b"otp-recovery/v1/decoy";
+const REFERENCE_LABEL: &[u8] = b"otp-recovery/v1/support-reference";
+const PSEUDONYM_LABEL: &[u8] = b"otp-recovery/v1/pseudonym";
 
 /// An HMAC-SHA256 value as stored in a flow record. Not secret on its own,
 /// but still kept out of `Debug`, since a leaked MAC of a six-digit code
@@ -155,19 +159,55 @@ impl KeyRing {
         Some(mac(key, TOKEN_LABEL, flow, secret))
     }
 
+    /// The reference of a lock of `subject_key` that ends at `until`: the
+    /// same wherever it is computed, so a request refused during the lock
+    /// quotes the reference the locking verify gave, without a look-up.
+    pub(crate) fn support_reference(&self, subject_key: &str, until: Timestamp) -> SupportReference {
+        let mut input = Vec::with_capacity(subject_key.len() + 8);
+        input.extend_from_slice(&until.as_unix_millis().to_be_bytes());
+        input.extend_from_slice(subject_key.as_bytes());
+        let m = mac(
+            self.decoy_key(),
+            REFERENCE_LABEL,
+            &FlowId::from_bytes([0; 16]),
+            &input,
+        );
+        let b = m.as_bytes();
+        SupportReference::from_bits([b[0], b[1], b[2], b[3], b[4]])
+    }
+
+    /// A stable pseudonym for personal data (a phone number, an IP, an
+    /// account key) in counter keys: 96 bits of a MAC as 24 hex characters,
+    /// the same on every instance sharing the key ring, so stores never
+    /// hold the value itself in a key.
+    pub(crate) fn pseudonym(&self, value: &str) -> String {
+        let m = mac(
+            self.decoy_key(),
+            PSEUDONYM_LABEL,
+            &FlowId::from_bytes([0; 16]),
+            value.as_bytes(),
+        );
+        let mut out = String::with_capacity(24);
+        crate::hex::encode_into(&m.as_bytes()[..12], &mut out);
+        out
+    }
+
+    /// The key of decoys and references: set explicitly, or the lowest id.
+    fn decoy_key(&self) -> &HmacSha256 {
+        match &self.decoy {
+            Some(key) => key,
+            None => {
+                let lowest = self.keys.iter().min_by_key(|(id, _)| *id);
+                &lowest.expect("a ring has a key").1
+            }
+        }
+    }
+
     /// A stable pseudo-random value for an unknown identifier, so that its
-    /// made-up answers stay the same across requests.
+    /// made-up answers stay the same across requests and key rotations.
     pub(crate) fn decoy(&self, identifier: &str) -> Mac {
-        let key = self.decoy.as_ref().unwrap_or_else(|| {
-            let lowest = self
-                .keys
-                .iter()
-                .min_by_key(|(id, _)| *id)
-                .expect("a ring has a key");
-            &lowest.1
-        });
         mac(
-            key,
+            self.decoy_key(),
             DECOY_LABEL,
             &FlowId::from_bytes([0; 16]),
             identifier.as_bytes(),

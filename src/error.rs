@@ -8,16 +8,18 @@
 //! | [`Error::InvalidCode`] | 400 / 422 | wrong code, `attempts_left` left |
 //! | [`Error::Expired`], [`Error::Superseded`], [`Error::Cancelled`], [`Error::AlreadyUsed`], [`Error::NotFound`], [`Error::InvalidToken`] | 400 / 410 | start again |
 //! | [`Error::Locked`] | 423 / 429 | too many tries; start again later |
-//! | [`Error::TooSoon`], [`Error::TooManySends`] | 429 with `Retry-After` | wait |
+//! | [`Error::TooSoon`], [`Error::TooManySends`], [`Error::RateLimited`], [`Error::Blocked`] | 429 with `Retry-After` | wait |
 //! | [`Error::Input`] | 400 | check what you typed |
 //! | [`Error::Store`], [`Error::Send`], [`Error::Random`], [`Error::Busy`] | 503 | try again later |
 
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::limits::LimitScope;
 use crate::secret::RandomError;
 use crate::sms::SendError;
 use crate::store::StoreError;
+use crate::support::SupportReference;
 
 /// Result of the recovery operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -37,13 +39,38 @@ pub enum Error {
     /// The code (or reset token) is past its lifetime.
     #[error("the code or token has expired; start a new recovery")]
     Expired,
-    /// Too many wrong codes: this flow accepts no more attempts.
-    #[error("too many wrong codes: this recovery is locked")]
+    /// Too many wrong codes: this flow, or recovery by SMS for the whole
+    /// account, accepts no more attempts.
+    #[error("too many wrong codes: recovery is locked{}", match reference {
+        Some(r) => format!(" (support reference {r})"),
+        None => String::new(),
+    })]
     #[non_exhaustive]
     Locked {
         /// When recovery may be tried again; `None` when only a new
-        /// recovery request can continue.
+        /// recovery request can continue (the flow alone is locked).
         until: Option<Timestamp>,
+        /// The account lock's reference, to quote to support.
+        reference: Option<SupportReference>,
+        /// The host's support contact, as configured in
+        /// [`Messages`](crate::Messages).
+        support: Option<String>,
+    },
+    /// A rate limit was reached.
+    #[error("too many requests: try again in {} s", retry_after.as_secs().max(1))]
+    #[non_exhaustive]
+    RateLimited {
+        /// Which limit (for the host's logs; a user need not see it).
+        scope: LimitScope,
+        /// Time to wait before asking again.
+        retry_after: Duration,
+    },
+    /// The client or destination is blocked for suspicious activity.
+    #[error("temporarily blocked: try again in {} s", retry_after.as_secs().max(1))]
+    #[non_exhaustive]
+    Blocked {
+        /// Time to wait before asking again.
+        retry_after: Duration,
     },
     /// A resend came before the cooldown ended.
     #[error("a new code can be sent in {} s", retry_after.as_secs().max(1))]
@@ -92,6 +119,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The flow alone is locked: a new request may continue.
+    pub(crate) fn flow_locked() -> Self {
+        Error::Locked {
+            until: None,
+            reference: None,
+            support: None,
+        }
+    }
+
     /// Whether retrying the same call later may succeed without user action
     /// (a store or gateway outage, contention).
     pub fn is_retryable(&self) -> bool {
@@ -99,7 +135,7 @@ impl Error {
             Error::Store(e) => e.is_retryable(),
             Error::Send(e) => e.is_retryable(),
             Error::Busy | Error::Random(_) => true,
-            Error::TooSoon { .. } => true,
+            Error::TooSoon { .. } | Error::RateLimited { .. } | Error::Blocked { .. } => true,
             _ => false,
         }
     }
@@ -107,7 +143,10 @@ impl Error {
     /// How long to wait before retrying, where the error knows.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::TooSoon { retry_after } => Some(*retry_after),
+            Error::TooSoon { retry_after }
+            | Error::RateLimited { retry_after, .. }
+            | Error::Blocked { retry_after } => Some(*retry_after),
+            Error::Locked { until: Some(_), .. } => None,
             Error::Send(e) => e.retry_after(),
             _ => None,
         }
@@ -140,6 +179,15 @@ pub enum InputError {
         /// The minimum length in bytes.
         min: usize,
     },
+    /// A support reference is 8 characters of Crockford base 32.
+    #[error("malformed support reference: expected e.g. ABCD-1234")]
+    MalformedReference,
+    /// An agent name is 1 to 64 printable characters.
+    #[error("malformed support agent name")]
+    MalformedAgent,
+    /// A support reason is 1 to 500 characters.
+    #[error("a support action needs a reason of 1 to 500 characters")]
+    MalformedReason,
     /// A key ring needs keys with distinct ids.
     #[error("duplicate key id {0} in the key ring")]
     DuplicateKeyId(u32),

@@ -31,7 +31,7 @@ impl FlowId {
     }
 
     /// Builds an id from its bytes (for stores decoding a record).
-    pub fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
         FlowId(bytes)
     }
 

@@ -36,8 +36,10 @@
 mod clock;
 mod code;
 mod error;
+pub mod events;
 mod hex;
 mod id;
+pub mod limits;
 pub mod machine;
 mod message;
 mod phone;
@@ -47,19 +49,22 @@ mod recovery;
 mod secret;
 pub mod sms;
 pub mod store;
+pub mod support;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use code::{KeyRing, Mac};
 pub use error::{Error, InputError, Result};
 pub use id::{AccountId, FlowId};
-pub use message::{MAX_APP_NAME_CHARS, MessageError, Messages};
+pub use message::{
+    Encoding, Locale, MAX_APP_NAME_CHARS, MessageError, Messages, MessagesBuilder, Segments, Templates,
+};
 pub use phone::{MaskedPhone, NON_GEOGRAPHIC_CODES, PhoneNumber, is_country_code};
 pub use policy::{
     MAX_ATTEMPTS_CAP, MAX_TOKEN_TTL, NIST_MAX_ACCOUNT_FAILURES, NIST_MAX_CODE_TTL, Policy, PolicyBuilder,
     PolicyError,
 };
 pub use record::{DecodeError, DecoyId, EffectiveState, FlowRecord, FlowState, Subject, UnknownState};
-pub use recovery::{Account, Completed, Recovery, Requested, Verified};
+pub use recovery::{Account, Completed, Recovery, RequestContext, Requested, Verified};
 pub use secret::{
     Code, MAX_CODE_DIGITS, MIN_CODE_DIGITS, MIN_KEY_LEN, RandomError, ResetToken, SecretString, ServerKey,
 };

@@ -134,7 +134,7 @@ fn account_attempts_left(flow: &FlowRecord, policy: &Policy) -> u32 {
 pub fn verify_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Error> {
     match flow.state_at(now) {
         EffectiveState::Stored(FlowState::CodeSent) if attempts_left(flow, policy) == 0 => {
-            Err(Error::Locked { until: None })
+            Err(Error::flow_locked())
         }
         EffectiveState::Stored(FlowState::CodeSent) => Ok(()),
         other => Err(refusal(other)),
@@ -197,7 +197,7 @@ pub fn resend_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result
         return Err(refusal(flow.state_at(now)));
     }
     if attempts_left(flow, policy) == 0 {
-        return Err(Error::Locked { until: None });
+        return Err(Error::flow_locked());
     }
     match next_send_at(flow, policy) {
         None => Err(Error::TooManySends),
@@ -273,6 +273,19 @@ pub fn reset(flow: &FlowRecord, now: Timestamp, token_matched: bool) -> Result<F
     }
 }
 
+/// Cancels a flow (support, or the host). Closed flows stay as they are.
+///
+/// # Errors
+/// The refusal of the flow's state when it is not open.
+pub fn cancel(flow: &FlowRecord, now: Timestamp) -> Result<FlowRecord, Error> {
+    if !flow.state.is_open() {
+        return Err(refusal(EffectiveState::Stored(flow.state)));
+    }
+    let mut next = step(flow, now);
+    next.state = FlowState::Cancelled;
+    Ok(next)
+}
+
 /// Whether a subject with `failures` wrong codes in its current window may
 /// not open a new flow.
 pub fn subject_locked(failures: u64, policy: &Policy) -> bool {
@@ -298,7 +311,7 @@ fn step(flow: &FlowRecord, now: Timestamp) -> FlowRecord {
 fn refusal(state: EffectiveState) -> Error {
     match state {
         EffectiveState::Expired => Error::Expired,
-        EffectiveState::Stored(FlowState::Locked) => Error::Locked { until: None },
+        EffectiveState::Stored(FlowState::Locked) => Error::flow_locked(),
         EffectiveState::Stored(FlowState::Verified | FlowState::Completed) => Error::AlreadyUsed,
         EffectiveState::Stored(FlowState::Superseded) => Error::Superseded,
         EffectiveState::Stored(FlowState::Cancelled) => Error::Cancelled,

@@ -1,85 +1,211 @@
-//! The text of the messages the crate sends.
+//! The text of the messages the crate sends: templates with placeholders,
+//! built-in locales, links, and SMS segment counting.
 //!
-//! The code message names the app, gives the code and how long it is
-//! valid, warns against sharing it, and (when a domain is configured) ends
-//! with the WebOTP origin-bound line, `@example.com #123456`, which lets
-//! browsers offer the code for autofill on that origin only.
+//! A template is text with placeholders in braces:
+//!
+//! | placeholder | value |
+//! |---|---|
+//! | `{app}` | the app name |
+//! | `{code}` | the one-time code (code messages only; required there) |
+//! | `{minutes}` | how long the code is valid |
+//! | `{link}` | the configured base URL followed by the flow id |
+//! | `{support}` | the configured support contact (or the locale's "our support team") |
+//! | `{until}` | when a lock ends, `2026-11-24 18:30 UTC` |
+//! | `{reference}` | the support reference of a lock, `ABCD-1234` |
+//!
+//! Code messages end with the WebOTP origin-bound line, `@example.com
+//! #123456`, when a domain is configured, so browsers offer the code for
+//! autofill on that origin only. Every template is rendered with the
+//! longest values it can take (a 10-digit code) when [`MessagesBuilder::build`]
+//! runs, and refused if it would need more SMS segments than the budget
+//! (one by default). Links are built from the configured base URL and the
+//! flow id only, never from request data, and never contain the code.
 //!
 //! ```
-//! use std::time::Duration;
-//! use otp_recovery::{Code, Messages};
+//! use otp_recovery::{Locale, Messages};
 //!
-//! let messages = Messages::new("Acme").unwrap().with_webotp_domain("acme.example").unwrap();
-//! let body = messages.code_message(&"123456".parse::<Code>().unwrap(), Duration::from_secs(600));
-//! assert_eq!(
-//!     body.expose_secret(),
-//!     "123456 is your Acme recovery code. It expires in 10 min. Never share it.\n\n@acme.example #123456"
-//! );
+//! let messages = Messages::builder("Acme")
+//!     .webotp_domain("acme.example")
+//!     .support_contact("help@acme.example")
+//!     .build()
+//!     .unwrap();
+//! let spanish = Messages::builder("Acme").locale(Locale::Es).build().unwrap();
+//! assert_eq!(messages.locale(), Locale::En);
+//! # let _ = spanish;
 //! ```
 
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use crate::secret::{Code, SecretString};
+use crate::clock::Timestamp;
+use crate::id::FlowId;
+use crate::secret::{Code, MAX_CODE_DIGITS, SecretString};
+use crate::support::SupportReference;
 
-/// Longest app name, in characters, so the message fits one SMS segment.
+/// Longest app name, in characters.
 pub const MAX_APP_NAME_CHARS: usize = 30;
 
-/// What the messages say: the app's name and, optionally, the domain for
-/// WebOTP autofill.
+/// A built-in language for the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Locale {
+    /// English.
+    #[default]
+    En,
+    /// Spanish.
+    Es,
+    /// French.
+    Fr,
+    /// German.
+    De,
+    /// Portuguese.
+    Pt,
+}
+
+impl Locale {
+    /// Every built-in locale.
+    pub const ALL: &'static [Locale] = &[Locale::En, Locale::Es, Locale::Fr, Locale::De, Locale::Pt];
+
+    /// The locale of a language tag such as `es`, `pt-BR` or `de_AT`.
+    pub fn from_tag(tag: &str) -> Option<Locale> {
+        let lang = tag.split(['-', '_']).next()?.to_ascii_lowercase();
+        Some(match lang.as_str() {
+            "en" => Locale::En,
+            "es" => Locale::Es,
+            "fr" => Locale::Fr,
+            "de" => Locale::De,
+            "pt" => Locale::Pt,
+            _ => return None,
+        })
+    }
+
+    /// The built-in templates. They avoid letters outside the GSM-7
+    /// alphabet (such as á, ç, ã) so that each fits one 160-character SMS.
+    pub fn templates(self) -> Templates {
+        let (code, changed, locked, support) = match self {
+            Locale::En => (
+                "{code} is your {app} recovery code. It expires in {minutes} min. Never share it.",
+                "Your {app} password was just reset. If this was not you, contact {support} now.",
+                "Too many wrong codes: {app} recovery is locked until {until}. Ref {reference}. Help: {support}",
+                "our support team",
+            ),
+            Locale::Es => (
+                "{code} es tu codigo de recuperacion de {app}. Caduca en {minutes} min. No lo compartas.",
+                "Tu clave de {app} se acaba de cambiar. Si no fuiste tu, contacta con {support} ya.",
+                "Demasiados codigos erroneos: {app} bloqueado hasta {until}. Ref {reference}. Ayuda: {support}",
+                "nuestro soporte",
+            ),
+            Locale::Fr => (
+                "{code} : votre code de récupération {app}. Valable {minutes} min. Ne le partagez pas.",
+                "Votre mot de passe {app} a été changé. Si ce n'est pas vous, contactez {support}.",
+                "Trop de codes erronés : {app} bloqué jusqu'au {until}. Réf {reference}. Aide : {support}",
+                "notre support",
+            ),
+            Locale::De => (
+                "{code} ist Ihr {app} Wiederherstellungscode. Gültig {minutes} Min. Niemals weitergeben.",
+                "Ihr {app} Passwort wurde soeben geändert. Waren Sie das nicht? Kontakt: {support}",
+                "Zu viele falsche Codes: {app} gesperrt bis {until}. Ref {reference}. Hilfe: {support}",
+                "unser Support",
+            ),
+            Locale::Pt => (
+                "{code} é o seu codigo de recuperacao {app}. Expira em {minutes} min. Nao o partilhe.",
+                "A sua senha {app} acabou de ser alterada. Se nao foi voce, contacte {support}.",
+                "Demasiados codigos errados: {app} bloqueado ate {until}. Ref {reference}. Ajuda: {support}",
+                "o nosso suporte",
+            ),
+        };
+        Templates {
+            code: code.into(),
+            password_changed: changed.into(),
+            locked: locked.into(),
+            support_fallback: support.into(),
+        }
+    }
+}
+
+/// The texts of one language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Templates {
+    /// The message carrying a code: must contain `{code}`.
+    pub code: String,
+    /// The notice after a reset.
+    pub password_changed: String,
+    /// The notice after an account lock.
+    pub locked: String,
+    /// What `{support}` says when no contact is configured.
+    pub support_fallback: String,
+}
+
+impl Templates {
+    /// Templates from their texts.
+    pub fn new(
+        code: impl Into<String>,
+        password_changed: impl Into<String>,
+        locked: impl Into<String>,
+        support_fallback: impl Into<String>,
+    ) -> Self {
+        Templates {
+            code: code.into(),
+            password_changed: password_changed.into(),
+            locked: locked.into(),
+            support_fallback: support_fallback.into(),
+        }
+    }
+}
+
+/// Which text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Code,
+    PasswordChanged,
+    Locked,
+}
+
+const PLACEHOLDERS: &[&str] = &["app", "code", "minutes", "link", "support", "until", "reference"];
+
+/// What the messages say. Build with [`Messages::builder`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Messages {
     app_name: String,
+    locale: Locale,
+    templates: Vec<(Locale, Templates)>,
     webotp_domain: Option<String>,
+    link_base: Option<String>,
+    support_contact: Option<String>,
+    max_segments: u8,
 }
 
 impl Default for Messages {
     fn default() -> Self {
-        Messages {
-            app_name: "account".into(),
-            webotp_domain: None,
-        }
+        Messages::builder("your account")
+            .build()
+            .expect("the defaults are valid")
     }
 }
 
-impl Messages {
-    /// Messages naming `app_name` (1 to 30 characters, printable ASCII, so
-    /// the text stays in the GSM-7 alphabet).
-    ///
-    /// # Errors
-    /// [`MessageError::AppName`] otherwise.
-    pub fn new(app_name: impl Into<String>) -> Result<Self, MessageError> {
-        let app_name = app_name.into();
-        let ok = (1..=MAX_APP_NAME_CHARS).contains(&app_name.len())
-            && app_name.bytes().all(|b| (b' '..=b'~').contains(&b));
-        if !ok {
-            return Err(MessageError::AppName);
-        }
-        Ok(Messages {
-            app_name,
-            webotp_domain: None,
-        })
-    }
+/// The values a message is rendered with.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Values<'a> {
+    pub(crate) code: Option<&'a Code>,
+    pub(crate) ttl: Duration,
+    pub(crate) flow: Option<&'a FlowId>,
+    pub(crate) until: Option<Timestamp>,
+    pub(crate) reference: Option<&'a SupportReference>,
+}
 
-    /// Ends code messages with the WebOTP line for `domain` (a host name
-    /// such as `example.com`, without scheme or port).
-    ///
-    /// # Errors
-    /// [`MessageError::Domain`] if `domain` is not a plain host name of at
-    /// most 40 characters.
-    pub fn with_webotp_domain(mut self, domain: impl Into<String>) -> Result<Self, MessageError> {
-        let domain = domain.into();
-        let labels_ok = domain.split('.').all(|l| {
-            !l.is_empty()
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        });
-        if domain.len() > 40 || !labels_ok {
-            return Err(MessageError::Domain);
+impl Messages {
+    /// A builder for messages naming `app_name`.
+    pub fn builder(app_name: impl Into<String>) -> MessagesBuilder {
+        MessagesBuilder {
+            app_name: app_name.into(),
+            locale: Locale::En,
+            templates: Vec::new(),
+            webotp_domain: None,
+            link_base: None,
+            support_contact: None,
+            max_segments: 1,
         }
-        self.webotp_domain = Some(domain);
-        Ok(self)
     }
 
     /// The app name.
@@ -87,24 +213,397 @@ impl Messages {
         &self.app_name
     }
 
-    /// The message carrying `code`, valid for `ttl`.
-    pub fn code_message(&self, code: &Code, ttl: Duration) -> SecretString {
-        use std::fmt::Write as _;
-        let minutes = ttl.as_secs().div_ceil(60);
-        let code = code.expose_secret();
+    /// The default locale.
+    pub fn locale(&self) -> Locale {
+        self.locale
+    }
+
+    /// The support contact, if configured.
+    pub fn support_contact(&self) -> Option<&str> {
+        self.support_contact.as_deref()
+    }
+
+    fn templates_for(&self, locale: Option<Locale>) -> &Templates {
+        let wanted = locale.unwrap_or(self.locale);
+        self.templates
+            .iter()
+            .find(|(l, _)| *l == wanted)
+            .or_else(|| self.templates.iter().find(|(l, _)| *l == self.locale))
+            .map(|(_, t)| t)
+            .expect("the builder installs the default locale")
+    }
+
+    /// The message carrying `code`, valid for `ttl`, for `flow`.
+    pub fn code_message(
+        &self,
+        code: &Code,
+        ttl: Duration,
+        flow: &FlowId,
+        locale: Option<Locale>,
+    ) -> SecretString {
+        let values = Values {
+            code: Some(code),
+            ttl,
+            flow: Some(flow),
+            ..Values::default()
+        };
+        self.render(Kind::Code, self.templates_for(locale), &values)
+    }
+
+    /// The notice after a reset.
+    pub fn password_changed_message(&self, locale: Option<Locale>) -> SecretString {
+        self.render(
+            Kind::PasswordChanged,
+            self.templates_for(locale),
+            &Values::default(),
+        )
+    }
+
+    /// The notice after an account lock.
+    pub fn locked_message(
+        &self,
+        until: Timestamp,
+        reference: &SupportReference,
+        locale: Option<Locale>,
+    ) -> SecretString {
+        let values = Values {
+            until: Some(until),
+            reference: Some(reference),
+            ..Values::default()
+        };
+        self.render(Kind::Locked, self.templates_for(locale), &values)
+    }
+
+    fn render(&self, kind: Kind, templates: &Templates, v: &Values<'_>) -> SecretString {
+        let template = match kind {
+            Kind::Code => &templates.code,
+            Kind::PasswordChanged => &templates.password_changed,
+            Kind::Locked => &templates.locked,
+        };
         // Sized up front so the buffer holding the code never reallocates
-        // (a reallocation would free a copy of the code without zeroizing it).
-        let mut body = String::with_capacity(256);
-        let _ = write!(
-            body,
-            "{code} is your {} recovery code. It expires in {minutes} min. Never share it.",
-            self.app_name
-        );
-        if let Some(domain) = &self.webotp_domain {
-            let _ = write!(body, "\n\n@{domain} #{code}");
+        // (a reallocation would free a copy of the code without zeroizing
+        // it): templates are checked to fit a few segments, far below this.
+        let mut out = String::with_capacity(1024);
+        let mut rest = template.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let close = rest[open..].find('}').map_or(rest.len(), |c| open + c);
+            let name = rest.get(open + 1..close).unwrap_or_default();
+            match name {
+                "app" => out.push_str(&self.app_name),
+                "code" => out.push_str(v.code.map(Code::expose_secret).unwrap_or_default()),
+                "minutes" => {
+                    let _ = write!(out, "{}", v.ttl.as_secs().div_ceil(60));
+                }
+                "link" => {
+                    if let (Some(base), Some(flow)) = (&self.link_base, v.flow) {
+                        let _ = write!(out, "{base}{flow}");
+                    }
+                }
+                "support" => out.push_str(
+                    self.support_contact
+                        .as_deref()
+                        .unwrap_or(&templates.support_fallback),
+                ),
+                "until" => {
+                    if let Some(until) = v.until {
+                        let _ = write!(out, "{}", Utc(until));
+                    }
+                }
+                "reference" => {
+                    if let Some(r) = v.reference {
+                        let _ = write!(out, "{r}");
+                    }
+                }
+                _ => {}
+            }
+            rest = rest.get(close + 1..).unwrap_or_default();
         }
-        debug_assert!(body.len() <= 256, "the capacity bounds every message");
-        SecretString::new(body)
+        out.push_str(rest);
+        if kind == Kind::Code
+            && let (Some(domain), Some(code)) = (&self.webotp_domain, v.code)
+        {
+            let _ = write!(out, "\n\n@{domain} #{}", code.expose_secret());
+        }
+        SecretString::new(out)
+    }
+}
+
+/// Builds [`Messages`], checking every template against the segment budget.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MessagesBuilder {
+    app_name: String,
+    locale: Locale,
+    templates: Vec<(Locale, Templates)>,
+    webotp_domain: Option<String>,
+    link_base: Option<String>,
+    support_contact: Option<String>,
+    max_segments: u8,
+}
+
+impl MessagesBuilder {
+    /// The default locale (English unless set); requests may ask for
+    /// another one through their context.
+    pub fn locale(mut self, locale: Locale) -> Self {
+        self.locale = locale;
+        self
+    }
+
+    /// Replaces the templates of `locale` with the host's own.
+    pub fn templates(mut self, locale: Locale, templates: Templates) -> Self {
+        self.templates.retain(|(l, _)| *l != locale);
+        self.templates.push((locale, templates));
+        self
+    }
+
+    /// Ends code messages with the WebOTP line for `domain` (a host name
+    /// such as `example.com`, without scheme or port, at most 30 characters).
+    pub fn webotp_domain(mut self, domain: impl Into<String>) -> Self {
+        self.webotp_domain = Some(domain.into());
+        self
+    }
+
+    /// The base of `{link}`: an `https://` URL to which the flow id is
+    /// appended (`https://acme.example/recover/` gives
+    /// `https://acme.example/recover/<flow id>`). At most 60 characters.
+    pub fn link_base(mut self, base: impl Into<String>) -> Self {
+        self.link_base = Some(base.into());
+        self
+    }
+
+    /// How users reach support: an address, a number or a short URL, at
+    /// most 30 characters. Shown in notices and carried by `Locked` errors.
+    pub fn support_contact(mut self, contact: impl Into<String>) -> Self {
+        self.support_contact = Some(contact.into());
+        self
+    }
+
+    /// How many SMS segments a message may take (default 1, at most 4).
+    pub fn max_segments(mut self, segments: u8) -> Self {
+        self.max_segments = segments;
+        self
+    }
+
+    /// Checks the settings and renders every template of every locale with
+    /// the longest values it can take.
+    ///
+    /// # Errors
+    /// A [`MessageError`] naming what is wrong.
+    pub fn build(self) -> Result<Messages, MessageError> {
+        let name_ok = (1..=MAX_APP_NAME_CHARS).contains(&self.app_name.chars().count())
+            && !self.app_name.chars().any(char::is_control)
+            && !self.app_name.contains(['{', '}']);
+        if !name_ok {
+            return Err(MessageError::AppName);
+        }
+        if let Some(domain) = &self.webotp_domain {
+            let labels_ok = domain.split('.').all(|l| {
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+            if domain.len() > 30 || !labels_ok {
+                return Err(MessageError::Domain);
+            }
+        }
+        if let Some(base) = &self.link_base {
+            let ok = base.len() <= 60
+                && base.strip_prefix("https://").is_some_and(|rest| {
+                    let host = rest.split('/').next().unwrap_or_default();
+                    !host.is_empty() && !host.contains('@')
+                })
+                && base.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(MessageError::LinkBase);
+            }
+        }
+        if let Some(contact) = &self.support_contact
+            && (contact.trim().is_empty()
+                || contact.chars().count() > 30
+                || contact.chars().any(char::is_control)
+                || contact.contains(['{', '}']))
+        {
+            return Err(MessageError::SupportContact);
+        }
+        if !(1..=4).contains(&self.max_segments) {
+            return Err(MessageError::Segments(self.max_segments));
+        }
+        let mut templates = Locale::ALL
+            .iter()
+            .map(|&l| (l, l.templates()))
+            .collect::<Vec<_>>();
+        for (locale, custom) in self.templates {
+            templates.retain(|(l, _)| *l != locale);
+            templates.push((locale, custom));
+        }
+        let messages = Messages {
+            app_name: self.app_name,
+            locale: self.locale,
+            templates,
+            webotp_domain: self.webotp_domain,
+            link_base: self.link_base,
+            support_contact: self.support_contact,
+            max_segments: self.max_segments,
+        };
+        for (locale, t) in &messages.templates {
+            messages.check(*locale, t)?;
+        }
+        Ok(messages)
+    }
+}
+
+impl Messages {
+    /// Checks one locale's templates: known placeholders, `{code}` in the
+    /// code message and nowhere else, and the segment budget with the
+    /// longest values.
+    fn check(&self, locale: Locale, t: &Templates) -> Result<(), MessageError> {
+        let longest_code = Code::parse(&"9".repeat(usize::from(MAX_CODE_DIGITS))).expect("ten digits");
+        let flow = FlowId::from_bytes([0xff; 16]);
+        let reference = SupportReference::from_bits([0xff; 5]);
+        let values = Values {
+            code: Some(&longest_code),
+            ttl: Duration::from_secs(600),
+            flow: Some(&flow),
+            until: Some(Timestamp::from_unix_millis(253_402_300_799_000)),
+            reference: Some(&reference),
+        };
+        for (kind, text) in [
+            (Kind::Code, &t.code),
+            (Kind::PasswordChanged, &t.password_changed),
+            (Kind::Locked, &t.locked),
+        ] {
+            let names = placeholders(text).ok_or(MessageError::Template(locale, "unbalanced braces"))?;
+            if let Some(bad) = names.iter().find(|n| !PLACEHOLDERS.contains(n)) {
+                let _ = bad;
+                return Err(MessageError::Template(locale, "unknown placeholder"));
+            }
+            let has_code = names.contains(&"code");
+            if (kind == Kind::Code) != has_code {
+                return Err(MessageError::Template(
+                    locale,
+                    "{code} belongs in the code message, and only there",
+                ));
+            }
+            if names.contains(&"link") && self.link_base.is_none() {
+                return Err(MessageError::Template(locale, "{link} needs a link base"));
+            }
+            let rendered = self.render(kind, t, &values);
+            let segments = Segments::of(rendered.expose_secret());
+            if segments.count > usize::from(self.max_segments) {
+                return Err(MessageError::TooLong {
+                    locale,
+                    segments: segments.count,
+                    budget: self.max_segments,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The placeholder names in a template, or `None` for unbalanced braces.
+fn placeholders(text: &str) -> Option<Vec<&str>> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return None;
+        }
+        let close = open + rest[open..].find('}')?;
+        let name = &rest[open + 1..close];
+        if name.contains('{') {
+            return None;
+        }
+        names.push(name);
+        rest = &rest[close + 1..];
+    }
+    Some(names)
+}
+
+/// An instant as `2026-11-24 18:30 UTC`.
+struct Utc(Timestamp);
+
+impl fmt::Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_unix_millis() / 1000;
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Howard Hinnant's civil-from-days.
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+            rem / 3600,
+            rem % 3600 / 60
+        )
+    }
+}
+
+/// The SMS encoding a text needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Encoding {
+    /// The GSM 03.38 7-bit alphabet: 160 septets in one segment, 153 per
+    /// segment of a longer message.
+    Gsm7,
+    /// UCS-2 (UTF-16 units): 70 in one segment, 67 per segment otherwise.
+    Ucs2,
+}
+
+/// How a text travels as SMS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Segments {
+    /// The encoding the text needs.
+    pub encoding: Encoding,
+    /// Septets (GSM-7, extension characters counting two) or UTF-16 units.
+    pub units: usize,
+    /// Segments needed.
+    pub count: usize,
+}
+
+/// The GSM 03.38 basic character set.
+const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
+¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// The GSM 03.38 extension table: two septets each.
+const GSM7_EXTENSION: &str = "\u{c}^{}\\[~]|€";
+
+impl Segments {
+    /// Counts the segments `text` needs.
+    pub fn of(text: &str) -> Segments {
+        let mut septets = 0;
+        let mut gsm = true;
+        for c in text.chars() {
+            if GSM7_BASIC.contains(c) {
+                septets += 1;
+            } else if GSM7_EXTENSION.contains(c) {
+                septets += 2;
+            } else {
+                gsm = false;
+                break;
+            }
+        }
+        let (encoding, units, single, multi) = if gsm {
+            (Encoding::Gsm7, septets, 160, 153)
+        } else {
+            (Encoding::Ucs2, text.encode_utf16().count(), 70, 67)
+        };
+        let count = if units <= single { 1 } else { units.div_ceil(multi) };
+        Segments {
+            encoding,
+            units,
+            count,
+        }
     }
 }
 
@@ -112,37 +611,197 @@ impl Messages {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum MessageError {
-    /// The app name must be 1 to 30 printable ASCII characters.
-    #[error("the app name must be 1 to 30 printable ASCII characters")]
+    /// The app name must be 1 to 30 characters, without control characters
+    /// or braces.
+    #[error("the app name must be 1 to 30 characters, without control characters or braces")]
     AppName,
-    /// The WebOTP domain must be a lowercase host name of at most 40 characters.
-    #[error("the WebOTP domain must be a lowercase host name of at most 40 characters")]
+    /// The WebOTP domain must be a lowercase host name of at most 30
+    /// characters.
+    #[error("the WebOTP domain must be a lowercase host name of at most 30 characters")]
     Domain,
+    /// The link base must be an `https://` URL of at most 60 characters.
+    #[error("the link base must be an https:// URL of at most 60 printable ASCII characters")]
+    LinkBase,
+    /// The support contact must be 1 to 30 characters.
+    #[error("the support contact must be 1 to 30 characters, without control characters or braces")]
+    SupportContact,
+    /// The segment budget must be 1 to 4.
+    #[error("the segment budget must be 1 to 4, not {0}")]
+    Segments(u8),
+    /// A template is malformed.
+    #[error("a {0:?} template is malformed: {1}")]
+    Template(Locale, &'static str),
+    /// A template needs more segments than the budget.
+    #[error("a {locale:?} message needs {segments} SMS segments, over the budget of {budget}")]
+    TooLong {
+        /// The locale of the template.
+        locale: Locale,
+        /// Segments it needs with the longest values.
+        segments: usize,
+        /// The budget.
+        budget: u8,
+    },
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn code(digits: &str) -> Code {
+        Code::parse(digits).unwrap()
+    }
+
+    const FLOW: FlowId = FlowId::from_bytes([0xab; 16]);
+
     #[test]
-    fn longest_message_fits_one_gsm7_segment() {
-        let m = Messages::new("A".repeat(30))
-            .unwrap()
-            .with_webotp_domain("a".repeat(40))
+    fn every_built_in_message_fits_one_segment_with_a_ten_digit_code_and_a_30_character_name() {
+        let app = "A".repeat(30);
+        for &locale in Locale::ALL {
+            let m = Messages::builder(app.as_str())
+                .locale(locale)
+                .webotp_domain("a".repeat(30))
+                .support_contact("s".repeat(30))
+                .build();
+            assert!(m.is_ok(), "{locale:?}: {m:?}");
+            let m = m.unwrap();
+            let body = m.code_message(&code("1234567890"), Duration::from_secs(600), &FLOW, None);
+            let segments = Segments::of(body.expose_secret());
+            assert_eq!(
+                segments.count,
+                1,
+                "{locale:?}: {segments:?} {}",
+                body.expose_secret()
+            );
+            assert_eq!(segments.encoding, Encoding::Gsm7, "{locale:?}");
+            let reference = SupportReference::from_bits([1; 5]);
+            for notice in [
+                m.password_changed_message(None),
+                m.locked_message(Timestamp::from_unix_millis(1_800_000_000_000), &reference, None),
+            ] {
+                assert_eq!(
+                    Segments::of(notice.expose_secret()).count,
+                    1,
+                    "{locale:?}: {}",
+                    notice.expose_secret()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn renders_every_placeholder() {
+        let m = Messages::builder("Acme")
+            .webotp_domain("acme.example")
+            .link_base("https://acme.example/r/")
+            .support_contact("help@acme.example")
+            .templates(
+                Locale::En,
+                Templates::new(
+                    "{code} for {app}, {minutes} min: {link}",
+                    "{app} reset. {support}",
+                    "{app} locked until {until}, ref {reference}, {support}",
+                    "support",
+                ),
+            )
+            .max_segments(2)
+            .build()
             .unwrap();
-        let body = m.code_message(&Code::parse("1234567890").unwrap(), Duration::from_secs(600));
-        assert!(
-            body.expose_secret().len() <= 160,
-            "{}",
-            body.expose_secret().len()
+        let body = m.code_message(&code("123456"), Duration::from_secs(300), &FLOW, None);
+        assert_eq!(
+            body.expose_secret(),
+            format!("123456 for Acme, 5 min: https://acme.example/r/{FLOW}\n\n@acme.example #123456")
+        );
+        let reference = SupportReference::from_bits([0; 5]);
+        let locked = m.locked_message(Timestamp::from_unix_millis(1_764_008_400_000), &reference, None);
+        assert_eq!(
+            locked.expose_secret(),
+            "Acme locked until 2025-11-24 18:20 UTC, ref 0000-0000, help@acme.example"
+        );
+        assert_eq!(
+            m.password_changed_message(None).expose_secret(),
+            "Acme reset. help@acme.example"
         );
     }
 
     #[test]
-    fn bad_names_and_domains_are_refused() {
-        assert_eq!(Messages::new(""), Err(MessageError::AppName));
-        assert_eq!(Messages::new("A".repeat(31)), Err(MessageError::AppName));
-        assert_eq!(Messages::new("Café"), Err(MessageError::AppName));
+    fn a_request_locale_picks_its_templates_and_unknown_ones_fall_back() {
+        let m = Messages::builder("Acme").build().unwrap();
+        let es = m.code_message(&code("123456"), Duration::from_secs(600), &FLOW, Some(Locale::Es));
+        assert!(es.expose_secret().contains("codigo"), "{}", es.expose_secret());
+        assert_eq!(Locale::from_tag("pt-BR"), Some(Locale::Pt));
+        assert_eq!(Locale::from_tag("de_AT"), Some(Locale::De));
+        assert_eq!(Locale::from_tag("ja"), None);
+        let en = m.code_message(&code("123456"), Duration::from_secs(600), &FLOW, None);
+        assert!(en.expose_secret().starts_with("123456 is your Acme"));
+    }
+
+    #[test]
+    fn templates_over_budget_or_malformed_are_refused() {
+        let long = Templates::new(
+            "{code} ".to_owned() + &"x".repeat(160),
+            "ok {app}",
+            "ok {until}",
+            "s",
+        );
+        let err = Messages::builder("Acme")
+            .templates(Locale::En, long.clone())
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            MessageError::TooLong {
+                locale: Locale::En,
+                segments: 2,
+                budget: 1
+            }
+        );
+        assert!(
+            Messages::builder("Acme")
+                .templates(Locale::En, long)
+                .max_segments(2)
+                .build()
+                .is_ok()
+        );
+        // A non-GSM character turns the message into UCS-2: 70 units a segment.
+        let ucs2 = Templates::new(
+            "{code} コード {app}".to_owned() + &"x".repeat(60),
+            "ok",
+            "ok",
+            "s",
+        );
+        assert!(matches!(
+            Messages::builder("Acme").templates(Locale::Fr, ucs2).build(),
+            Err(MessageError::TooLong {
+                locale: Locale::Fr,
+                ..
+            })
+        ));
+        for (bad, why) in [
+            (Templates::new("no code here", "ok", "ok", "s"), "code"),
+            (Templates::new("{code} {nope}", "ok", "ok", "s"), "unknown"),
+            (Templates::new("{code} {app", "ok", "ok", "s"), "braces"),
+            (Templates::new("{code}", "leak {code}", "ok", "s"), "code"),
+            (Templates::new("{code} {link}", "ok", "ok", "s"), "link"),
+        ] {
+            let err = Messages::builder("Acme")
+                .templates(Locale::De, bad)
+                .build()
+                .unwrap_err();
+            assert!(
+                err.to_string().contains(why) || matches!(err, MessageError::Template(..)),
+                "{why}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        assert_eq!(Messages::builder("").build(), Err(MessageError::AppName));
+        assert_eq!(
+            Messages::builder("A".repeat(31)).build(),
+            Err(MessageError::AppName)
+        );
+        assert_eq!(Messages::builder("A{code}").build(), Err(MessageError::AppName));
         for bad in [
             "https://x.com",
             "x.com:443",
@@ -153,17 +812,66 @@ mod tests {
             "a b.com",
         ] {
             assert_eq!(
-                Messages::default().with_webotp_domain(bad),
+                Messages::builder("A").webotp_domain(bad).build(),
                 Err(MessageError::Domain),
                 "{bad}"
             );
         }
+        for bad in [
+            "http://acme.example/",
+            "https://",
+            "https://user@evil.example/",
+            "https://a b/",
+            "javascript:x",
+        ] {
+            assert_eq!(
+                Messages::builder("A").link_base(bad).build(),
+                Err(MessageError::LinkBase),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Messages::builder("A").support_contact("").build(),
+            Err(MessageError::SupportContact)
+        );
+        assert_eq!(
+            Messages::builder("A").max_segments(0).build(),
+            Err(MessageError::Segments(0))
+        );
     }
 
     #[test]
-    fn minutes_round_up() {
-        let code = Code::parse("123456").unwrap();
-        let body = Messages::default().code_message(&code, Duration::from_secs(61));
-        assert!(body.expose_secret().contains("2 min"));
+    fn segment_counting_follows_gsm_03_38() {
+        let s = |t: &str| Segments::of(t);
+        assert_eq!(
+            s(&"a".repeat(160)),
+            Segments {
+                encoding: Encoding::Gsm7,
+                units: 160,
+                count: 1
+            }
+        );
+        assert_eq!(s(&"a".repeat(161)).count, 2);
+        assert_eq!(s(&"a".repeat(306)).count, 2);
+        assert_eq!(s(&"a".repeat(307)).count, 3);
+        // Extension characters take two septets.
+        assert_eq!(s(&"€".repeat(80)).units, 160);
+        assert_eq!(s(&"€".repeat(81)).count, 2);
+        assert_eq!(s("é ü ñ Ç").encoding, Encoding::Gsm7);
+        for not_gsm in ["á", "ç", "ã", "ê", "😀"] {
+            assert_eq!(s(not_gsm).encoding, Encoding::Ucs2, "{not_gsm}");
+        }
+        assert_eq!(s(&"á".repeat(70)).count, 1);
+        assert_eq!(s(&"á".repeat(71)).count, 2);
+        assert_eq!(s(&"😀".repeat(35)).units, 70, "a surrogate pair is two units");
+    }
+
+    #[test]
+    fn dates_render_in_utc() {
+        let t = |ms| Utc(Timestamp::from_unix_millis(ms)).to_string();
+        assert_eq!(t(0), "1970-01-01 00:00 UTC");
+        assert_eq!(t(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(t(1_709_251_199_000), "2024-02-29 23:59 UTC");
+        assert_eq!(t(253_402_300_799_000), "9999-12-31 23:59 UTC");
     }
 }

@@ -394,10 +394,11 @@ fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads the binary forms of records and cases, refusing truncation.
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError("truncated"));
         }
@@ -405,18 +406,18 @@ impl<'a> Reader<'a> {
         self.0 = rest;
         Ok(head)
     }
-    fn byte(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn byte(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let mut out = [0u8; N];
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
-    fn timestamp(&mut self) -> Result<Timestamp, DecodeError> {
+    pub(crate) fn timestamp(&mut self) -> Result<Timestamp, DecodeError> {
         Ok(Timestamp::from_unix_millis(u64::from_be_bytes(self.array()?)))
     }
-    fn string(&mut self) -> Result<Option<&'a str>, DecodeError> {
+    pub(crate) fn string(&mut self) -> Result<Option<&'a str>, DecodeError> {
         match self.byte()? {
             0xff => Ok(None),
             len => std::str::from_utf8(self.take(usize::from(len))?)

@@ -8,7 +8,7 @@ use otp_recovery::sms::{RecordingSender, SendError, SendErrorKind};
 use otp_recovery::store::MemoryStore;
 use otp_recovery::{
     Account, AccountId, Code, Error, FlowId, FlowState, InputError, KeyRing, ManualClock, PhoneNumber,
-    Policy, Recovery, Requested, ServerKey, Timestamp,
+    Policy, Recovery, RequestContext, Requested, ServerKey, Timestamp,
 };
 
 type Rec = Recovery<Arc<MemoryStore>, RecordingSender, ManualClock>;
@@ -67,7 +67,7 @@ impl Harness {
     async fn request(&self) -> (Requested, Code) {
         let requested = self
             .recovery
-            .request("alice@example.com", Some(alice()))
+            .request("alice@example.com", Some(alice()), &RequestContext::none())
             .await
             .unwrap();
         (requested, self.sender.last_code().unwrap())
@@ -95,19 +95,25 @@ async fn the_whole_flow_returns_the_account_once() {
     );
     let verified = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap();
     assert_eq!(
         verified.token_expires_at,
         T0.saturating_add(Duration::from_secs(600))
     );
-    let done = h.recovery.reset(&verified.token.expose_secret()).await.unwrap();
+    let done = h
+        .recovery
+        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .await
+        .unwrap();
     assert_eq!(done.account, alice().id);
     assert_eq!(done.flow_id, requested.flow_id);
     assert_eq!(h.state(&requested.flow_id).await, FlowState::Completed);
     assert!(matches!(
-        h.recovery.reset(&verified.token.expose_secret()).await,
+        h.recovery
+            .reset(&verified.token.expose_secret(), &RequestContext::none())
+            .await,
         Err(Error::AlreadyUsed)
     ));
 }
@@ -121,7 +127,7 @@ async fn code_verifies_at_its_last_valid_millisecond() {
     ));
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret())
+            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
             .await
             .is_ok()
     );
@@ -134,12 +140,16 @@ async fn code_is_rejected_at_the_millisecond_it_expires_without_costing_an_attem
     h.clock.set(requested.code_expires_at);
     let err = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Expired), "{err:?}");
     // A resend gives a fresh code; the expired check consumed nothing.
-    let again = h.recovery.resend(&requested.flow_id).await.unwrap();
+    let again = h
+        .recovery
+        .resend(&requested.flow_id, &RequestContext::none())
+        .await
+        .unwrap();
     assert_eq!(again.attempts_left, 5);
 }
 
@@ -150,7 +160,7 @@ async fn fifth_wrong_code_locks_the_flow_and_sixth_is_refused() {
     for left in (0..5).rev() {
         let err = h
             .recovery
-            .verify(&requested.flow_id, &wrong(&code))
+            .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
             .await
             .unwrap_err();
         assert!(
@@ -161,20 +171,24 @@ async fn fifth_wrong_code_locks_the_flow_and_sixth_is_refused() {
     assert_eq!(h.state(&requested.flow_id).await, FlowState::Locked);
     let err = h
         .recovery
-        .verify(&requested.flow_id, &wrong(&code))
+        .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Locked { until: None, .. }), "{err:?}");
     let err = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
         matches!(err, Error::Locked { .. }),
         "the right code must not open a locked flow: {err:?}"
     );
-    let err = h.recovery.resend(&requested.flow_id).await.unwrap_err();
+    let err = h
+        .recovery
+        .resend(&requested.flow_id, &RequestContext::none())
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, Error::Locked { .. }),
         "a locked flow sends no more codes: {err:?}"
@@ -187,13 +201,13 @@ async fn right_code_on_the_last_allowed_attempt_verifies() {
     let (requested, code) = h.request().await;
     for _ in 0..4 {
         h.recovery
-            .verify(&requested.flow_id, &wrong(&code))
+            .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
             .await
             .unwrap_err();
     }
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret())
+            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
             .await
             .is_ok()
     );
@@ -204,12 +218,12 @@ async fn a_verified_code_can_never_be_used_again() {
     let h = harness();
     let (requested, code) = h.request().await;
     h.recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap();
     let err = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::AlreadyUsed), "{err:?}");
@@ -221,25 +235,30 @@ async fn token_resets_at_its_last_valid_millisecond_and_not_at_expiry() {
     let (requested, code) = h.request().await;
     let verified = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap();
     h.clock.set(Timestamp::from_unix_millis(
         verified.token_expires_at.as_unix_millis() - 1,
     ));
-    assert!(h.recovery.reset(&verified.token.expose_secret()).await.is_ok());
+    assert!(
+        h.recovery
+            .reset(&verified.token.expose_secret(), &RequestContext::none())
+            .await
+            .is_ok()
+    );
 
     h.clock.set(T0);
     let (requested, code) = h.request().await;
     let verified = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap();
     h.clock.set(verified.token_expires_at);
     let err = h
         .recovery
-        .reset(&verified.token.expose_secret())
+        .reset(&verified.token.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Expired), "{err:?}");
@@ -251,7 +270,7 @@ async fn a_wrong_or_garbage_token_is_refused_and_the_right_one_still_works() {
     let (requested, code) = h.request().await;
     let verified = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap();
     let token = verified.token.expose_secret();
@@ -259,19 +278,23 @@ async fn a_wrong_or_garbage_token_is_refused_and_the_right_one_still_works() {
     let last = if tampered.ends_with('0') { "1" } else { "0" };
     tampered.replace_range(95.., last);
     assert!(matches!(
-        h.recovery.reset(&tampered).await,
+        h.recovery.reset(&tampered, &RequestContext::none()).await,
         Err(Error::InvalidToken)
     ));
     for garbage in ["", "not a token", &token[..95], &token.to_uppercase()] {
-        let err = h.recovery.reset(garbage).await.unwrap_err();
+        let err = h
+            .recovery
+            .reset(garbage, &RequestContext::none())
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Input(InputError::MalformedToken)), "{err:?}");
     }
     let unknown_flow = format!("{}{}", FlowId::generate().unwrap(), &token[32..]);
     assert!(matches!(
-        h.recovery.reset(&unknown_flow).await,
+        h.recovery.reset(&unknown_flow, &RequestContext::none()).await,
         Err(Error::InvalidToken)
     ));
-    assert!(h.recovery.reset(&token).await.is_ok());
+    assert!(h.recovery.reset(&token, &RequestContext::none()).await.is_ok());
 }
 
 #[tokio::test]
@@ -284,20 +307,27 @@ async fn resend_waits_out_a_cooldown_that_doubles_then_stops_at_five_sends() {
         let open_at = last_send.saturating_add(Duration::from_secs(wait));
         h.clock
             .set(Timestamp::from_unix_millis(open_at.as_unix_millis() - 1));
-        let err = h.recovery.resend(&flow).await.unwrap_err();
+        let err = h
+            .recovery
+            .resend(&flow, &RequestContext::none())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, Error::TooSoon { retry_after, .. } if retry_after == MS),
             "after {sends}: {err:?}"
         );
         h.clock.set(open_at);
-        let again = h.recovery.resend(&flow).await.unwrap();
+        let again = h.recovery.resend(&flow, &RequestContext::none()).await.unwrap();
         assert_eq!(h.sender.count(), sends + 1);
         last_send = open_at;
         let next = (sends < 4).then(|| open_at.saturating_add(Duration::from_secs(2 * wait)));
         assert_eq!(again.next_send_at, next);
     }
     h.clock.advance(Duration::from_secs(3600));
-    assert!(matches!(h.recovery.resend(&flow).await, Err(Error::TooManySends)));
+    assert!(matches!(
+        h.recovery.resend(&flow, &RequestContext::none()).await,
+        Err(Error::TooManySends)
+    ));
     assert_eq!(h.sender.count(), 5);
 }
 
@@ -306,7 +336,10 @@ async fn resend_makes_the_earlier_code_invalid() {
     let h = harness();
     let (requested, old) = h.request().await;
     h.clock.advance(Duration::from_secs(30));
-    h.recovery.resend(&requested.flow_id).await.unwrap();
+    h.recovery
+        .resend(&requested.flow_id, &RequestContext::none())
+        .await
+        .unwrap();
     let new = h.sender.last_code().unwrap();
     assert_ne!(
         old.expose_secret(),
@@ -315,7 +348,7 @@ async fn resend_makes_the_earlier_code_invalid() {
     );
     let err = h
         .recovery
-        .verify(&requested.flow_id, old.expose_secret())
+        .verify(&requested.flow_id, old.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
@@ -324,7 +357,7 @@ async fn resend_makes_the_earlier_code_invalid() {
     );
     assert!(
         h.recovery
-            .verify(&requested.flow_id, new.expose_secret())
+            .verify(&requested.flow_id, new.expose_secret(), &RequestContext::none())
             .await
             .is_ok()
     );
@@ -336,21 +369,25 @@ async fn resend_keeps_the_failed_attempts() {
     let (requested, code) = h.request().await;
     for _ in 0..3 {
         h.recovery
-            .verify(&requested.flow_id, &wrong(&code))
+            .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
             .await
             .unwrap_err();
     }
     h.clock.advance(Duration::from_secs(30));
-    let again = h.recovery.resend(&requested.flow_id).await.unwrap();
+    let again = h
+        .recovery
+        .resend(&requested.flow_id, &RequestContext::none())
+        .await
+        .unwrap();
     assert_eq!(again.attempts_left, 2);
     let code = h.sender.last_code().unwrap();
     h.recovery
-        .verify(&requested.flow_id, &wrong(&code))
+        .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
         .await
         .unwrap_err();
     let err = h
         .recovery
-        .verify(&requested.flow_id, &wrong(&code))
+        .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
@@ -366,19 +403,27 @@ async fn a_new_request_supersedes_every_earlier_code_and_token() {
     let (second, second_code) = h.request().await;
     let verified = h
         .recovery
-        .verify(&second.flow_id, second_code.expose_secret())
+        .verify(
+            &second.flow_id,
+            second_code.expose_secret(),
+            &RequestContext::none(),
+        )
         .await
         .unwrap();
     let (third, _) = h.request().await;
     let err = h
         .recovery
-        .verify(&first.flow_id, first_code.expose_secret())
+        .verify(
+            &first.flow_id,
+            first_code.expose_secret(),
+            &RequestContext::none(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Superseded), "{err:?}");
     let err = h
         .recovery
-        .reset(&verified.token.expose_secret())
+        .reset(&verified.token.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
@@ -395,7 +440,7 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
     let (first, code) = h.request().await;
     for _ in 0..5 {
         h.recovery
-            .verify(&first.flow_id, &wrong(&code))
+            .verify(&first.flow_id, &wrong(&code), &RequestContext::none())
             .await
             .unwrap_err();
     }
@@ -405,7 +450,7 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
     assert_eq!(second.attempts_left, 2);
     let err = h
         .recovery
-        .verify(&second.flow_id, &wrong(&code))
+        .verify(&second.flow_id, &wrong(&code), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
@@ -416,7 +461,7 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
     let window_end = T0.saturating_add(day);
     let err = h
         .recovery
-        .verify(&second.flow_id, &wrong(&code))
+        .verify(&second.flow_id, &wrong(&code), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
@@ -426,33 +471,50 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
     assert_eq!(h.state(&second.flow_id).await, FlowState::Locked);
     let err = h
         .recovery
-        .verify(&second.flow_id, code.expose_secret())
+        .verify(&second.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err:?}");
     let err = h
         .recovery
-        .request("alice@example.com", Some(alice()))
+        .request("alice@example.com", Some(alice()), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
         matches!(err, Error::Locked { until: Some(t), .. } if t == window_end),
         "{err:?}"
     );
-    assert_eq!(h.sender.count(), 2, "a locked account gets no SMS");
+    // Two codes, then the lockout notice with its reference; no code after.
+    let Error::Locked {
+        reference: Some(reference),
+        ..
+    } = err
+    else {
+        panic!("a locked request carries the support reference: {err:?}")
+    };
+    let messages = h.sender.messages();
+    assert_eq!(messages.len(), 3, "a locked account gets no more codes");
+    let notice = &messages[2];
+    assert_eq!(notice.kind, otp_recovery::sms::MessageKind::Notice);
+    assert!(
+        notice.body.expose_secret().contains(&reference.to_string()),
+        "{:?}",
+        notice.body.expose_secret()
+    );
+    assert!(!notice.body.expose_secret().contains(code.expose_secret()));
 
     h.clock
         .set(Timestamp::from_unix_millis(window_end.as_unix_millis() - 1));
     assert!(
         h.recovery
-            .request("alice@example.com", Some(alice()))
+            .request("alice@example.com", Some(alice()), &RequestContext::none())
             .await
             .is_err()
     );
     h.clock.set(window_end);
     assert!(
         h.recovery
-            .request("alice@example.com", Some(alice()))
+            .request("alice@example.com", Some(alice()), &RequestContext::none())
             .await
             .is_ok()
     );
@@ -462,7 +524,11 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
 async fn an_unknown_identifier_gets_answers_of_the_same_shape_and_no_sms() {
     let h = harness();
     let (known, _) = h.request().await;
-    let unknown = h.recovery.request("nobody@example.com", None).await.unwrap();
+    let unknown = h
+        .recovery
+        .request("nobody@example.com", None, &RequestContext::none())
+        .await
+        .unwrap();
     assert_eq!(
         h.sender.count(),
         1,
@@ -476,7 +542,11 @@ async fn an_unknown_identifier_gets_answers_of_the_same_shape_and_no_sms() {
         unknown.masked_phone.to_string().len(),
         known.masked_phone.to_string().len()
     );
-    let again = h.recovery.request("nobody@example.com", None).await.unwrap();
+    let again = h
+        .recovery
+        .request("nobody@example.com", None, &RequestContext::none())
+        .await
+        .unwrap();
     assert_eq!(
         again.masked_phone, unknown.masked_phone,
         "the made-up phone must be stable"
@@ -484,23 +554,37 @@ async fn an_unknown_identifier_gets_answers_of_the_same_shape_and_no_sms() {
 
     // Verify and resend behave as for a real flow.
     for left in (0..5).rev() {
-        let err = h.recovery.verify(&again.flow_id, "000000").await.unwrap_err();
+        let err = h
+            .recovery
+            .verify(&again.flow_id, "000000", &RequestContext::none())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, Error::InvalidCode { attempts_left, .. } if attempts_left == left),
             "{err:?}"
         );
     }
     assert!(matches!(
-        h.recovery.verify(&again.flow_id, "000000").await,
+        h.recovery
+            .verify(&again.flow_id, "000000", &RequestContext::none())
+            .await,
         Err(Error::Locked { until: None, .. })
     ));
-    let fresh = h.recovery.request("nobody@example.com", None).await.unwrap();
+    let fresh = h
+        .recovery
+        .request("nobody@example.com", None, &RequestContext::none())
+        .await
+        .unwrap();
     assert!(matches!(
-        h.recovery.resend(&fresh.flow_id).await,
+        h.recovery.resend(&fresh.flow_id, &RequestContext::none()).await,
         Err(Error::TooSoon { .. })
     ));
     h.clock.advance(Duration::from_secs(30));
-    let resent = h.recovery.resend(&fresh.flow_id).await.unwrap();
+    let resent = h
+        .recovery
+        .resend(&fresh.flow_id, &RequestContext::none())
+        .await
+        .unwrap();
     assert_eq!(resent.masked_phone, unknown.masked_phone);
     assert_eq!(h.sender.count(), 1);
 }
@@ -509,15 +593,35 @@ async fn an_unknown_identifier_gets_answers_of_the_same_shape_and_no_sms() {
 async fn an_unknown_identifier_locks_like_an_account() {
     let day = Duration::from_secs(86_400);
     let h = harness_with(Policy::builder().account_failures(5, day).build().unwrap());
-    let flow = h.recovery.request("nobody@example.com", None).await.unwrap();
+    let flow = h
+        .recovery
+        .request("nobody@example.com", None, &RequestContext::none())
+        .await
+        .unwrap();
     for _ in 0..4 {
-        h.recovery.verify(&flow.flow_id, "000000").await.unwrap_err();
+        h.recovery
+            .verify(&flow.flow_id, "000000", &RequestContext::none())
+            .await
+            .unwrap_err();
     }
-    let err = h.recovery.verify(&flow.flow_id, "000000").await.unwrap_err();
+    let err = h
+        .recovery
+        .verify(&flow.flow_id, "000000", &RequestContext::none())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Locked { until: Some(_), .. }), "{err:?}");
-    let err = h.recovery.request("nobody@example.com", None).await.unwrap_err();
+    let err = h
+        .recovery
+        .request("nobody@example.com", None, &RequestContext::none())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Locked { until: Some(_), .. }), "{err:?}");
-    assert!(h.recovery.request("someone-else@example.com", None).await.is_ok());
+    assert!(
+        h.recovery
+            .request("someone-else@example.com", None, &RequestContext::none())
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -525,7 +629,11 @@ async fn malformed_codes_are_refused_without_costing_an_attempt() {
     let h = harness();
     let (requested, code) = h.request().await;
     for bad in ["", "12345", "1234567", "12345a", " 123456", "１２３４５６"] {
-        let err = h.recovery.verify(&requested.flow_id, bad).await.unwrap_err();
+        let err = h
+            .recovery
+            .verify(&requested.flow_id, bad, &RequestContext::none())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, Error::Input(InputError::MalformedCode)),
             "{bad:?}: {err:?}"
@@ -533,7 +641,7 @@ async fn malformed_codes_are_refused_without_costing_an_attempt() {
     }
     let err = h
         .recovery
-        .verify(&requested.flow_id, &wrong(&code))
+        .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
@@ -547,10 +655,13 @@ async fn unknown_flows_are_not_found() {
     let h = harness();
     let id = FlowId::generate().unwrap();
     assert!(matches!(
-        h.recovery.verify(&id, "123456").await,
+        h.recovery.verify(&id, "123456", &RequestContext::none()).await,
         Err(Error::NotFound)
     ));
-    assert!(matches!(h.recovery.resend(&id).await, Err(Error::NotFound)));
+    assert!(matches!(
+        h.recovery.resend(&id, &RequestContext::none()).await,
+        Err(Error::NotFound)
+    ));
     assert!(FlowId::parse("../../etc/passwd").is_err());
 }
 
@@ -562,23 +673,31 @@ async fn a_failed_send_answers_like_a_sent_one_but_leaves_no_valid_code() {
     h.sender
         .fail_next(SendError::new(SendErrorKind::Unavailable, "503 from gateway"));
     // By default the caller cannot tell (an unknown identifier never fails).
-    let resent = h.recovery.resend(&requested.flow_id).await.unwrap();
+    let resent = h
+        .recovery
+        .resend(&requested.flow_id, &RequestContext::none())
+        .await
+        .unwrap();
     assert_eq!(resent.attempts_left, 5);
     // The earlier code was replaced and the unsent one expired at once.
     let err = h
         .recovery
-        .verify(&requested.flow_id, first.expose_secret())
+        .verify(&requested.flow_id, first.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Expired), "{err:?}");
     // The failed send still counts toward the cooldown; then a resend works.
     h.clock.advance(Duration::from_secs(60));
-    let again = h.recovery.resend(&requested.flow_id).await.unwrap();
+    let again = h
+        .recovery
+        .resend(&requested.flow_id, &RequestContext::none())
+        .await
+        .unwrap();
     assert_eq!(again.attempts_left, 5, "an unsent code costs no attempt");
     let code = h.sender.last_code().unwrap();
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret())
+            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
             .await
             .is_ok()
     );
@@ -591,7 +710,7 @@ async fn a_failed_send_is_reported_when_the_policy_reveals_it() {
         .fail_next(SendError::new(SendErrorKind::InvalidNumber, "21211"));
     let err = h
         .recovery
-        .request("alice@example.com", Some(alice()))
+        .request("alice@example.com", Some(alice()), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(
@@ -605,13 +724,17 @@ async fn a_failed_send_is_reported_when_the_policy_reveals_it() {
     h.clock.advance(Duration::from_secs(30));
     h.sender
         .fail_next(SendError::new(SendErrorKind::Unavailable, "503 from gateway"));
-    let err = h.recovery.resend(&requested.flow_id).await.unwrap_err();
+    let err = h
+        .recovery
+        .resend(&requested.flow_id, &RequestContext::none())
+        .await
+        .unwrap_err();
     assert!(matches!(&err, Error::Send(e) if e.is_retryable()), "{err:?}");
     assert!(err.is_retryable());
     let (requested, code) = h.request().await;
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret())
+            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
             .await
             .is_ok()
     );
@@ -625,12 +748,16 @@ async fn a_code_from_one_flow_is_refused_on_another() {
         AccountId::new("bob").unwrap(),
         PhoneNumber::parse("+14155550199").unwrap(),
     );
-    let bobs = h.recovery.request("bob@example.com", Some(bob)).await.unwrap();
+    let bobs = h
+        .recovery
+        .request("bob@example.com", Some(bob), &RequestContext::none())
+        .await
+        .unwrap();
     let bob_code = h.sender.last_code().unwrap();
     if alice_code.expose_secret() != bob_code.expose_secret() {
         let err = h
             .recovery
-            .verify(&bobs.flow_id, alice_code.expose_secret())
+            .verify(&bobs.flow_id, alice_code.expose_secret(), &RequestContext::none())
             .await
             .unwrap_err();
         assert!(
@@ -640,7 +767,11 @@ async fn a_code_from_one_flow_is_refused_on_another() {
     }
     assert!(
         h.recovery
-            .verify(&alices.flow_id, alice_code.expose_secret())
+            .verify(
+                &alices.flow_id,
+                alice_code.expose_secret(),
+                &RequestContext::none()
+            )
             .await
             .is_ok()
     );
@@ -651,12 +782,27 @@ async fn an_unknown_identifier_is_superseded_like_an_account() {
     let h = harness();
     let (first_known, _) = h.request().await;
     h.request().await;
-    let first_unknown = h.recovery.request("nobody@example.com", None).await.unwrap();
-    h.recovery.request("nobody@example.com", None).await.unwrap();
+    let first_unknown = h
+        .recovery
+        .request("nobody@example.com", None, &RequestContext::none())
+        .await
+        .unwrap();
+    h.recovery
+        .request("nobody@example.com", None, &RequestContext::none())
+        .await
+        .unwrap();
     for flow in [first_known.flow_id, first_unknown.flow_id] {
-        let err = h.recovery.verify(&flow, "000000").await.unwrap_err();
+        let err = h
+            .recovery
+            .verify(&flow, "000000", &RequestContext::none())
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Superseded), "{err:?}");
-        let err = h.recovery.resend(&flow).await.unwrap_err();
+        let err = h
+            .recovery
+            .resend(&flow, &RequestContext::none())
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Superseded), "{err:?}");
     }
 }
@@ -668,17 +814,22 @@ async fn flows_opened_before_a_key_rotation_still_verify() {
     let rotated = KeyRing::new(2, key(2)).with_previous(1, key(1)).unwrap();
     let after = Recovery::new(h.store.clone(), h.sender.clone(), rotated).with_clock(h.clock.clone());
     let verified = after
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap();
-    assert!(after.reset(&verified.token.expose_secret()).await.is_ok());
+    assert!(
+        after
+            .reset(&verified.token.expose_secret(), &RequestContext::none())
+            .await
+            .is_ok()
+    );
 
     // A ring that lost the key cannot check the flow, and says why.
     let (requested, code) = h.request().await;
     let lost = Recovery::new(h.store.clone(), h.sender.clone(), KeyRing::new(2, key(2)));
     let lost = lost.with_clock(h.clock.clone());
     let err = lost
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::UnknownKey(1)), "{err:?}");
@@ -689,11 +840,15 @@ async fn longer_codes_follow_the_policy() {
     let h = harness_with(Policy::builder().code_digits(10).build().unwrap());
     let (requested, code) = h.request().await;
     assert_eq!(code.len(), 10);
-    let err = h.recovery.verify(&requested.flow_id, "123456").await.unwrap_err();
+    let err = h
+        .recovery
+        .verify(&requested.flow_id, "123456", &RequestContext::none())
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Input(InputError::MalformedCode)), "{err:?}");
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret())
+            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
             .await
             .is_ok()
     );
@@ -712,7 +867,9 @@ async fn expired_records_are_purged_after_their_retention() {
     h.clock.set(purge_at);
     assert_eq!(h.recovery.purge_expired().await.unwrap(), 1);
     assert!(matches!(
-        h.recovery.verify(&requested.flow_id, "123456").await,
+        h.recovery
+            .verify(&requested.flow_id, "123456", &RequestContext::none())
+            .await,
         Err(Error::NotFound)
     ));
 }

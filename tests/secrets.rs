@@ -8,7 +8,7 @@ use otp_recovery::sms::{MessageKind, RecordingSender, SendError, SendErrorKind, 
 use otp_recovery::store::{CodeStore, MemoryStore, StoreError};
 use otp_recovery::{
     Account, AccountId, Code, Error, FlowRecord, InputError, KeyRing, ManualClock, PhoneNumber, Policy,
-    Recovery, ResetToken, SecretString, ServerKey, Timestamp,
+    Recovery, RequestContext, ResetToken, SecretString, ServerKey, Timestamp,
 };
 
 /// Every rendering a host might log: `Debug`, pretty `Debug`, `Display`.
@@ -46,27 +46,39 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
 
     // A flow that completes, with wrong codes, a resend and a replayed token.
     let requested = recovery
-        .request("carol@example.com", Some(account.clone()))
+        .request(
+            "carol@example.com",
+            Some(account.clone()),
+            &RequestContext::none(),
+        )
         .await
         .unwrap();
     rendered.extend(renderings(&requested));
     let first = sender.last_code().unwrap();
     secrets.push(first.expose_secret().to_owned());
     clock.advance(Duration::from_secs(30));
-    let resent = recovery.resend(&requested.flow_id).await.unwrap();
+    let resent = recovery
+        .resend(&requested.flow_id, &RequestContext::none())
+        .await
+        .unwrap();
     rendered.extend(renderings(&resent));
     let code = sender.last_code().unwrap();
     secrets.push(code.expose_secret().to_owned());
     let mut errors: Vec<Error> = Vec::new();
     errors.push(
         recovery
-            .verify(&requested.flow_id, first.expose_secret())
+            .verify(&requested.flow_id, first.expose_secret(), &RequestContext::none())
             .await
             .unwrap_err(),
     );
-    errors.push(recovery.verify(&requested.flow_id, "12345x").await.unwrap_err());
+    errors.push(
+        recovery
+            .verify(&requested.flow_id, "12345x", &RequestContext::none())
+            .await
+            .unwrap_err(),
+    );
     let verified = recovery
-        .verify(&requested.flow_id, code.expose_secret())
+        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
         .await
         .unwrap();
     let token = verified.token.expose_secret().to_string();
@@ -76,22 +88,31 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
     rendered.extend(renderings(&verified.token));
     errors.push(
         recovery
-            .verify(&requested.flow_id, code.expose_secret())
+            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
             .await
             .unwrap_err(),
     );
     let mut tampered = token.clone();
     tampered.replace_range(95.., if token.ends_with('0') { "1" } else { "0" });
-    errors.push(recovery.reset(&tampered).await.unwrap_err());
+    errors.push(
+        recovery
+            .reset(&tampered, &RequestContext::none())
+            .await
+            .unwrap_err(),
+    );
     stored.push(store.get_flow(&requested.flow_id).await.unwrap().unwrap());
-    let done = recovery.reset(&token).await.unwrap();
+    let done = recovery.reset(&token, &RequestContext::none()).await.unwrap();
     rendered.extend(renderings(&done));
-    errors.push(recovery.reset(&token).await.unwrap_err());
+    errors.push(recovery.reset(&token, &RequestContext::none()).await.unwrap_err());
     stored.push(store.get_flow(&requested.flow_id).await.unwrap().unwrap());
 
     // A flow that locks, one whose send fails, and an unknown identifier.
     let locked = recovery
-        .request("carol@example.com", Some(account.clone()))
+        .request(
+            "carol@example.com",
+            Some(account.clone()),
+            &RequestContext::none(),
+        )
         .await
         .unwrap();
     let code = sender.last_code().unwrap();
@@ -102,20 +123,37 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
         "000000"
     };
     for _ in 0..6 {
-        errors.push(recovery.verify(&locked.flow_id, wrong).await.unwrap_err());
+        errors.push(
+            recovery
+                .verify(&locked.flow_id, wrong, &RequestContext::none())
+                .await
+                .unwrap_err(),
+        );
     }
     stored.push(store.get_flow(&locked.flow_id).await.unwrap().unwrap());
     sender.fail_next(SendError::new(SendErrorKind::Unavailable, "gateway timeout"));
     // A failed send answers like a sent one; its flow is kept for the scan.
     let unsent = recovery
-        .request("carol@example.com", Some(account.clone()))
+        .request(
+            "carol@example.com",
+            Some(account.clone()),
+            &RequestContext::none(),
+        )
         .await
         .unwrap();
     rendered.extend(renderings(&unsent));
     stored.push(store.get_flow(&unsent.flow_id).await.unwrap().unwrap());
-    let decoy = recovery.request("nobody@example.com", None).await.unwrap();
+    let decoy = recovery
+        .request("nobody@example.com", None, &RequestContext::none())
+        .await
+        .unwrap();
     rendered.extend(renderings(&decoy));
-    errors.push(recovery.resend(&decoy.flow_id).await.unwrap_err());
+    errors.push(
+        recovery
+            .resend(&decoy.flow_id, &RequestContext::none())
+            .await
+            .unwrap_err(),
+    );
     stored.push(store.get_flow(&decoy.flow_id).await.unwrap().unwrap());
 
     // Every message body the sender got is a secret-bearing value too.

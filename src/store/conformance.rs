@@ -29,13 +29,15 @@ use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
 use crate::error::Error;
 use crate::id::{AccountId, FlowId};
+use crate::limits::Limits;
 use crate::machine::{self, Opening};
 use crate::phone::PhoneNumber;
 use crate::policy::Policy;
 use crate::record::{DecoyId, FlowRecord, FlowState, Subject};
-use crate::recovery::{Account, Recovery};
+use crate::recovery::{Account, Recovery, RequestContext};
 use crate::secret::ServerKey;
 use crate::sms::RecordingSender;
+use crate::support::{SupportCase, SupportReference};
 
 /// Generates one `#[test]` per conformance check, each running on a
 /// multi-threaded runtime against a store made by `$make` (an expression
@@ -52,6 +54,11 @@ macro_rules! code_store_conformance {
             compare_and_swap_applies_only_on_the_expected_version,
             compare_and_swap_counting_counts_only_when_it_writes,
             counters_count_per_key_and_per_window,
+            conditional_counters_count_only_when_their_condition_opened,
+            load_counting_returns_the_flow_and_the_counts,
+            find_flows_lists_a_subjects_recent_flows_newest_first,
+            cases_are_stored_replaced_and_found_by_reference,
+            deleted_counters_start_again_from_zero,
             purge_removes_exactly_the_expired,
             expiry_is_decided_to_the_millisecond,
             concurrent_counter_increments_are_all_counted,
@@ -98,6 +105,11 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     compare_and_swap_applies_only_on_the_expected_version(store.clone()).await;
     compare_and_swap_counting_counts_only_when_it_writes(store.clone()).await;
     counters_count_per_key_and_per_window(store.clone()).await;
+    conditional_counters_count_only_when_their_condition_opened(store.clone()).await;
+    load_counting_returns_the_flow_and_the_counts(store.clone()).await;
+    find_flows_lists_a_subjects_recent_flows_newest_first(store.clone()).await;
+    cases_are_stored_replaced_and_found_by_reference(store.clone()).await;
+    deleted_counters_start_again_from_zero(store.clone()).await;
     purge_removes_exactly_the_expired(store.clone()).await;
     expiry_is_decided_to_the_millisecond(store.clone()).await;
     concurrent_counter_increments_are_all_counted(store.clone()).await;
@@ -218,6 +230,29 @@ impl<S: CodeStore> CodeStore for Interleaved<S> {
         tokio::task::yield_now().await;
         out
     }
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> StoreResult<(Option<FlowRecord>, Vec<CounterValue>)> {
+        tokio::task::yield_now().await;
+        let out = self.0.load_counting(id, counters, now).await;
+        tokio::task::yield_now().await;
+        out
+    }
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> StoreResult<Vec<FlowRecord>> {
+        self.0.find_flows(subject_key, limit).await
+    }
+    async fn put_case(&self, case: &SupportCase) -> StoreResult<()> {
+        self.0.put_case(case).await
+    }
+    async fn get_case(&self, reference: &SupportReference) -> StoreResult<Option<SupportCase>> {
+        self.0.get_case(reference).await
+    }
+    async fn delete_counters(&self, keys: &[String]) -> StoreResult<()> {
+        self.0.delete_counters(keys).await
+    }
     async fn purge_expired(&self, now: Timestamp) -> StoreResult<u64> {
         self.0.purge_expired(now).await
     }
@@ -229,7 +264,11 @@ fn recovery<S: CodeStore>(store: Arc<S>) -> (Arc<TestRecovery<S>>, RecordingSend
     let sender = RecordingSender::new();
     let clock = ManualClock::new(now());
     let keys = KeyRing::new(1, ServerKey::generate().expect("randomness"));
-    let recovery = Recovery::new(Interleaved(store), sender.clone(), keys).with_clock(clock.clone());
+    // No rate limits: counters a shared database keeps across runs must not
+    // change what these checks see.
+    let recovery = Recovery::new(Interleaved(store), sender.clone(), keys)
+        .with_limits(Limits::none())
+        .with_clock(clock.clone());
     (Arc::new(recovery), sender, clock)
 }
 
@@ -262,7 +301,7 @@ where
 async fn requested_flow<S: CodeStore>(recovery: &TestRecovery<S>) -> FlowId {
     let account = Account::new(account(), phone());
     recovery
-        .request("someone@example.com", Some(account))
+        .request("someone@example.com", Some(account), &RequestContext::none())
         .await
         .expect("request")
         .flow_id
@@ -556,6 +595,162 @@ pub async fn counters_count_per_key_and_per_window<S: CodeStore>(store: Arc<S>) 
     );
 }
 
+/// A conditional counter increments only when the counter it names was
+/// opened by the same call: it counts distinct pairs.
+pub async fn conditional_counters_count_only_when_their_condition_opened<S: CodeStore>(store: Arc<S>) {
+    let hour = Duration::from_secs(3600);
+    let t = now();
+    let distinct = unique("distinct");
+    let call = |pair: &str| {
+        vec![
+            Counter::new(pair, hour, 1),
+            Counter::new(&distinct, hour, 1).only_if_opened(0),
+        ]
+    };
+    let (a, b) = (unique("pair-a"), unique("pair-b"));
+    let first = store.increment_counters(&call(&a), t).await.expect("increment");
+    assert_eq!(first[1].count, 1, "a new pair counts");
+    let again = store.increment_counters(&call(&a), t).await.expect("increment");
+    assert_eq!(
+        (again[0].count, again[1].count),
+        (2, 1),
+        "a repeated pair does not count again"
+    );
+    let other = store.increment_counters(&call(&b), t).await.expect("increment");
+    assert_eq!(other[1].count, 2, "another new pair counts");
+    assert!(first[0].opened(&Counter::new(&a, hour, 1), t));
+    assert!(!again[0].opened(&Counter::new(&a, hour, 1), t));
+}
+
+/// `load_counting` returns the flow (or `None`) and applies its counters.
+pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let hour = Duration::from_secs(3600);
+    let flow = flow_at(t, of(&account()));
+    store.create_flow(&flow).await.expect("create");
+    let key = unique("load");
+    let (got, values) = store
+        .load_counting(&flow.id, &[Counter::new(&key, hour, 2)], t)
+        .await
+        .expect("load");
+    assert_eq!(got, Some(flow));
+    assert_eq!(values, [CounterValue::new(2, Some(t.saturating_add(hour)))]);
+    let missing = FlowId::generate().expect("randomness");
+    let (none, values) = store
+        .load_counting(&missing, &[Counter::read(&key, hour)], t)
+        .await
+        .expect("load");
+    assert_eq!(none, None);
+    assert_eq!(values[0].count, 2);
+    let (_, empty) = store.load_counting(&missing, &[], t).await.expect("load");
+    assert!(empty.is_empty());
+}
+
+/// `find_flows` lists a subject's flows, newest first, up to the limit,
+/// and nobody else's.
+pub async fn find_flows_lists_a_subjects_recent_flows_newest_first<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let alice = account();
+    let mut ids = Vec::new();
+    for i in 0..3u64 {
+        let flow = flow_at(t.saturating_add(Duration::from_secs(i)), of(&alice));
+        store.create_flow(&flow).await.expect("create");
+        ids.push(flow.id);
+    }
+    store
+        .create_flow(&flow_at(t, of(&account())))
+        .await
+        .expect("create");
+    let found = store.find_flows(&of(&alice).key(), 10).await.expect("find");
+    let found_ids: Vec<FlowId> = found.iter().map(|f| f.id).collect();
+    assert_eq!(
+        found_ids,
+        [ids[2], ids[1], ids[0]],
+        "newest first, only this subject's"
+    );
+    assert_eq!(found[0].state, FlowState::CodeSent);
+    assert_eq!(
+        found[1].state,
+        FlowState::Superseded,
+        "find_flows returns the stored records"
+    );
+    assert_eq!(
+        store.find_flows(&of(&alice).key(), 2).await.expect("find").len(),
+        2
+    );
+    assert!(
+        store
+            .find_flows(&of(&account()).key(), 10)
+            .await
+            .expect("find")
+            .is_empty()
+    );
+}
+
+/// Cases are stored under their reference, replaced by a newer one with
+/// the same reference, and purged after `purge_after`.
+pub async fn cases_are_stored_replaced_and_found_by_reference<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let mut bytes = [0u8; 5];
+    crate::secret::fill_random(&mut bytes).expect("randomness");
+    let reference = SupportReference::from_bits(bytes);
+    let mut case = SupportCase {
+        reference,
+        subject: of(&account()),
+        flow: FlowId::generate().expect("randomness"),
+        opened_at: t,
+        locked_until: t.saturating_add(Duration::from_secs(3600)),
+        unlocked_at: None,
+        purge_after: t.saturating_add(Duration::from_secs(7200)),
+    };
+    assert_eq!(store.get_case(&reference).await.expect("get"), None);
+    store.put_case(&case).await.expect("put");
+    assert_eq!(store.get_case(&reference).await.expect("get"), Some(case.clone()));
+    case.unlocked_at = Some(t.saturating_add(Duration::from_secs(60)));
+    store.put_case(&case).await.expect("put");
+    assert_eq!(store.get_case(&reference).await.expect("get"), Some(case.clone()));
+    store.purge_expired(case.purge_after).await.expect("purge");
+    assert_eq!(
+        store.get_case(&reference).await.expect("get"),
+        None,
+        "purged at purge_after"
+    );
+}
+
+/// Deleted counters read as zero and open a new window on the next count.
+pub async fn deleted_counters_start_again_from_zero<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let hour = Duration::from_secs(3600);
+    let (a, b) = (unique("delete-a"), unique("delete-b"));
+    store
+        .increment_counters(&[Counter::new(&a, hour, 3), Counter::new(&b, hour, 1)], t)
+        .await
+        .expect("increment");
+    store
+        .delete_counters(&[a.clone(), unique("never-existed")])
+        .await
+        .expect("delete");
+    let later = t.saturating_add(Duration::from_secs(5));
+    let values = store
+        .increment_counters(
+            &[
+                Counter::read(&a, hour),
+                Counter::read(&b, hour),
+                Counter::new(&a, hour, 1),
+            ],
+            later,
+        )
+        .await
+        .expect("read");
+    assert_eq!(
+        values[0],
+        CounterValue::default(),
+        "a deleted counter reads as zero"
+    );
+    assert_eq!(values[1].count, 1, "other counters stay");
+    assert_eq!(values[2], CounterValue::new(1, Some(later.saturating_add(hour))));
+}
+
 /// Purging deletes flows whose `purge_after` is at or before `now`, keeps
 /// later ones, and a purged subject can open a new flow.
 pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
@@ -601,7 +796,7 @@ pub async fn expiry_is_decided_to_the_millisecond<S: CodeStore>(store: Arc<S>) {
     ));
     let code = sender.last_code().expect("a code was sent");
     recovery
-        .verify(&flow, code.expose_secret())
+        .verify(&flow, code.expose_secret(), &RequestContext::none())
         .await
         .expect("the code must verify at its last valid millisecond");
 
@@ -610,7 +805,7 @@ pub async fn expiry_is_decided_to_the_millisecond<S: CodeStore>(store: Arc<S>) {
     let code = sender.last_code().expect("a code was sent");
     clock.set(start.saturating_add(ttl));
     let err = recovery
-        .verify(&flow, code.expose_secret())
+        .verify(&flow, code.expose_secret(), &RequestContext::none())
         .await
         .expect_err("expired");
     assert!(
@@ -735,7 +930,7 @@ pub async fn wrong_code_race_evaluates_exactly_the_attempt_limit<S: CodeStore + 
     );
     let outcomes = race(1000, |_| {
         let (recovery, wrong) = (recovery.clone(), wrong.clone());
-        async move { recovery.verify(&flow, &wrong).await }
+        async move { recovery.verify(&flow, &wrong, &RequestContext::none()).await }
     })
     .await;
     let mut left: Vec<u32> = Vec::new();
@@ -756,7 +951,7 @@ pub async fn wrong_code_race_evaluates_exactly_the_attempt_limit<S: CodeStore + 
     assert_eq!(stored.failed_attempts, 5);
     assert_eq!(stored.state, FlowState::Locked);
     let err = recovery
-        .verify(&flow, right.expose_secret())
+        .verify(&flow, right.expose_secret(), &RequestContext::none())
         .await
         .expect_err("locked");
     assert!(
@@ -772,7 +967,12 @@ pub async fn right_code_race_issues_exactly_one_token<S: CodeStore + 'static>(st
     let code = sender.last_code().expect("a code was sent");
     let outcomes = race(RACERS, |_| {
         let (recovery, code) = (recovery.clone(), code.clone());
-        async move { recovery.verify(&flow, code.expose_secret()).await.map(|_| ()) }
+        async move {
+            recovery
+                .verify(&flow, code.expose_secret(), &RequestContext::none())
+                .await
+                .map(|_| ())
+        }
     })
     .await;
     let mut tokens = 0;
@@ -792,13 +992,13 @@ pub async fn reset_race_completes_exactly_once<S: CodeStore + 'static>(store: Ar
     let flow = requested_flow(&recovery).await;
     let code = sender.last_code().expect("a code was sent");
     let verified = recovery
-        .verify(&flow, code.expose_secret())
+        .verify(&flow, code.expose_secret(), &RequestContext::none())
         .await
         .expect("verify");
     let token = verified.token.expose_secret();
     let outcomes = race(RACERS, |_| {
         let (recovery, token) = (recovery.clone(), token.clone());
-        async move { recovery.reset(&token).await.map(|_| ()) }
+        async move { recovery.reset(&token, &RequestContext::none()).await.map(|_| ()) }
     })
     .await;
     let mut completed = 0;
@@ -820,7 +1020,7 @@ pub async fn resend_race_sends_exactly_once<S: CodeStore + 'static>(store: Arc<S
     let before = sender.count();
     let outcomes = race(RACERS, |_| {
         let recovery = recovery.clone();
-        async move { recovery.resend(&flow).await.map(|_| ()) }
+        async move { recovery.resend(&flow, &RequestContext::none()).await.map(|_| ()) }
     })
     .await;
     let mut sent = 0;

@@ -1,6 +1,6 @@
 //! The in-process store: sharded maps behind short-held mutexes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -11,12 +11,18 @@ use super::{CodeStore, Counter, CounterValue, Result, StoreError};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::{FlowRecord, FlowState};
+use crate::support::{SupportCase, SupportReference};
 
 const SHARDS: usize = 64;
+/// Flows remembered per subject for support look-ups.
+const RECENT_PER_SUBJECT: usize = 8;
 /// A shard is swept for expired entries when it has grown to this size, or
 /// doubled since its last sweep, whichever is larger: sweeping costs O(1)
 /// per insert amortized and memory stays within twice the live entries.
 const MIN_SWEEP_LEN: usize = 256;
+
+/// Per subject key, its most recent flow ids, newest first.
+type SubjectIndex = HashMap<String, VecDeque<FlowId>>;
 
 /// The default store: in process memory, for one instance of the host (and
 /// for tests). Safe under any number of concurrent tasks; every operation
@@ -28,10 +34,12 @@ const MIN_SWEEP_LEN: usize = 256;
 /// everything at once. Live records are capped too (default 1,000,000
 /// flows, about 400 MB): past the cap, new flows are refused with a
 /// retryable error rather than exhausting memory.
-#[derive(Debug)]
 pub struct MemoryStore {
     flows: Box<[Mutex<Shard<FlowId, FlowRecord>>]>,
-    open: Box<[Mutex<HashMap<String, FlowId>>]>,
+    /// Per subject key: its most recent flows, newest (the open one, if
+    /// any) first.
+    subjects: Box<[Mutex<SubjectIndex>]>,
+    cases: Mutex<HashMap<SupportReference, SupportCase>>,
     counters: Box<[Mutex<Shard<String, CounterValue>>]>,
     hasher: RandomState,
     flow_count: AtomicUsize,
@@ -78,6 +86,17 @@ impl<K: Eq + Hash, V> Shard<K, V> {
     }
 }
 
+/// A summary: the records themselves stay out of logs.
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("flows", &self.flow_count())
+            .field("counters", &self.counter_count())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -97,7 +116,8 @@ impl MemoryStore {
     pub fn with_capacity(capacity: usize) -> Self {
         MemoryStore {
             flows: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            open: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            subjects: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            cases: Mutex::default(),
             counters: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             flow_count: AtomicUsize::new(0),
@@ -135,9 +155,12 @@ impl MemoryStore {
     fn forget_swept(&self, swept: Vec<FlowRecord>) {
         for flow in swept {
             let subject = flow.subject.key();
-            let mut open = lock(&self.open[self.shard_of(&subject)]);
-            if open.get(&subject) == Some(&flow.id) {
-                open.remove(&subject);
+            let mut subjects = lock(&self.subjects[self.shard_of(&subject)]);
+            if let Some(recent) = subjects.get_mut(&subject) {
+                recent.retain(|id| *id != flow.id);
+                if recent.is_empty() {
+                    subjects.remove(&subject);
+                }
             }
         }
     }
@@ -169,8 +192,11 @@ impl CodeStore for MemoryStore {
         // Lock order: the subject's index shard, then flow shards in
         // ascending index. `compare_and_swap` takes a single flow shard, so
         // no cycle can form.
-        let mut open = lock(&self.open[self.shard_of(&subject)]);
-        let old = open.get(&subject).copied().filter(|old| *old != flow.id);
+        let mut subjects = lock(&self.subjects[self.shard_of(&subject)]);
+        let old = subjects
+            .get(&subject)
+            .and_then(|recent| recent.front().copied())
+            .filter(|old| *old != flow.id);
         let old_shard = old.map(|id| Self::flow_shard(&id)).filter(|s| *s != new_shard);
         let (mut new_guard, mut old_guard) = match old_shard {
             Some(s) if s < new_shard => {
@@ -189,7 +215,7 @@ impl CodeStore for MemoryStore {
         let swept = new_guard.sweep(false, live);
         self.flow_count.fetch_sub(swept.len(), Ordering::Relaxed);
         if let Err(full) = self.reserve() {
-            drop((new_guard, old_guard, open));
+            drop((new_guard, old_guard, subjects));
             self.forget_swept(swept);
             return Err(full);
         }
@@ -204,8 +230,10 @@ impl CodeStore for MemoryStore {
             }
         }
         new_guard.map.insert(flow.id, flow.clone());
-        open.insert(subject, flow.id);
-        drop((new_guard, old_guard, open));
+        let recent = subjects.entry(subject).or_default();
+        recent.push_front(flow.id);
+        recent.truncate(RECENT_PER_SUBJECT);
+        drop((new_guard, old_guard, subjects));
         self.forget_swept(swept);
         Ok(())
     }
@@ -227,8 +255,7 @@ impl CodeStore for MemoryStore {
 
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
         let live = |v: &CounterValue| v.resets_at.is_some_and(|end| end > now);
-        let mut values = Vec::with_capacity(counters.len());
-        for c in counters {
+        Ok(Counter::apply_all(counters, now, |c| {
             let mut shard = lock(&self.counters[self.shard_of(&c.key)]);
             let value = c.apply(shard.map.get(&c.key).copied(), now);
             if value.resets_at.is_some() {
@@ -238,9 +265,40 @@ impl CodeStore for MemoryStore {
                 }
                 shard.map.insert(c.key.clone(), value);
             }
-            values.push(value);
+            value
+        }))
+    }
+
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
+        // Lock order: subject shard, then one flow shard at a time.
+        let subjects = lock(&self.subjects[self.shard_of(subject_key)]);
+        let ids: Vec<FlowId> = subjects
+            .get(subject_key)
+            .into_iter()
+            .flatten()
+            .take(limit)
+            .copied()
+            .collect();
+        Ok(ids
+            .iter()
+            .filter_map(|id| lock(&self.flows[Self::flow_shard(id)]).map.get(id).cloned())
+            .collect())
+    }
+
+    async fn put_case(&self, case: &SupportCase) -> Result<()> {
+        lock(&self.cases).insert(case.reference, case.clone());
+        Ok(())
+    }
+
+    async fn get_case(&self, reference: &SupportReference) -> Result<Option<SupportCase>> {
+        Ok(lock(&self.cases).get(reference).cloned())
+    }
+
+    async fn delete_counters(&self, keys: &[String]) -> Result<()> {
+        for key in keys {
+            lock(&self.counters[self.shard_of(key)]).map.remove(key);
         }
-        Ok(values)
+        Ok(())
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
@@ -253,6 +311,7 @@ impl CodeStore for MemoryStore {
         for shard in self.counters.iter() {
             lock(shard).sweep(true, |v: &CounterValue| v.resets_at.is_some_and(|end| end > now));
         }
+        lock(&self.cases).retain(|_, case| case.purge_after > now);
         Ok(purged)
     }
 }
@@ -322,7 +381,7 @@ mod tests {
         }
         // Index entries of swept flows went with them (500 accounts, and
         // the decoys of the last two rounds at most).
-        let indexed: usize = store.open.iter().map(|s| lock(s).len()).sum();
+        let indexed: usize = store.subjects.iter().map(|s| lock(s).len()).sum();
         assert!(indexed <= 500 + 2 * 5_000 + SHARDS * MIN_SWEEP_LEN, "{indexed}");
         let counted: usize = store.flows.iter().map(|s| lock(s).map.len()).sum();
         assert_eq!(store.flow_count(), counted, "the flow count must match the maps");
@@ -385,7 +444,7 @@ mod tests {
         run(store.create_flow(&f)).unwrap();
         assert_eq!(run(store.purge_expired(f.purge_after)).unwrap(), 1);
         assert_eq!(store.flow_count(), 0);
-        let indexed: usize = store.open.iter().map(|s| lock(s).len()).sum();
+        let indexed: usize = store.subjects.iter().map(|s| lock(s).len()).sum();
         assert_eq!(indexed, 0);
     }
 }

@@ -16,6 +16,7 @@
 //! use std::sync::Mutex;
 //! use async_trait::async_trait;
 //! use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+//! use otp_recovery::support::{SupportCase, SupportReference};
 //! use otp_recovery::{FlowId, FlowRecord, FlowState, Timestamp};
 //!
 //! #[derive(Default)]
@@ -26,27 +27,30 @@
 //! #[derive(Default)]
 //! struct Inner {
 //!     flows: HashMap<FlowId, FlowRecord>,
-//!     open: HashMap<String, FlowId>,
+//!     /// Per subject key, its flows, oldest first.
+//!     subjects: HashMap<String, Vec<FlowId>>,
 //!     counters: HashMap<String, CounterValue>,
+//!     cases: HashMap<SupportReference, SupportCase>,
 //! }
 //!
 //! #[async_trait]
 //! impl CodeStore for MapStore {
 //!     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
 //!         let mut inner = self.inner.lock().unwrap();
-//!         if inner.flows.contains_key(&flow.id) {
+//!         let Inner { flows, subjects, .. } = &mut *inner;
+//!         if flows.contains_key(&flow.id) {
 //!             return Err(StoreError::Duplicate);
 //!         }
-//!         if let Some(old) = inner.open.insert(flow.subject.key(), flow.id) {
-//!             if let Some(old) = inner.flows.get_mut(&old) {
-//!                 if old.state.is_open() {
-//!                     old.state = FlowState::Superseded;
-//!                     old.version += 1;
-//!                     old.updated_at = flow.created_at;
-//!                 }
+//!         let recent = subjects.entry(flow.subject.key()).or_default();
+//!         if let Some(old) = recent.last().and_then(|id| flows.get_mut(id)) {
+//!             if old.state.is_open() {
+//!                 old.state = FlowState::Superseded;
+//!                 old.version += 1;
+//!                 old.updated_at = flow.created_at;
 //!             }
 //!         }
-//!         inner.flows.insert(flow.id, flow.clone());
+//!         recent.push(flow.id);
+//!         flows.insert(flow.id, flow.clone());
 //!         Ok(())
 //!     }
 //!
@@ -67,25 +71,45 @@
 //!
 //!     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
 //!         let mut inner = self.inner.lock().unwrap();
-//!         Ok(counters
-//!             .iter()
-//!             .map(|c| {
-//!                 let value = c.apply(inner.counters.get(&c.key).copied(), now);
-//!                 if value.resets_at.is_some() {
-//!                     inner.counters.insert(c.key.clone(), value);
-//!                 }
-//!                 value
-//!             })
-//!             .collect())
+//!         Ok(Counter::apply_all(counters, now, |c| {
+//!             let value = c.apply(inner.counters.get(&c.key).copied(), now);
+//!             if value.resets_at.is_some() {
+//!                 inner.counters.insert(c.key.clone(), value);
+//!             }
+//!             value
+//!         }))
+//!     }
+//!
+//!     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
+//!         let inner = self.inner.lock().unwrap();
+//!         let ids = inner.subjects.get(subject_key).into_iter().flatten().rev();
+//!         Ok(ids.filter_map(|id| inner.flows.get(id).cloned()).take(limit).collect())
+//!     }
+//!
+//!     async fn put_case(&self, case: &SupportCase) -> Result<()> {
+//!         self.inner.lock().unwrap().cases.insert(case.reference, case.clone());
+//!         Ok(())
+//!     }
+//!
+//!     async fn get_case(&self, reference: &SupportReference) -> Result<Option<SupportCase>> {
+//!         Ok(self.inner.lock().unwrap().cases.get(reference).cloned())
+//!     }
+//!
+//!     async fn delete_counters(&self, keys: &[String]) -> Result<()> {
+//!         let mut inner = self.inner.lock().unwrap();
+//!         keys.iter().for_each(|k| drop(inner.counters.remove(k)));
+//!         Ok(())
 //!     }
 //!
 //!     async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
 //!         let mut inner = self.inner.lock().unwrap();
-//!         let before = inner.flows.len();
-//!         inner.flows.retain(|_, f| f.purge_after > now);
-//!         let Inner { flows, open, counters } = &mut *inner;
-//!         open.retain(|_, id| flows.contains_key(id));
+//!         let Inner { flows, subjects, counters, cases } = &mut *inner;
+//!         let before = flows.len();
+//!         flows.retain(|_, f| f.purge_after > now);
+//!         subjects.values_mut().for_each(|ids| ids.retain(|id| flows.contains_key(id)));
+//!         subjects.retain(|_, ids| !ids.is_empty());
 //!         counters.retain(|_, v| v.resets_at.is_some_and(|end| end > now));
+//!         cases.retain(|_, c| c.purge_after > now);
 //!         Ok((before - flows.len()) as u64)
 //!     }
 //! }
@@ -114,6 +138,7 @@ pub use memory::MemoryStore;
 use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::{DecodeError, FlowRecord};
+use crate::support::{SupportCase, SupportReference};
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -170,6 +195,12 @@ impl From<DecodeError> for StoreError {
 /// count starts again at zero with the first increment after the window has
 /// ended. An increment `by: 0` reads the count and never opens a window.
 /// Use one window length per key.
+///
+/// A counter may be conditional: with `only_if_opened: Some(i)` it is
+/// incremented only if the counter at index `i` of the same call (an
+/// earlier one) was opened by that call ([`CounterValue::opened`]);
+/// otherwise it is read. That counts distinct things in one call: "add one
+/// to the IP's count of accounts if this (IP, account) pair is new".
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Counter {
@@ -179,6 +210,9 @@ pub struct Counter {
     pub window: Duration,
     /// How much to add.
     pub by: u32,
+    /// Increment only if the counter at this earlier index was opened by
+    /// this call.
+    pub only_if_opened: Option<usize>,
 }
 
 impl Counter {
@@ -188,7 +222,46 @@ impl Counter {
             key: key.into(),
             window,
             by,
+            only_if_opened: None,
         }
+    }
+
+    /// Makes the increment conditional on the counter at index `earlier`
+    /// of the same call having been opened by it.
+    #[must_use]
+    pub fn only_if_opened(mut self, earlier: usize) -> Self {
+        self.only_if_opened = Some(earlier);
+        self
+    }
+
+    /// The counter to apply given the values of the earlier counters of the
+    /// same call: itself, or a read if its condition does not hold.
+    pub fn effective(&self, earlier: &[CounterValue], now: Timestamp, calls: &[Counter]) -> Counter {
+        let holds = self
+            .only_if_opened
+            .is_none_or(|i| i < earlier.len() && earlier[i].opened(&calls[i], now));
+        let mut c = self.clone();
+        if !holds {
+            c.by = 0;
+        }
+        c.only_if_opened = None;
+        c
+    }
+
+    /// Applies a whole call's counters in order, reading and writing each
+    /// through `step` (which must apply one counter atomically and return
+    /// its value): the loop every store may use.
+    pub fn apply_all(
+        counters: &[Counter],
+        now: Timestamp,
+        mut step: impl FnMut(&Counter) -> CounterValue,
+    ) -> Vec<CounterValue> {
+        let mut values = Vec::with_capacity(counters.len());
+        for c in counters {
+            let c = c.effective(&values, now, counters);
+            values.push(step(&c));
+        }
+        values
     }
 
     /// A read of `key`'s count (an increment by zero).
@@ -234,6 +307,14 @@ impl CounterValue {
     pub fn new(count: u64, resets_at: Option<Timestamp>) -> Self {
         CounterValue { count, resets_at }
     }
+
+    /// Whether `counter`, applied at `now`, opened this window: its count
+    /// is exactly its increment and the window started now.
+    pub fn opened(&self, counter: &Counter, now: Timestamp) -> bool {
+        counter.by > 0
+            && self.count == u64::from(counter.by)
+            && self.resets_at == Some(counter.window_end_from(now))
+    }
 }
 
 /// Where flows and counters live. Implement it for your database, then run
@@ -257,6 +338,41 @@ pub trait CodeStore: Send + Sync {
     /// The flow with this id, if stored (whether or not it has expired, as
     /// long as it was not purged).
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>>;
+
+    /// [`get_flow`](CodeStore::get_flow) and
+    /// [`increment_counters`](CodeStore::increment_counters) together. The
+    /// default makes two calls; a store that can do both in one round trip
+    /// should override it (a verify uses it to read the client's blocks and
+    /// limits along with the flow).
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
+        let flow = self.get_flow(id).await?;
+        let values = if counters.is_empty() {
+            Vec::new()
+        } else {
+            self.increment_counters(counters, now).await?
+        };
+        Ok((flow, values))
+    }
+
+    /// The subject's most recent flows, newest first, at most `limit` (for
+    /// support look-ups). `subject_key` is [`Subject::key`](crate::Subject::key).
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>>;
+
+    /// Stores a support case under its reference, replacing any case with
+    /// the same reference.
+    async fn put_case(&self, case: &SupportCase) -> Result<()>;
+
+    /// The support case with this reference, if stored.
+    async fn get_case(&self, reference: &SupportReference) -> Result<Option<SupportCase>>;
+
+    /// Deletes these counters (a support unlock clears an account's
+    /// failures). Keys that do not exist are ignored.
+    async fn delete_counters(&self, keys: &[String]) -> Result<()>;
 
     /// Replaces the stored flow with `flow` (same id) if and only if the
     /// stored `version` equals `expected_version`. Returns whether it did;
@@ -290,8 +406,9 @@ pub trait CodeStore: Send + Sync {
     /// may appear more than once.
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>>;
 
-    /// Deletes flows whose `purge_after` is at or before `now` and counters
-    /// whose window ended by `now` (stores may delete ended counters sooner). Returns how many flows were deleted
+    /// Deletes flows and support cases whose `purge_after` is at or before
+    /// `now` and counters whose window ended by `now` (stores may delete
+    /// ended counters sooner). Returns how many flows were deleted
     /// (stores whose backend expires keys by itself may return 0).
     async fn purge_expired(&self, now: Timestamp) -> Result<u64>;
 }
@@ -303,6 +420,26 @@ impl<S: CodeStore + ?Sized> CodeStore for Arc<S> {
     }
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
         (**self).get_flow(id).await
+    }
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
+        (**self).load_counting(id, counters, now).await
+    }
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
+        (**self).find_flows(subject_key, limit).await
+    }
+    async fn put_case(&self, case: &SupportCase) -> Result<()> {
+        (**self).put_case(case).await
+    }
+    async fn get_case(&self, reference: &SupportReference) -> Result<Option<SupportCase>> {
+        (**self).get_case(reference).await
+    }
+    async fn delete_counters(&self, keys: &[String]) -> Result<()> {
+        (**self).delete_counters(keys).await
     }
     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
         (**self).compare_and_swap(expected_version, flow).await

@@ -1,0 +1,509 @@
+//! Rate limits, destination rules and automatic blocks: configuration, and
+//! the pure decisions on counter values.
+//!
+//! Every rule is a windowed counter in the store. A request adds one to each
+//! applicable send counter and reads the blocks and the account's failures,
+//! all in one store call, however many rules apply; the decision is then
+//! taken here, from the values the store returned.
+//!
+//! ```
+//! use std::time::Duration;
+//! use otp_recovery::limits::{LimitScope, Limits, Rule};
+//!
+//! let limits = Limits::builder()
+//!     .send_rule(Rule::new(LimitScope::Ip, 50, Duration::from_secs(3600)))
+//!     .allow_countries([1, 44])
+//!     .build()
+//!     .unwrap();
+//! assert!(limits.country_allowed(44));
+//! assert!(!limits.country_allowed(49));
+//! ```
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+use crate::phone::{NON_GEOGRAPHIC_CODES, PhoneNumber, is_country_code};
+use crate::store::{Counter, CounterValue};
+
+/// What a send limit counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LimitScope {
+    /// The destination phone number (for unknown identifiers, their stable
+    /// stand-in, so they are limited alike).
+    Phone,
+    /// The account (or unknown identifier).
+    Account,
+    /// The client IP (IPv6 by its /64 network).
+    Ip,
+    /// The destination's country calling code.
+    CountryCode,
+    /// All sends together: the cost cap.
+    Global,
+    /// Wrong codes from one client IP, over every flow.
+    IpFailures,
+}
+
+impl LimitScope {
+    fn name(self) -> &'static str {
+        match self {
+            LimitScope::Phone => "phone",
+            LimitScope::Account => "account",
+            LimitScope::Ip => "ip",
+            LimitScope::CountryCode => "cc",
+            LimitScope::Global => "global",
+            LimitScope::IpFailures => "ipfail",
+        }
+    }
+}
+
+/// At most `max` events per `window` for one value of `scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rule {
+    /// What it counts by.
+    pub scope: LimitScope,
+    /// Most events allowed in a window.
+    pub max: u32,
+    /// The window, opened by the first event.
+    pub window: Duration,
+}
+
+impl Rule {
+    /// A rule of at most `max` per `window` by `scope`.
+    pub fn new(scope: LimitScope, max: u32, window: Duration) -> Self {
+        Rule { scope, max, window }
+    }
+
+    /// The counter of this rule for `value` (a phone, an IP...).
+    pub(crate) fn counter(&self, value: &str, by: u32) -> Counter {
+        let key = format!("limit:{}:{}:{value}", self.scope.name(), self.window.as_millis());
+        Counter::new(key, self.window, by)
+    }
+}
+
+/// What an automatic block applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BlockTarget {
+    /// A client IP (an IPv6 /64 network).
+    Ip(String),
+    /// A destination country calling code.
+    CountryCode(u16),
+    /// A block of destination numbers: E.164 without the last three digits.
+    NumberBlock(String),
+}
+
+impl BlockTarget {
+    /// The counter key of the block; `pseudonym` hides personal values
+    /// (IPs, number blocks) from the store.
+    pub(crate) fn key(&self, pseudonym: impl Fn(&str) -> String) -> String {
+        match self {
+            BlockTarget::Ip(ip) => format!("block:ip:{}", pseudonym(ip)),
+            BlockTarget::CountryCode(cc) => format!("block:cc:{cc}"),
+            BlockTarget::NumberBlock(block) => format!("block:nb:{}", pseudonym(block)),
+        }
+    }
+}
+
+impl fmt::Display for BlockTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlockTarget::Ip(ip) => write!(f, "ip {ip}"),
+            BlockTarget::CountryCode(cc) => write!(f, "country code +{cc}"),
+            BlockTarget::NumberBlock(block) => write!(f, "numbers {block}xxx"),
+        }
+    }
+}
+
+/// Destination countries by calling code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CountryFilter {
+    /// Every country but these.
+    Deny(Vec<u16>),
+    /// Only these countries.
+    Allow(Vec<u16>),
+}
+
+/// Thresholds of the suspicious-activity detectors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Detectors {
+    /// Distinct identifiers one IP may ask for in `window` before it is
+    /// suspicious (default 10 per hour).
+    pub subjects_per_ip: u32,
+    /// Codes into one country code (or number block) in `window` from which
+    /// the verified share is judged (default 30 per country, 10 per block).
+    pub pumping_min_sends_country: u32,
+    /// As above, for a block of numbers.
+    pub pumping_min_sends_block: u32,
+    /// Below this share of verified codes, in percent, the sends look like
+    /// SMS pumping (default 10).
+    pub pumping_max_verified_percent: u32,
+    /// Lockouts of one account within a week that are suspicious (default 3).
+    pub lockouts_per_week: u32,
+    /// The detectors' window (default 1 hour).
+    pub window: Duration,
+    /// Block an IP that asks for too many identifiers, and a country code or
+    /// number block that looks pumped, for this long (default: no automatic
+    /// block, events only).
+    pub auto_block: Option<Duration>,
+}
+
+impl Default for Detectors {
+    fn default() -> Self {
+        Detectors {
+            subjects_per_ip: 10,
+            pumping_min_sends_country: 30,
+            pumping_min_sends_block: 10,
+            pumping_max_verified_percent: 10,
+            lockouts_per_week: 3,
+            window: Duration::from_secs(3600),
+            auto_block: None,
+        }
+    }
+}
+
+/// The limits a [`Recovery`](crate::Recovery) enforces besides the
+/// per-flow rules of its [`Policy`](crate::Policy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    sends: Vec<Rule>,
+    ip_failures: Option<Rule>,
+    countries: CountryFilter,
+    detectors: Detectors,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+impl Default for Limits {
+    /// Sends: 5 per 10 minutes and 10 per day per phone, 5 per hour and 10
+    /// per day per account, 20 per hour per IP, 300 per hour per country
+    /// code, 1,000 per hour in all. Wrong codes: 30 per hour per IP.
+    /// Destinations: every country but the non-geographic codes.
+    fn default() -> Self {
+        Limits {
+            sends: vec![
+                Rule::new(LimitScope::Phone, 5, 10 * MINUTE),
+                Rule::new(LimitScope::Phone, 10, DAY),
+                Rule::new(LimitScope::Account, 5, HOUR),
+                Rule::new(LimitScope::Account, 10, DAY),
+                Rule::new(LimitScope::Ip, 20, HOUR),
+                Rule::new(LimitScope::CountryCode, 300, HOUR),
+                Rule::new(LimitScope::Global, 1_000, HOUR),
+            ],
+            ip_failures: Some(Rule::new(LimitScope::IpFailures, 30, HOUR)),
+            countries: CountryFilter::Deny(NON_GEOGRAPHIC_CODES.to_vec()),
+            detectors: Detectors::default(),
+        }
+    }
+}
+
+impl Limits {
+    /// A builder starting from the defaults.
+    pub fn builder() -> LimitsBuilder {
+        LimitsBuilder(Limits::default())
+    }
+
+    /// No send limits, no IP failure limit, every country, detectors on
+    /// with no automatic block: for tests of other rules.
+    pub fn none() -> Self {
+        Limits {
+            sends: Vec::new(),
+            ip_failures: None,
+            countries: CountryFilter::Deny(Vec::new()),
+            detectors: Detectors::default(),
+        }
+    }
+
+    /// The send rules.
+    pub fn send_rules(&self) -> &[Rule] {
+        &self.sends
+    }
+
+    /// The rule on wrong codes per IP.
+    pub fn ip_failure_rule(&self) -> Option<Rule> {
+        self.ip_failures
+    }
+
+    /// The detector thresholds.
+    pub fn detectors(&self) -> &Detectors {
+        &self.detectors
+    }
+
+    /// Whether codes may be sent to this country calling code.
+    pub fn country_allowed(&self, country_code: u16) -> bool {
+        match &self.countries {
+            CountryFilter::Deny(codes) => !codes.contains(&country_code),
+            CountryFilter::Allow(codes) => codes.contains(&country_code),
+        }
+    }
+}
+
+/// Builds [`Limits`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LimitsBuilder(Limits);
+
+impl LimitsBuilder {
+    /// Replaces every send rule of `rule.scope` by `rule`.
+    pub fn send_rule(mut self, rule: Rule) -> Self {
+        self.0.sends.retain(|r| r.scope != rule.scope);
+        self.0.sends.push(rule);
+        self
+    }
+
+    /// Removes every send rule.
+    pub fn clear_send_rules(mut self) -> Self {
+        self.0.sends.clear();
+        self
+    }
+
+    /// Adds a send rule, keeping the others of its scope.
+    pub fn add_send_rule(mut self, rule: Rule) -> Self {
+        self.0.sends.push(rule);
+        self
+    }
+
+    /// Wrong codes per IP per window, or no such limit.
+    pub fn ip_failures(mut self, rule: Option<(u32, Duration)>) -> Self {
+        self.0.ip_failures = rule.map(|(max, window)| Rule::new(LimitScope::IpFailures, max, window));
+        self
+    }
+
+    /// Only these destination country calling codes.
+    pub fn allow_countries(mut self, codes: impl IntoIterator<Item = u16>) -> Self {
+        self.0.countries = CountryFilter::Allow(codes.into_iter().collect());
+        self
+    }
+
+    /// Every destination but these country calling codes (the default
+    /// denies the non-geographic ones; this replaces that list).
+    pub fn deny_countries(mut self, codes: impl IntoIterator<Item = u16>) -> Self {
+        self.0.countries = CountryFilter::Deny(codes.into_iter().collect());
+        self
+    }
+
+    /// Replaces the detector thresholds.
+    pub fn detectors(mut self, detectors: Detectors) -> Self {
+        self.0.detectors = detectors;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`LimitsError`] for a rule with a zero maximum or window, an unknown
+    /// country calling code, or a detector threshold of zero.
+    pub fn build(self) -> Result<Limits, LimitsError> {
+        let l = self.0;
+        for rule in l.sends.iter().chain(l.ip_failures.iter()) {
+            if rule.max == 0 || rule.window < Duration::from_secs(1) {
+                return Err(LimitsError::Rule(rule.scope));
+            }
+        }
+        let codes = match &l.countries {
+            CountryFilter::Deny(c) | CountryFilter::Allow(c) => c,
+        };
+        if let Some(&bad) = codes.iter().find(|&&c| !is_country_code(c)) {
+            return Err(LimitsError::CountryCode(bad));
+        }
+        let d = &l.detectors;
+        if d.subjects_per_ip == 0
+            || d.pumping_min_sends_country == 0
+            || d.pumping_min_sends_block == 0
+            || d.lockouts_per_week == 0
+            || d.pumping_max_verified_percent > 100
+            || d.window < Duration::from_secs(60)
+        {
+            return Err(LimitsError::Detectors);
+        }
+        Ok(l)
+    }
+}
+
+/// A [`Limits`] setting that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitsError {
+    /// A rule needs a maximum of at least 1 and a window of at least 1 s.
+    #[error("a {0:?} rule needs a maximum of at least 1 and a window of at least 1 s")]
+    Rule(LimitScope),
+    /// Not a country calling code ITU-T assigned.
+    #[error("+{0} is not an assigned country calling code")]
+    CountryCode(u16),
+    /// Detector thresholds must be at least 1 (a percentage at most 100,
+    /// a window at least a minute).
+    #[error("detector thresholds must be positive, the percentage at most 100, the window at least a minute")]
+    Detectors,
+}
+
+/// The key an IP is counted under: IPv4 whole, IPv6 by its /64, since one
+/// host is usually given a whole /64.
+pub(crate) fn ip_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// The number block of a phone: E.164 without its last three digits.
+pub(crate) fn number_block(phone: &PhoneNumber) -> String {
+    let s = phone.as_str();
+    s[..s.len() - 3].to_owned()
+}
+
+/// One counter of a store call, with what it means.
+#[derive(Debug, Clone)]
+pub(crate) enum Role {
+    /// A limit: refuse when the count passes `max` (for a read, when the
+    /// next event would).
+    Limit(LimitScope, u32, bool),
+    /// A block: refuse while its window is open.
+    Block(BlockTarget),
+    /// Read or counted for a detector or a lock; judged by the caller.
+    Measure,
+}
+
+/// The counters of one store call and their roles, built up in order.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    pub(crate) counters: Vec<Counter>,
+    pub(crate) roles: Vec<Role>,
+}
+
+impl Plan {
+    /// Adds a counter; returns its index.
+    pub(crate) fn push(&mut self, counter: Counter, role: Role) -> usize {
+        self.counters.push(counter);
+        self.roles.push(role);
+        self.counters.len() - 1
+    }
+
+    /// Adds a read of a block under `key`.
+    pub(crate) fn block(&mut self, target: BlockTarget, key: String) {
+        let counter = Counter::read(key, Duration::from_secs(1));
+        self.push(counter, Role::Block(target));
+    }
+
+    /// Adds one count for a limit rule, keyed by `value`.
+    pub(crate) fn limit(&mut self, rule: &Rule, value: &str, by: u32) -> usize {
+        self.push(
+            rule.counter(value, by),
+            Role::Limit(rule.scope, rule.max, by == 0),
+        )
+    }
+
+    /// The first refusal the values show: a block, then a limit passed
+    /// (with the longest wait among the limits passed).
+    pub(crate) fn refusal(&self, values: &[CounterValue], now: Timestamp) -> Option<Refusal> {
+        let mut worst: Option<(LimitScope, Duration)> = None;
+        for (role, value) in self.roles.iter().zip(values) {
+            match role {
+                Role::Block(target) if value.count > 0 => {
+                    let until = value.resets_at.unwrap_or(now);
+                    return Some(Refusal::Blocked(target.clone(), until));
+                }
+                Role::Limit(scope, max, read) if value.count + u64::from(*read) > u64::from(*max) => {
+                    let wait = value
+                        .resets_at
+                        .map_or(Duration::ZERO, |end| end.saturating_duration_since(now));
+                    if worst.is_none_or(|(_, w)| wait > w) {
+                        worst = Some((*scope, wait));
+                    }
+                }
+                _ => {}
+            }
+        }
+        worst.map(|(scope, retry_after)| Refusal::Limited(scope, retry_after))
+    }
+}
+
+/// Why a plan refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Blocked(BlockTarget, Timestamp),
+    Limited(LimitScope, Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_network() {
+        let key = |s: &str| ip_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn a_limit_refuses_one_past_its_maximum_with_the_longest_wait() {
+        let t = Timestamp::from_unix_millis(1_000_000);
+        let mut plan = Plan::default();
+        let a = Rule::new(LimitScope::Phone, 5, MINUTE);
+        let b = Rule::new(LimitScope::Ip, 2, HOUR);
+        plan.limit(&a, "x", 1);
+        plan.limit(&b, "y", 1);
+        let at = |count, secs| CounterValue::new(count, Some(t.saturating_add(Duration::from_secs(secs))));
+        assert_eq!(
+            plan.refusal(&[at(5, 10), at(2, 100)], t),
+            None,
+            "the maximum itself is allowed"
+        );
+        assert_eq!(
+            plan.refusal(&[at(6, 10), at(2, 100)], t),
+            Some(Refusal::Limited(LimitScope::Phone, Duration::from_secs(10)))
+        );
+        assert_eq!(
+            plan.refusal(&[at(6, 10), at(3, 100)], t),
+            Some(Refusal::Limited(LimitScope::Ip, Duration::from_secs(100)))
+        );
+        let mut blocked = Plan::default();
+        blocked.block(BlockTarget::CountryCode(44), "block:cc:44".into());
+        let until = t.saturating_add(HOUR);
+        assert_eq!(
+            blocked.refusal(&[CounterValue::new(1, Some(until))], t),
+            Some(Refusal::Blocked(BlockTarget::CountryCode(44), until))
+        );
+        assert_eq!(blocked.refusal(&[CounterValue::default()], t), None);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_refused() {
+        assert!(
+            Limits::builder()
+                .send_rule(Rule::new(LimitScope::Ip, 0, HOUR))
+                .build()
+                .is_err()
+        );
+        assert!(Limits::builder().deny_countries([210]).build().is_err());
+        assert!(Limits::builder().allow_countries([1, 44]).build().is_ok());
+        let d = Detectors {
+            subjects_per_ip: 0,
+            ..Detectors::default()
+        };
+        assert_eq!(
+            Limits::builder().detectors(d).build(),
+            Err(LimitsError::Detectors)
+        );
+        assert!(Limits::default().country_allowed(44));
+        assert!(
+            !Limits::default().country_allowed(881),
+            "satellite codes are denied by default"
+        );
+    }
+}
