@@ -63,11 +63,19 @@ impl SmsSender for LastCode {
     }
 }
 
+/// An account with its own phone per operation, so per-phone and
+/// per-account limits never refuse a measured call.
 fn account(n: u64) -> Account {
     Account::new(
         AccountId::new(format!("user-{n}")).unwrap(),
-        PhoneNumber::parse("+14155550123").unwrap(),
+        PhoneNumber::parse(&format!("+1415{:07}", n % 10_000_000)).unwrap(),
     )
+}
+
+/// A client IP per operation, so per-IP limits never refuse a measured call.
+fn client(n: u64) -> RequestContext {
+    let ip = std::net::Ipv4Addr::from(0x0a00_0000u32.wrapping_add(n as u32));
+    RequestContext::from_ip(std::net::IpAddr::V4(ip))
 }
 
 fn benches(c: &mut Criterion) {
@@ -92,15 +100,16 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("memory_store");
-    // Time moves a day every 10,000 operations so the store sweeps expired
-    // flows and memory stays bounded however long criterion runs.
+    // Every default limit and detector is on. Time moves an hour every 250
+    // operations, so no budget (300 sends per country code per hour) ever
+    // refuses a measured call, and the store sweeps expired flows.
     let clock = ManualClock::new(Timestamp::from_unix_millis(1_800_000_000_000));
     let counter = Cell::new(0u64);
     let tick = || {
         let n = counter.get() + 1;
         counter.set(n);
-        if n.is_multiple_of(10_000) {
-            clock.advance(Duration::from_secs(25 * 3600));
+        if n.is_multiple_of(250) {
+            clock.advance(Duration::from_secs(3601));
         }
         n
     };
@@ -108,41 +117,35 @@ fn benches(c: &mut Criterion) {
     let recovery = Recovery::new(MemoryStore::new(), NullSender, keys.clone()).with_clock(clock.clone());
     g.bench_function("request_known", |b| {
         b.iter(|| {
-            ready(recovery.request(
-                "someone@example.com",
-                Some(account(tick())),
-                &RequestContext::none(),
-            ))
-            .unwrap()
+            let n = tick();
+            ready(recovery.request("someone@example.com", Some(account(n)), &client(n))).unwrap()
         })
     });
     g.bench_function("request_unknown", |b| {
         b.iter(|| {
-            tick();
-            ready(recovery.request("nobody@example.com", None, &RequestContext::none())).unwrap()
+            let n = tick();
+            ready(recovery.request(&format!("nobody{n}@example.com"), None, &client(n))).unwrap()
         })
     });
 
     let sender = Arc::new(LastCode::default());
     let recovery = Recovery::new(MemoryStore::new(), sender.clone(), keys).with_clock(clock.clone());
-    // A fresh account per flow, so wrong codes never reach the account limit.
+    // A fresh account and client per flow, so no limit refuses a measured
+    // call and wrong codes never reach the account limit.
     let open_flow = || {
-        let flow = ready(recovery.request(
-            "someone@example.com",
-            Some(account(tick())),
-            &RequestContext::none(),
-        ))
-        .unwrap()
-        .flow_id;
+        let n = tick();
+        let flow = ready(recovery.request("someone@example.com", Some(account(n)), &client(n)))
+            .unwrap()
+            .flow_id;
         let code = sender.0.lock().unwrap().clone();
         let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
-        (flow, code, wrong)
+        (flow, code, wrong, client(n))
     };
     g.bench_function("verify_wrong", |b| {
         b.iter_batched(
             &open_flow,
-            |(flow, _, wrong): (FlowId, String, String)| {
-                ready(recovery.verify(&flow, &wrong, &RequestContext::none())).unwrap_err()
+            |(flow, _, wrong, ctx): (FlowId, String, String, RequestContext)| {
+                ready(recovery.verify(&flow, &wrong, &ctx)).unwrap_err()
             },
             BatchSize::PerIteration,
         )
@@ -150,8 +153,8 @@ fn benches(c: &mut Criterion) {
     g.bench_function("verify_right", |b| {
         b.iter_batched(
             &open_flow,
-            |(flow, code, _): (FlowId, String, String)| {
-                ready(recovery.verify(&flow, &code, &RequestContext::none())).unwrap()
+            |(flow, code, _, ctx): (FlowId, String, String, RequestContext)| {
+                ready(recovery.verify(&flow, &code, &ctx)).unwrap()
             },
             BatchSize::PerIteration,
         )

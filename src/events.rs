@@ -178,7 +178,8 @@ pub struct Event {
     pub flow: Option<FlowId>,
     /// The account concerned (never set for unknown identifiers).
     pub account: Option<AccountId>,
-    /// The phone concerned, masked.
+    /// The phone concerned, masked (never set for unknown identifiers,
+    /// which have none).
     pub masked_phone: Option<MaskedPhone>,
     /// The client IP, when the host passed it.
     pub ip: Option<IpAddr>,

@@ -42,8 +42,10 @@ pub enum LimitScope {
     CountryCode,
     /// All sends together: the cost cap.
     Global,
-    /// Wrong codes from one client IP, over every flow.
-    IpFailures,
+    /// Codes checked for one client IP, right or wrong, over every flow:
+    /// counted before the check, so the limit holds exactly under any
+    /// concurrency.
+    IpVerifies,
 }
 
 impl LimitScope {
@@ -54,7 +56,7 @@ impl LimitScope {
             LimitScope::Ip => "ip",
             LimitScope::CountryCode => "cc",
             LimitScope::Global => "global",
-            LimitScope::IpFailures => "ipfail",
+            LimitScope::IpVerifies => "ipverify",
         }
     }
 }
@@ -167,12 +169,58 @@ impl Default for Detectors {
     }
 }
 
+impl Detectors {
+    /// Sets [`Detectors::subjects_per_ip`].
+    #[must_use]
+    pub fn with_subjects_per_ip(mut self, subjects: u32) -> Self {
+        self.subjects_per_ip = subjects;
+        self
+    }
+
+    /// Sets the sends from which a country code and a number block are
+    /// judged for pumping.
+    #[must_use]
+    pub fn with_pumping_min_sends(mut self, country: u32, block: u32) -> Self {
+        self.pumping_min_sends_country = country;
+        self.pumping_min_sends_block = block;
+        self
+    }
+
+    /// Sets [`Detectors::pumping_max_verified_percent`].
+    #[must_use]
+    pub fn with_pumping_max_verified_percent(mut self, percent: u32) -> Self {
+        self.pumping_max_verified_percent = percent;
+        self
+    }
+
+    /// Sets [`Detectors::lockouts_per_week`].
+    #[must_use]
+    pub fn with_lockouts_per_week(mut self, lockouts: u32) -> Self {
+        self.lockouts_per_week = lockouts;
+        self
+    }
+
+    /// Sets the detectors' window.
+    #[must_use]
+    pub fn with_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Blocks what the detectors find for `duration` (`None`: report only).
+    #[must_use]
+    pub fn with_auto_block(mut self, duration: Option<Duration>) -> Self {
+        self.auto_block = duration;
+        self
+    }
+}
+
 /// The limits a [`Recovery`](crate::Recovery) enforces besides the
 /// per-flow rules of its [`Policy`](crate::Policy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     sends: Vec<Rule>,
-    ip_failures: Option<Rule>,
+    ip_verifies: Option<Rule>,
     countries: CountryFilter,
     detectors: Detectors,
 }
@@ -184,7 +232,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 impl Default for Limits {
     /// Sends: 5 per 10 minutes and 10 per day per phone, 5 per hour and 10
     /// per day per account, 20 per hour per IP, 300 per hour per country
-    /// code, 1,000 per hour in all. Wrong codes: 30 per hour per IP.
+    /// code, 1,000 per hour in all. Codes checked: 30 per hour per IP.
     /// Destinations: every country but the non-geographic codes.
     fn default() -> Self {
         Limits {
@@ -197,7 +245,7 @@ impl Default for Limits {
                 Rule::new(LimitScope::CountryCode, 300, HOUR),
                 Rule::new(LimitScope::Global, 1_000, HOUR),
             ],
-            ip_failures: Some(Rule::new(LimitScope::IpFailures, 30, HOUR)),
+            ip_verifies: Some(Rule::new(LimitScope::IpVerifies, 30, HOUR)),
             countries: CountryFilter::Deny(NON_GEOGRAPHIC_CODES.to_vec()),
             detectors: Detectors::default(),
         }
@@ -215,7 +263,7 @@ impl Limits {
     pub fn none() -> Self {
         Limits {
             sends: Vec::new(),
-            ip_failures: None,
+            ip_verifies: None,
             countries: CountryFilter::Deny(Vec::new()),
             detectors: Detectors::default(),
         }
@@ -226,9 +274,9 @@ impl Limits {
         &self.sends
     }
 
-    /// The rule on wrong codes per IP.
-    pub fn ip_failure_rule(&self) -> Option<Rule> {
-        self.ip_failures
+    /// The rule on codes checked per IP.
+    pub fn ip_verify_rule(&self) -> Option<Rule> {
+        self.ip_verifies
     }
 
     /// The detector thresholds.
@@ -270,9 +318,9 @@ impl LimitsBuilder {
         self
     }
 
-    /// Wrong codes per IP per window, or no such limit.
-    pub fn ip_failures(mut self, rule: Option<(u32, Duration)>) -> Self {
-        self.0.ip_failures = rule.map(|(max, window)| Rule::new(LimitScope::IpFailures, max, window));
+    /// Codes checked per IP per window (right or wrong), or no such limit.
+    pub fn ip_verifies(mut self, rule: Option<(u32, Duration)>) -> Self {
+        self.0.ip_verifies = rule.map(|(max, window)| Rule::new(LimitScope::IpVerifies, max, window));
         self
     }
 
@@ -302,7 +350,7 @@ impl LimitsBuilder {
     /// country calling code, or a detector threshold of zero.
     pub fn build(self) -> Result<Limits, LimitsError> {
         let l = self.0;
-        for rule in l.sends.iter().chain(l.ip_failures.iter()) {
+        for rule in l.sends.iter().chain(l.ip_verifies.iter()) {
             if rule.max == 0 || rule.window < Duration::from_secs(1) {
                 return Err(LimitsError::Rule(rule.scope));
             }
@@ -492,10 +540,7 @@ mod tests {
         );
         assert!(Limits::builder().deny_countries([210]).build().is_err());
         assert!(Limits::builder().allow_countries([1, 44]).build().is_ok());
-        let d = Detectors {
-            subjects_per_ip: 0,
-            ..Detectors::default()
-        };
+        let d = Detectors::default().with_subjects_per_ip(0);
         assert_eq!(
             Limits::builder().detectors(d).build(),
             Err(LimitsError::Detectors)

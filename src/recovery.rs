@@ -305,10 +305,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             }
             None => (Subject::Unknown(decoy_id(&decoy)), None, self.decoy_mask(&decoy)),
         };
+        let real_phone = phone.as_ref().map(PhoneNumber::masked);
         let event = |kind| {
             Event::new(now, kind)
                 .account(subject.account().cloned())
-                .phone(Some(masked))
+                .phone(real_phone)
                 .ip(ctx.client_ip)
         };
 
@@ -370,7 +371,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             Event::new(now, kind)
                 .flow(flow.id)
                 .account(flow.account().cloned())
-                .phone(Some(masked))
+                .phone(flow.phone.as_ref().map(PhoneNumber::masked))
                 .ip(ctx.client_ip)
         };
         self.judge(&blocks, &values, now, &event)?;
@@ -406,7 +407,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// locked); [`Error::Locked`] with its end and support reference when
     /// this wrong code brought the account to its failure limit, or when
     /// the flow was locked already; [`Error::RateLimited`] when the client
-    /// IP has made too many wrong guesses, [`Error::Blocked`] while it is
+    /// IP has had too many codes checked, [`Error::Blocked`] while it is
     /// blocked; [`Error::Input`] for a code that is not exactly the
     /// policy's number of digits (no attempt is consumed);
     /// [`Error::Expired`], [`Error::AlreadyUsed`], [`Error::Superseded`],
@@ -418,12 +419,14 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             return Err(InputError::MalformedCode.into());
         }
         let ip = ctx.ip_key();
-        let ip_rule = ip.as_ref().and(self.limits.ip_failure_rule());
+        let ip_rule = ip.as_ref().and(self.limits.ip_verify_rule());
         let mut checks = Plan::default();
         if let Some(ip) = &ip {
             self.plan_block(&mut checks, BlockTarget::Ip(ip.clone()));
             if let Some(rule) = &ip_rule {
-                checks.limit(rule, &self.keys.pseudonym(ip), 0);
+                // Counted before the code is checked, so racing guesses
+                // cannot pass a read together.
+                checks.limit(rule, &self.keys.pseudonym(ip), 1);
             }
         }
         for round in 0..MAX_CAS_ROUNDS {
@@ -440,7 +443,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 Event::new(now, kind)
                     .flow(flow.id)
                     .account(flow.account().cloned())
-                    .phone(Some(self.masked(&flow)))
+                    .phone(flow.phone.as_ref().map(PhoneNumber::masked))
                     .ip(ctx.client_ip)
             };
             if round == 0 {
@@ -494,13 +497,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             else {
                 unreachable!("a wrong evaluation has a wrong verdict")
             };
-            // The flow's attempt, the subject's failure, the IP's failure
-            // and (if this locks the account) the lockout are counted in one
-            // store call; the flow locks in the same write.
+            // The flow's attempt, the subject's failure and (if this locks
+            // the account) the lockout are counted in one store call; the
+            // flow locks in the same write.
             let mut counters = vec![self.failure_counter(&flow.subject, 1)];
-            if let (Some(rule), Some(ip)) = (&ip_rule, &ip) {
-                counters.push(rule.counter(&self.keys.pseudonym(ip), 1));
-            }
             if account_locked {
                 let subject = self.keys.pseudonym(&flow.subject.key());
                 counters.push(Counter::new(format!("lockouts:{subject}"), LOCKOUT_WINDOW, 1));
@@ -558,7 +558,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             Event::new(now, EventKind::ResetCompleted)
                 .flow(flow_id)
                 .account(Some(account.clone()))
-                .phone(Some(self.masked(&flow)))
+                .phone(flow.phone.as_ref().map(PhoneNumber::masked))
                 .ip(ctx.client_ip),
         );
         let notice = self.messages.password_changed_message(ctx.locale);
@@ -807,7 +807,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             Event::new(now, kind)
                 .flow(locked.id)
                 .account(locked.account().cloned())
-                .phone(Some(self.masked(locked)))
+                .phone(locked.phone.as_ref().map(PhoneNumber::masked))
                 .ip(ctx.client_ip)
         };
         // The lock itself is already stored (the failure count); a case

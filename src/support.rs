@@ -421,10 +421,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
     /// an empty reason; [`Error::Store`], [`Error::Busy`].
     pub async fn cancel(&self, agent: &Agent, reason: &str, flow: &FlowId) -> Result<()> {
         check_reason(reason)?;
-        let cancelled = self
-            .recovery
-            .update(flow, machine::cancel)
-            .await?;
+        let cancelled = self.recovery.update(flow, machine::cancel).await?;
         self.audit(
             agent,
             reason,

@@ -32,8 +32,15 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
     let clock = ManualClock::new(Timestamp::from_unix_millis(1_800_000_000_000));
     let key_bytes = vec![0x5a; 32];
     let keys = KeyRing::new(1, ServerKey::from_bytes(key_bytes.clone()).unwrap());
+    let events = otp_recovery::events::RecordingSink::new();
     let recovery = Recovery::new(store.clone(), sender.clone(), keys)
-        .with_policy(Policy::default())
+        .with_policy(
+            Policy::builder()
+                .account_failures(6, std::time::Duration::from_secs(3600))
+                .build()
+                .unwrap(),
+        )
+        .with_events(events.clone())
         .with_clock(clock.clone());
     let account = Account::new(
         AccountId::new("carol").unwrap(),
@@ -106,6 +113,18 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
     errors.push(recovery.reset(&token, &RequestContext::none()).await.unwrap_err());
     stored.push(store.get_flow(&requested.flow_id).await.unwrap().unwrap());
 
+    sender.fail_next(SendError::new(SendErrorKind::Unavailable, "gateway timeout"));
+    // A failed send answers like a sent one; its flow is kept for the scan.
+    let unsent = recovery
+        .request(
+            "carol@example.com",
+            Some(account.clone()),
+            &RequestContext::none(),
+        )
+        .await
+        .unwrap();
+    rendered.extend(renderings(&unsent));
+    stored.push(store.get_flow(&unsent.flow_id).await.unwrap().unwrap());
     // A flow that locks, one whose send fails, and an unknown identifier.
     let locked = recovery
         .request(
@@ -131,18 +150,17 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
         );
     }
     stored.push(store.get_flow(&locked.flow_id).await.unwrap().unwrap());
-    sender.fail_next(SendError::new(SendErrorKind::Unavailable, "gateway timeout"));
-    // A failed send answers like a sent one; its flow is kept for the scan.
-    let unsent = recovery
-        .request(
-            "carol@example.com",
-            Some(account.clone()),
-            &RequestContext::none(),
-        )
-        .await
-        .unwrap();
-    rendered.extend(renderings(&unsent));
-    stored.push(store.get_flow(&unsent.flow_id).await.unwrap().unwrap());
+    // Locked now: the next request is refused with the reference.
+    errors.push(
+        recovery
+            .request(
+                "carol@example.com",
+                Some(account.clone()),
+                &RequestContext::none(),
+            )
+            .await
+            .unwrap_err(),
+    );
     let decoy = recovery
         .request("nobody@example.com", None, &RequestContext::none())
         .await
@@ -159,6 +177,57 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
     // Every message body the sender got is a secret-bearing value too.
     for message in sender.messages() {
         rendered.extend(renderings(&message));
+    }
+    // The support desk's views and the audit trail.
+    let agent = otp_recovery::support::Agent::new("dana").unwrap();
+    let case = recovery
+        .support()
+        .lookup_account(&agent, "scan", &account.id)
+        .await
+        .unwrap();
+    assert!(case.locked_until.is_some(), "the run must include a lockout");
+    rendered.extend(renderings(&case));
+    // Every event, in every form a host might log it.
+    let all_events = events.events();
+    for event in &all_events {
+        rendered.extend(renderings(event));
+        rendered.push(event.to_string());
+    }
+    let kinds = events.kinds();
+    for expected in [
+        "Requested",
+        "CodeSent",
+        "VerifyFailed",
+        "Verified",
+        "FlowLocked",
+        "AccountLocked",
+        "ResetCompleted",
+        "NotificationSent",
+        "SendFailed",
+        "Resent",
+        "Support",
+    ] {
+        assert!(
+            kinds.iter().any(|k| format!("{k:?}").starts_with(expected)),
+            "no {expected} event in the run"
+        );
+    }
+    // Messages: a code message carries its own code and nothing else
+    // secret; a notice carries none.
+    let codes: Vec<String> = secrets.iter().filter(|s| s.len() == 6).cloned().collect();
+    for message in sender.messages() {
+        let body = message.body.expose_secret();
+        let own: Vec<&String> = codes.iter().filter(|c| body.contains(c.as_str())).collect();
+        match message.kind {
+            otp_recovery::sms::MessageKind::Code => assert_eq!(own.len(), 1, "{body}"),
+            _ => assert!(own.is_empty(), "a notice carries a code: {body}"),
+        }
+        for secret in secrets.iter().filter(|s| s.len() > 6) {
+            assert!(
+                !body.contains(secret.as_str()),
+                "a message carries a token or key: {body}"
+            );
+        }
     }
     rendered.extend(renderings(&sender));
     rendered.extend(renderings(&recovery));
