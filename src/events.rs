@@ -109,7 +109,8 @@ pub enum EventKind {
         /// Until when.
         until: Timestamp,
     },
-    /// A support agent acted (the audit trail).
+    /// A support agent acted (the audit trail), reported before the action
+    /// takes effect.
     Support {
         /// What the agent did.
         action: SupportAction,
@@ -117,6 +118,11 @@ pub enum EventKind {
         agent: String,
         /// Why, as the agent wrote it.
         reason: String,
+        /// Whose case: [`Subject::key`](crate::Subject::key) (an account,
+        /// or an unknown identifier's stand-in, which holds no personal data).
+        subject: Option<String>,
+        /// The reference the agent used or the lock had.
+        reference: Option<SupportReference>,
     },
 }
 
@@ -140,7 +146,8 @@ pub enum Suspicion {
     },
     /// Many codes went to one block of numbers with few verified.
     SmsPumpingNumberBlock {
-        /// The block: the number without its last three digits.
+        /// The block (the numbers without their last three digits), as a
+        /// pseudonym: events never hold a phone number.
         block: String,
         /// Codes sent in the window.
         sends: u64,
@@ -164,6 +171,8 @@ pub enum SupportAction {
     Unlock,
     /// Cancelled a flow.
     Cancel,
+    /// Lifted an automatic block.
+    Unblock,
 }
 
 /// One event.

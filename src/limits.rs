@@ -81,7 +81,14 @@ impl Rule {
 
     /// The counter of this rule for `value` (a phone, an IP...).
     pub(crate) fn counter(&self, value: &str, by: u32) -> Counter {
-        let key = format!("limit:{}:{}:{value}", self.scope.name(), self.window.as_millis());
+        // The maximum is part of the key: two rules of one scope and window
+        // are two counters.
+        let key = format!(
+            "limit:{}:{}:{}:{value}",
+            self.scope.name(),
+            self.window.as_millis(),
+            self.max
+        );
         Counter::new(key, self.window, by)
     }
 }
@@ -94,7 +101,8 @@ pub enum BlockTarget {
     Ip(String),
     /// A destination country calling code.
     CountryCode(u16),
-    /// A block of destination numbers: E.164 without the last three digits.
+    /// A block of destination numbers (E.164 without the last three
+    /// digits), named by its pseudonym so that events never hold a number.
     NumberBlock(String),
 }
 
@@ -105,7 +113,7 @@ impl BlockTarget {
         match self {
             BlockTarget::Ip(ip) => format!("block:ip:{}", pseudonym(ip)),
             BlockTarget::CountryCode(cc) => format!("block:cc:{cc}"),
-            BlockTarget::NumberBlock(block) => format!("block:nb:{}", pseudonym(block)),
+            BlockTarget::NumberBlock(pseudonym) => format!("block:nb:{pseudonym}"),
         }
     }
 }
@@ -115,7 +123,7 @@ impl fmt::Display for BlockTarget {
         match self {
             BlockTarget::Ip(ip) => write!(f, "ip {ip}"),
             BlockTarget::CountryCode(cc) => write!(f, "country code +{cc}"),
-            BlockTarget::NumberBlock(block) => write!(f, "numbers {block}xxx"),
+            BlockTarget::NumberBlock(pseudonym) => write!(f, "number block {pseudonym}"),
         }
     }
 }
@@ -149,10 +157,14 @@ pub struct Detectors {
     pub lockouts_per_week: u32,
     /// The detectors' window (default 1 hour).
     pub window: Duration,
-    /// Block an IP that asks for too many identifiers, and a country code or
-    /// number block that looks pumped, for this long (default: no automatic
-    /// block, events only).
+    /// Block an IP that asks for too many identifiers, and a number block
+    /// that looks pumped, for this long (default: no automatic block,
+    /// events only).
     pub auto_block: Option<Duration>,
+    /// Also block a whole country code that looks pumped (default false: a
+    /// country-wide block stops every user there, so it is a separate
+    /// choice).
+    pub auto_block_countries: bool,
 }
 
 impl Default for Detectors {
@@ -165,6 +177,7 @@ impl Default for Detectors {
             lockouts_per_week: 3,
             window: Duration::from_secs(3600),
             auto_block: None,
+            auto_block_countries: false,
         }
     }
 }
@@ -213,6 +226,13 @@ impl Detectors {
         self.auto_block = duration;
         self
     }
+
+    /// Lets automatic blocks cover whole country codes too.
+    #[must_use]
+    pub fn with_auto_block_countries(mut self, enabled: bool) -> Self {
+        self.auto_block_countries = enabled;
+        self
+    }
 }
 
 /// The limits a [`Recovery`](crate::Recovery) enforces besides the
@@ -223,6 +243,7 @@ pub struct Limits {
     ip_verifies: Option<Rule>,
     countries: CountryFilter,
     detectors: Detectors,
+    decoy_country: u16,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -248,6 +269,7 @@ impl Default for Limits {
             ip_verifies: Some(Rule::new(LimitScope::IpVerifies, 30, HOUR)),
             countries: CountryFilter::Deny(NON_GEOGRAPHIC_CODES.to_vec()),
             detectors: Detectors::default(),
+            decoy_country: 1,
         }
     }
 }
@@ -266,6 +288,20 @@ impl Limits {
             ip_verifies: None,
             countries: CountryFilter::Deny(Vec::new()),
             detectors: Detectors::default(),
+            decoy_country: 1,
+        }
+    }
+
+    /// The country calling code of the made-up destination of unknown
+    /// identifiers: the first allowed country under an allow list,
+    /// otherwise the configured one (default +1). Set it to where most of
+    /// your users are, so a made-up mask looks like a real one.
+    pub fn decoy_country_code(&self) -> u16 {
+        match &self.countries {
+            CountryFilter::Allow(codes) if !codes.is_empty() && !codes.contains(&self.decoy_country) => {
+                codes[0]
+            }
+            _ => self.decoy_country,
         }
     }
 
@@ -337,6 +373,13 @@ impl LimitsBuilder {
         self
     }
 
+    /// The country calling code unknown identifiers appear to have (see
+    /// [`Limits::decoy_country_code`]).
+    pub fn decoy_country(mut self, country_code: u16) -> Self {
+        self.0.decoy_country = country_code;
+        self
+    }
+
     /// Replaces the detector thresholds.
     pub fn detectors(mut self, detectors: Detectors) -> Self {
         self.0.detectors = detectors;
@@ -350,6 +393,9 @@ impl LimitsBuilder {
     /// country calling code, or a detector threshold of zero.
     pub fn build(self) -> Result<Limits, LimitsError> {
         let l = self.0;
+        if let Some(bad) = l.sends.iter().find(|r| r.scope == LimitScope::IpVerifies) {
+            return Err(LimitsError::Rule(bad.scope));
+        }
         for rule in l.sends.iter().chain(l.ip_verifies.iter()) {
             if rule.max == 0 || rule.window < Duration::from_secs(1) {
                 return Err(LimitsError::Rule(rule.scope));
@@ -360,6 +406,9 @@ impl LimitsBuilder {
         };
         if let Some(&bad) = codes.iter().find(|&&c| !is_country_code(c)) {
             return Err(LimitsError::CountryCode(bad));
+        }
+        if !is_country_code(l.decoy_country) || NON_GEOGRAPHIC_CODES.contains(&l.decoy_country) {
+            return Err(LimitsError::CountryCode(l.decoy_country));
         }
         let d = &l.detectors;
         if d.subjects_per_ip == 0
@@ -379,8 +428,11 @@ impl LimitsBuilder {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LimitsError {
-    /// A rule needs a maximum of at least 1 and a window of at least 1 s.
-    #[error("a {0:?} rule needs a maximum of at least 1 and a window of at least 1 s")]
+    /// A rule needs a maximum of at least 1 and a window of at least 1 s;
+    /// `IpVerifies` is not a send rule (see `LimitsBuilder::ip_verifies`).
+    #[error(
+        "a {0:?} rule needs a maximum of at least 1 and a window of at least 1 s, and must be a send rule"
+    )]
     Rule(LimitScope),
     /// Not a country calling code ITU-T assigned.
     #[error("+{0} is not an assigned country calling code")]
@@ -415,13 +467,18 @@ pub(crate) fn number_block(phone: &PhoneNumber) -> String {
 /// One counter of a store call, with what it means.
 #[derive(Debug, Clone)]
 pub(crate) enum Role {
-    /// A limit: refuse when the count passes `max` (for a read, when the
-    /// next event would).
-    Limit(LimitScope, u32, bool),
-    /// A block: refuse while its window is open.
+    /// A limit: the call is refused when the count passes `max`.
+    Limit(LimitScope, u32),
+    /// A block: the call is refused while its window is open.
     Block(BlockTarget),
-    /// Read or counted for a detector or a lock; judged by the caller.
-    Measure,
+    /// The subject's lock, or its failures (refused at the account limit).
+    Lock,
+    /// Counted for a detector or read for a decision; undone with the
+    /// call's limits when `guarded`.
+    Measure {
+        /// Undo when the call is refused.
+        guarded: bool,
+    },
 }
 
 /// The counters of one store call and their roles, built up in order.
@@ -432,8 +489,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// Adds a counter; returns its index.
+    /// Adds a counter; its role sets its maximum and guard. Returns its
+    /// index.
     pub(crate) fn push(&mut self, counter: Counter, role: Role) -> usize {
+        let counter = match &role {
+            Role::Limit(_, max) => counter.with_max(u64::from(*max)),
+            Role::Block(_) => counter.with_max(0),
+            Role::Lock | Role::Measure { guarded: false } => counter,
+            Role::Measure { guarded: true } => counter.guarded(),
+        };
         self.counters.push(counter);
         self.roles.push(role);
         self.counters.len() - 1
@@ -447,41 +511,54 @@ impl Plan {
 
     /// Adds one count for a limit rule, keyed by `value`.
     pub(crate) fn limit(&mut self, rule: &Rule, value: &str, by: u32) -> usize {
-        self.push(
-            rule.counter(value, by),
-            Role::Limit(rule.scope, rule.max, by == 0),
-        )
+        self.push(rule.counter(value, by), Role::Limit(rule.scope, rule.max))
     }
 
-    /// The first refusal the values show: a block, then a limit passed
-    /// (with the longest wait among the limits passed).
+    /// Adds a lock counter (read, or set) that refuses the call while its
+    /// count passes `max`.
+    pub(crate) fn lock(&mut self, counter: Counter, max: u64) -> usize {
+        self.push(counter.with_max(max), Role::Lock)
+    }
+
+    /// Why the call was refused, if it was: a lock, then a block, then the
+    /// limit passed with the longest wait.
     pub(crate) fn refusal(&self, values: &[CounterValue], now: Timestamp) -> Option<Refusal> {
-        let mut worst: Option<(LimitScope, Duration)> = None;
-        for (role, value) in self.roles.iter().zip(values) {
-            match role {
-                Role::Block(target) if value.count > 0 => {
-                    let until = value.resets_at.unwrap_or(now);
-                    return Some(Refusal::Blocked(target.clone(), until));
-                }
-                Role::Limit(scope, max, read) if value.count + u64::from(*read) > u64::from(*max) => {
-                    let wait = value
-                        .resets_at
-                        .map_or(Duration::ZERO, |end| end.saturating_duration_since(now));
-                    if worst.is_none_or(|(_, w)| wait > w) {
-                        worst = Some((*scope, wait));
-                    }
-                }
-                _ => {}
-            }
+        let refusing = || {
+            self.counters
+                .iter()
+                .zip(&self.roles)
+                .zip(values)
+                .filter(|((c, _), v)| c.refuses(v))
+                .map(|((_, r), v)| (r, v))
+        };
+        if refusing().any(|(r, _)| matches!(r, Role::Lock)) {
+            return Some(Refusal::Locked);
         }
-        worst.map(|(scope, retry_after)| Refusal::Limited(scope, retry_after))
+        if let Some((Role::Block(target), value)) = refusing().find(|(r, _)| matches!(r, Role::Block(_))) {
+            return Some(Refusal::Blocked(target.clone(), value.resets_at.unwrap_or(now)));
+        }
+        refusing()
+            .filter_map(|(r, v)| match r {
+                Role::Limit(scope, _) => Some((
+                    *scope,
+                    v.resets_at
+                        .map_or(Duration::ZERO, |end| end.saturating_duration_since(now)),
+                )),
+                _ => None,
+            })
+            .max_by_key(|(_, wait)| *wait)
+            .map(|(scope, wait)| Refusal::Limited(scope, wait))
     }
 }
 
 /// Why a plan refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
+    /// The subject is locked.
+    Locked,
+    /// A block is in force until then.
     Blocked(BlockTarget, Timestamp),
+    /// A limit was passed; this long until it allows again.
     Limited(LimitScope, Duration),
 }
 

@@ -234,16 +234,21 @@ pub fn resend(
 }
 
 /// The SMS carrying the code whose MAC is `code_mac` could not be sent: that
-/// code must not stay valid. Returns the record with the code expired now,
-/// or `None` if there is nothing to undo (the code was already replaced,
-/// used, or has expired).
-pub fn send_failed(flow: &FlowRecord, now: Timestamp, code_mac: &Mac) -> Option<FlowRecord> {
+/// code must not stay valid. Returns the record with the code's MAC replaced
+/// by `void_mac` (a MAC no code matches: random bytes), or `None` if there
+/// is nothing to undo (the code was already replaced, used, or has expired).
+///
+/// State and expiry stay as they are, so a verify afterwards answers exactly
+/// as on a flow whose code was sent (and as on an unknown identifier's flow,
+/// which has no code either): a failed send reveals nothing, and consumes no
+/// attempt by itself.
+pub fn send_failed(flow: &FlowRecord, now: Timestamp, code_mac: &Mac, void_mac: Mac) -> Option<FlowRecord> {
     let live = flow.state_at(now) == EffectiveState::Stored(FlowState::CodeSent);
     if !live || !flow.code_mac.ct_matches(code_mac) {
         return None;
     }
     let mut next = step(flow, now);
-    next.code_expires_at = now;
+    next.code_mac = void_mac;
     Some(next)
 }
 

@@ -29,8 +29,8 @@
 //!     .support_contact("help@acme.example")
 //!     .build()
 //!     .unwrap();
-//! let spanish = Messages::builder("Acme").locale(Locale::Es).build().unwrap();
-//! assert_eq!(messages.locale(), Locale::En);
+//! let spanish = Messages::builder("Acme").locale(Locale::ES).build().unwrap();
+//! assert_eq!(messages.locale(), Locale::EN);
 //! # let _ = spanish;
 //! ```
 
@@ -45,81 +45,132 @@ use crate::support::SupportReference;
 /// Longest app name, in characters.
 pub const MAX_APP_NAME_CHARS: usize = 30;
 
-/// A built-in language for the messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum Locale {
-    /// English.
-    #[default]
-    En,
-    /// Spanish.
-    Es,
-    /// French.
-    Fr,
-    /// German.
-    De,
-    /// Portuguese.
-    Pt,
+/// The language of the messages: a language tag such as `en`, `pt-br` or
+/// `ja`. Five come with built-in templates ([`Locale::BUILT_IN`]); hosts
+/// supply templates for any other with [`MessagesBuilder::templates`]. A
+/// message in a locale without templates falls back to its language
+/// (`pt-br` to `pt`), then to the default locale.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Locale {
+    tag: [u8; 12],
+    len: u8,
+}
+
+impl Default for Locale {
+    fn default() -> Self {
+        Locale::EN
+    }
+}
+
+impl fmt::Debug for Locale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Locale({})", self.as_str())
+    }
+}
+
+impl fmt::Display for Locale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Locale {
-    /// Every built-in locale.
-    pub const ALL: &'static [Locale] = &[Locale::En, Locale::Es, Locale::Fr, Locale::De, Locale::Pt];
+    /// English.
+    pub const EN: Locale = Locale::two(*b"en");
+    /// Spanish.
+    pub const ES: Locale = Locale::two(*b"es");
+    /// French.
+    pub const FR: Locale = Locale::two(*b"fr");
+    /// German.
+    pub const DE: Locale = Locale::two(*b"de");
+    /// Portuguese.
+    pub const PT: Locale = Locale::two(*b"pt");
+    /// The locales with built-in templates.
+    pub const BUILT_IN: &'static [Locale] = &[Locale::EN, Locale::ES, Locale::FR, Locale::DE, Locale::PT];
 
-    /// The locale of a language tag such as `es`, `pt-BR` or `de_AT`.
+    const fn two(code: [u8; 2]) -> Locale {
+        let mut tag = [0u8; 12];
+        tag[0] = code[0];
+        tag[1] = code[1];
+        Locale { tag, len: 2 }
+    }
+
+    /// A locale from a language tag such as `es`, `pt-BR` or `de_AT`
+    /// (case and `_` are normalised), or `None` if it is not one: a
+    /// language of 2 or 3 letters, then subtags of letters and digits, 12
+    /// characters at most.
     pub fn from_tag(tag: &str) -> Option<Locale> {
-        let lang = tag.split(['-', '_']).next()?.to_ascii_lowercase();
-        Some(match lang.as_str() {
-            "en" => Locale::En,
-            "es" => Locale::Es,
-            "fr" => Locale::Fr,
-            "de" => Locale::De,
-            "pt" => Locale::Pt,
-            _ => return None,
+        let normal: String = tag.trim().to_ascii_lowercase().replace('_', "-");
+        let mut parts = normal.split('-');
+        let language = parts.next()?;
+        let ok = normal.len() <= 12
+            && (2..=3).contains(&language.len())
+            && language.bytes().all(|b| b.is_ascii_lowercase())
+            && parts.all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()));
+        if !ok {
+            return None;
+        }
+        let mut bytes = [0u8; 12];
+        bytes[..normal.len()].copy_from_slice(normal.as_bytes());
+        Some(Locale {
+            tag: bytes,
+            len: normal.len() as u8,
         })
+    }
+
+    /// The tag, lowercase: `pt-br`.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.tag[..usize::from(self.len)]).unwrap_or("en")
+    }
+
+    /// The language alone: `pt` for `pt-br`.
+    pub fn language(&self) -> Locale {
+        let lang = self.as_str().split('-').next().unwrap_or("en");
+        Locale::from_tag(lang).unwrap_or(Locale::EN)
     }
 
     /// The built-in templates. They avoid letters outside the GSM-7
     /// alphabet (such as á, ç, ã) so that each fits one 160-character SMS.
-    pub fn templates(self) -> Templates {
-        let (code, changed, locked, support) = match self {
-            Locale::En => (
+    pub fn built_in_templates(self) -> Option<Templates> {
+        let (code, changed, locked, support) = match self.as_str() {
+            "en" => (
                 "{code} is your {app} recovery code. It expires in {minutes} min. Never share it.",
                 "Your {app} password was just reset. If this was not you, contact {support} now.",
                 "Too many wrong codes: {app} recovery is locked until {until}. Ref {reference}. Help: {support}",
                 "our support team",
             ),
-            Locale::Es => (
+            "es" => (
                 "{code} es tu codigo de recuperacion de {app}. Caduca en {minutes} min. No lo compartas.",
                 "Tu clave de {app} se acaba de cambiar. Si no fuiste tu, contacta con {support} ya.",
                 "Demasiados codigos erroneos: {app} bloqueado hasta {until}. Ref {reference}. Ayuda: {support}",
                 "nuestro soporte",
             ),
-            Locale::Fr => (
+            "fr" => (
                 "{code} : votre code de récupération {app}. Valable {minutes} min. Ne le partagez pas.",
                 "Votre mot de passe {app} a été changé. Si ce n'est pas vous, contactez {support}.",
                 "Trop de codes erronés : {app} bloqué jusqu'au {until}. Réf {reference}. Aide : {support}",
                 "notre support",
             ),
-            Locale::De => (
+            "de" => (
                 "{code} ist Ihr {app} Wiederherstellungscode. Gültig {minutes} Min. Niemals weitergeben.",
                 "Ihr {app} Passwort wurde soeben geändert. Waren Sie das nicht? Kontakt: {support}",
                 "Zu viele falsche Codes: {app} gesperrt bis {until}. Ref {reference}. Hilfe: {support}",
                 "unser Support",
             ),
-            Locale::Pt => (
+            "pt" => (
                 "{code} é o seu codigo de recuperacao {app}. Expira em {minutes} min. Nao o partilhe.",
                 "A sua senha {app} acabou de ser alterada. Se nao foi voce, contacte {support}.",
                 "Demasiados codigos errados: {app} bloqueado ate {until}. Ref {reference}. Ajuda: {support}",
                 "o nosso suporte",
             ),
+            _ => return None,
         };
-        Templates {
+        Some(Templates {
             code: code.into(),
             password_changed: changed.into(),
             locked: locked.into(),
             support_fallback: support.into(),
-        }
+        })
     }
 }
 
@@ -199,7 +250,7 @@ impl Messages {
     pub fn builder(app_name: impl Into<String>) -> MessagesBuilder {
         MessagesBuilder {
             app_name: app_name.into(),
-            locale: Locale::En,
+            locale: Locale::EN,
             templates: Vec::new(),
             webotp_domain: None,
             link_base: None,
@@ -225,12 +276,13 @@ impl Messages {
 
     fn templates_for(&self, locale: Option<Locale>) -> &Templates {
         let wanted = locale.unwrap_or(self.locale);
-        self.templates
-            .iter()
-            .find(|(l, _)| *l == wanted)
-            .or_else(|| self.templates.iter().find(|(l, _)| *l == self.locale))
-            .map(|(_, t)| t)
-            .expect("the builder installs the default locale")
+        let find = |l: Locale| self.templates.iter().find(|(t, _)| *t == l).map(|(_, t)| t);
+        find(wanted)
+            .or_else(|| find(wanted.language()))
+            .or_else(|| find(self.locale))
+            .or_else(|| find(self.locale.language()))
+            .or_else(|| find(Locale::EN))
+            .expect("the built-in templates are installed")
     }
 
     /// The message carrying `code`, valid for `ttl`, for `flow`.
@@ -282,8 +334,9 @@ impl Messages {
         };
         // Sized up front so the buffer holding the code never reallocates
         // (a reallocation would free a copy of the code without zeroizing
-        // it): templates are checked to fit a few segments, far below this.
-        let mut out = String::with_capacity(1024);
+        // it): templates are checked to fit 4 segments at most (4 x 160
+        // characters of up to 3 bytes), below this.
+        let mut out = String::with_capacity(2048);
         let mut rest = template.as_str();
         while let Some(open) = rest.find('{') {
             out.push_str(&rest[..open]);
@@ -431,10 +484,10 @@ impl MessagesBuilder {
         if !(1..=4).contains(&self.max_segments) {
             return Err(MessageError::Segments(self.max_segments));
         }
-        let mut templates = Locale::ALL
+        let mut templates: Vec<(Locale, Templates)> = Locale::BUILT_IN
             .iter()
-            .map(|&l| (l, l.templates()))
-            .collect::<Vec<_>>();
+            .filter_map(|&l| l.built_in_templates().map(|t| (l, t)))
+            .collect();
         for (locale, custom) in self.templates {
             templates.retain(|(l, _)| *l != locale);
             templates.push((locale, custom));
@@ -656,7 +709,7 @@ mod tests {
     #[test]
     fn every_built_in_message_fits_one_segment_with_a_ten_digit_code_and_a_30_character_name() {
         let app = "A".repeat(30);
-        for &locale in Locale::ALL {
+        for &locale in Locale::BUILT_IN {
             let m = Messages::builder(app.as_str())
                 .locale(locale)
                 .webotp_domain("a".repeat(30))
@@ -695,7 +748,7 @@ mod tests {
             .link_base("https://acme.example/r/")
             .support_contact("help@acme.example")
             .templates(
-                Locale::En,
+                Locale::EN,
                 Templates::new(
                     "{code} for {app}, {minutes} min: {link}",
                     "{app} reset. {support}",
@@ -726,11 +779,37 @@ mod tests {
     #[test]
     fn a_request_locale_picks_its_templates_and_unknown_ones_fall_back() {
         let m = Messages::builder("Acme").build().unwrap();
-        let es = m.code_message(&code("123456"), Duration::from_secs(600), &FLOW, Some(Locale::Es));
+        let es = m.code_message(&code("123456"), Duration::from_secs(600), &FLOW, Some(Locale::ES));
         assert!(es.expose_secret().contains("codigo"), "{}", es.expose_secret());
-        assert_eq!(Locale::from_tag("pt-BR"), Some(Locale::Pt));
-        assert_eq!(Locale::from_tag("de_AT"), Some(Locale::De));
-        assert_eq!(Locale::from_tag("ja"), None);
+        assert_eq!(Locale::from_tag("pt-BR").map(|l| l.language()), Some(Locale::PT));
+        assert_eq!(Locale::from_tag("de_AT").unwrap().as_str(), "de-at");
+        assert_eq!(Locale::from_tag("x"), None);
+        assert_eq!(Locale::from_tag("en us"), None);
+        // A regional tag falls back to its language's templates.
+        let br = m.code_message(
+            &code("123456"),
+            Duration::from_secs(600),
+            &FLOW,
+            Locale::from_tag("pt-BR"),
+        );
+        assert!(br.expose_secret().contains("codigo"), "{}", br.expose_secret());
+        // A host-supplied language.
+        let ja = Locale::from_tag("ja").unwrap();
+        let m = Messages::builder("Acme")
+            .templates(
+                ja,
+                Templates::new(
+                    "{code} は {app} の確認コードです",
+                    "{app} のパスワードが変更されました",
+                    "{app} はロックされました {until} {reference}",
+                    "サポート",
+                ),
+            )
+            .max_segments(2)
+            .build()
+            .unwrap();
+        let body = m.code_message(&code("123456"), Duration::from_secs(600), &FLOW, Some(ja));
+        assert_eq!(body.expose_secret(), "123456 は Acme の確認コードです");
         let en = m.code_message(&code("123456"), Duration::from_secs(600), &FLOW, None);
         assert!(en.expose_secret().starts_with("123456 is your Acme"));
     }
@@ -744,20 +823,20 @@ mod tests {
             "s",
         );
         let err = Messages::builder("Acme")
-            .templates(Locale::En, long.clone())
+            .templates(Locale::EN, long.clone())
             .build()
             .unwrap_err();
         assert_eq!(
             err,
             MessageError::TooLong {
-                locale: Locale::En,
+                locale: Locale::EN,
                 segments: 2,
                 budget: 1
             }
         );
         assert!(
             Messages::builder("Acme")
-                .templates(Locale::En, long)
+                .templates(Locale::EN, long)
                 .max_segments(2)
                 .build()
                 .is_ok()
@@ -770,9 +849,9 @@ mod tests {
             "s",
         );
         assert!(matches!(
-            Messages::builder("Acme").templates(Locale::Fr, ucs2).build(),
+            Messages::builder("Acme").templates(Locale::FR, ucs2).build(),
             Err(MessageError::TooLong {
-                locale: Locale::Fr,
+                locale: Locale::FR,
                 ..
             })
         ));
@@ -784,7 +863,7 @@ mod tests {
             (Templates::new("{code} {link}", "ok", "ok", "s"), "link"),
         ] {
             let err = Messages::builder("Acme")
-                .templates(Locale::De, bad)
+                .templates(Locale::DE, bad)
                 .build()
                 .unwrap_err();
             assert!(

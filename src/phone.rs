@@ -139,8 +139,8 @@ impl fmt::Debug for PhoneNumber {
 /// A phone number with all but its country code and last digits hidden:
 /// `+1 ***-***-4567`, `+49 *******-5678`, `+290 **-34`.
 ///
-/// Unknown identifiers get a stable made-up mask of the shape the policy
-/// configures, so that the answer does not tell them apart.
+/// Unknown identifiers get the mask of a stable made-up number, so that the
+/// answer does not tell them apart.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MaskedPhone {
     country_code: u16,
@@ -150,21 +150,6 @@ pub struct MaskedPhone {
 }
 
 impl MaskedPhone {
-    /// A made-up mask: `country_code`, `national_len` digits, the last four
-    /// taken from `seed`.
-    pub(crate) fn made_up(country_code: u16, national_len: u8, seed: &[u8]) -> Self {
-        let mut last = [0u8; 4];
-        for (digit, byte) in last.iter_mut().zip(seed) {
-            *digit = b'0' + byte % 10;
-        }
-        MaskedPhone {
-            country_code,
-            hidden: national_len.saturating_sub(4),
-            last,
-            shown: 4,
-        }
-    }
-
     /// The country calling code shown.
     pub fn country_code(&self) -> u16 {
         self.country_code
@@ -274,9 +259,5 @@ mod tests {
             assert_eq!(phone.masked().to_string(), masked);
             assert!(!format!("{phone:?}").contains(phone.national_number()));
         }
-        assert_eq!(
-            MaskedPhone::made_up(1, 10, &[3, 14, 25, 36]).to_string(),
-            "+1 ***-***-3456"
-        );
     }
 }

@@ -47,6 +47,7 @@ pub struct Policy {
     record_retention: Duration,
     max_account_failures: u32,
     account_failure_window: Duration,
+    account_lockout: Duration,
     reveal_send_failures: bool,
 }
 
@@ -63,6 +64,7 @@ impl Default for Policy {
             record_retention: Duration::from_secs(24 * 60 * 60),
             max_account_failures: 20,
             account_failure_window: Duration::from_secs(24 * 60 * 60),
+            account_lockout: Duration::from_secs(60 * 60),
             reveal_send_failures: false,
         }
     }
@@ -122,6 +124,14 @@ impl Policy {
     /// by SMS until the window ends.
     pub fn account_failure_window(&self) -> Duration {
         self.account_failure_window
+    }
+
+    /// The shortest an account lock lasts (default 1 hour): a lock ends at
+    /// the later of this long after the locking code and the end of the
+    /// failure window, so a limit reached late in a window still locks for
+    /// a real while.
+    pub fn account_lockout(&self) -> Duration {
+        self.account_lockout
     }
 
     /// Whether `request` and `resend` report a failed SMS as
@@ -194,6 +204,12 @@ impl PolicyBuilder {
         self
     }
 
+    /// The shortest account lock, 1 minute to 7 days.
+    pub fn account_lockout(mut self, lockout: Duration) -> Self {
+        self.0.account_lockout = lockout;
+        self
+    }
+
     /// Report failed sends to the caller (see
     /// [`Policy::reveal_send_failures`]).
     pub fn reveal_send_failures(mut self, reveal: bool) -> Self {
@@ -232,6 +248,9 @@ impl PolicyBuilder {
         if !(hour..=168 * hour).contains(&p.account_failure_window) {
             return Err(PolicyError::AccountFailureWindow(p.account_failure_window));
         }
+        if !(Duration::from_secs(60)..=168 * hour).contains(&p.account_lockout) {
+            return Err(PolicyError::AccountLockout(p.account_lockout));
+        }
         Ok(p)
     }
 }
@@ -263,6 +282,9 @@ pub enum PolicyError {
     /// 50 (half of NIST SP 800-63B's 100).
     #[error("account failures must be from the attempts per code to 50, not {0}")]
     AccountFailures(u32),
+    /// The shortest account lock must be 1 minute to 7 days.
+    #[error("account lockout {0:?} is outside 1 minute to 7 days")]
+    AccountLockout(Duration),
     /// The account failure window must be 1 hour to 7 days.
     #[error("account failure window {0:?} is outside 1 hour to 7 days")]
     AccountFailureWindow(Duration),

@@ -199,10 +199,10 @@ impl<S: CodeStore, T: SmsSender> Recovery<S, T, SystemClock> {
 /// Which detectors a request's counters feed, by index in its plan.
 #[derive(Debug, Default)]
 struct Detection {
-    /// (IP, index of its distinct-subject count).
-    subjects_from_ip: Option<(String, usize)>,
-    /// Country code, number block, and the indexes of their send and
-    /// verified counts.
+    /// (IP, its pseudonym, index of its distinct-subject count).
+    subjects_from_ip: Option<(String, String, usize)>,
+    /// Country code, number block pseudonym, and the indexes of their send
+    /// and verified counts.
     pumping: Option<(u16, String, [usize; 4])>,
 }
 
@@ -297,13 +297,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let code = Code::generate(self.policy.code_digits())?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(&id, &code);
-        let decoy = self.keys.decoy(identifier);
-        let (subject, phone, masked) = match account {
+        let decoy = self.keys.decoy(&canonical(identifier));
+        // An unknown identifier gets a made-up destination, and both go
+        // through the very same plan of limits, blocks and detectors.
+        let (subject, phone, destination) = match account {
             Some(account) => {
-                let masked = account.phone.masked();
-                (Subject::Account(account.id), Some(account.phone), masked)
+                let destination = account.phone.clone();
+                (Subject::Account(account.id), Some(account.phone), destination)
             }
-            None => (Subject::Unknown(decoy_id(&decoy)), None, self.decoy_mask(&decoy)),
+            None => (Subject::Unknown(decoy_id(&decoy)), None, self.decoy_phone(&decoy)),
         };
         let real_phone = phone.as_ref().map(PhoneNumber::masked);
         let event = |kind| {
@@ -314,14 +316,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         };
 
         let mut plan = Plan::default();
-        let failures = plan.push(self.failure_counter(&subject, 0), Role::Measure);
-        let detection = self.plan_send(&mut plan, &subject, phone.as_ref(), ctx);
+        let locks = self.plan_locks(&mut plan, &subject);
+        let detection = self.plan_send(&mut plan, &subject, &destination, ctx);
         let values = self.store.increment_counters(&plan.counters, now).await?;
-        if machine::subject_locked(values[failures].count, &self.policy) {
-            return Err(self.locked(&subject, values[failures].resets_at));
-        }
-        self.judge(&plan, &values, now, &event)?;
-        self.detect(&detection, &values, now, &event).await?;
+        self.detect(&detection, &plan, &values, now, &event).await?;
+        self.judge(&plan, &values, now, &subject, locks, &event)?;
 
         // A decoy stores its decoy MAC, under a label no code MAC shares, so
         // it can never verify; the code is drawn and MACed all the same, so
@@ -333,7 +332,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             phone,
             key_id,
             code_mac,
-            prior_failures: u32::try_from(values[failures].count).unwrap_or(u32::MAX),
+            prior_failures: u32::try_from(values[locks.0].count).unwrap_or(u32::MAX),
         };
         let flow = machine::open(&self.policy, now, opening);
         self.store.create_flow(&flow).await?;
@@ -344,7 +343,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             .flow(flow.id),
         );
         self.send_code(&flow, &code, ctx).await?;
-        Ok(self.requested(&flow, masked))
+        Ok(self.requested(&flow, destination.masked()))
     }
 
     /// Sends a new code for the flow; every earlier code stops working.
@@ -360,13 +359,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// store, random and send failures as for [`Recovery::request`].
     pub async fn resend(&self, flow_id: &FlowId, ctx: &RequestContext) -> Result<Requested> {
         let now = self.clock.now();
-        let mut blocks = Plan::default();
-        if let Some(ip) = ctx.ip_key() {
-            self.plan_block(&mut blocks, BlockTarget::Ip(ip));
-        }
-        let (flow, values) = self.store.load_counting(flow_id, &blocks.counters, now).await?;
-        let flow = flow.ok_or(Error::NotFound)?;
-        let masked = self.masked(&flow);
+        let flow = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
+        let destination = self.destination(&flow);
         let event = |kind| {
             Event::new(now, kind)
                 .flow(flow.id)
@@ -374,15 +368,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 .phone(flow.phone.as_ref().map(PhoneNumber::masked))
                 .ip(ctx.client_ip)
         };
-        self.judge(&blocks, &values, now, &event)?;
         // Refuse early (cooldown, state) before counting a send that will
         // not happen; the compare-and-swap below decides again.
         machine::resend_gate(&flow, &self.policy, now)?;
         let mut plan = Plan::default();
-        let detection = self.plan_send(&mut plan, &flow.subject, flow.phone.as_ref(), ctx);
+        let locks = self.plan_locks(&mut plan, &flow.subject);
+        let detection = self.plan_send(&mut plan, &flow.subject, &destination, ctx);
         let values = self.store.increment_counters(&plan.counters, now).await?;
-        self.judge(&plan, &values, now, &event)?;
-        self.detect(&detection, &values, now, &event).await?;
+        self.detect(&detection, &plan, &values, now, &event).await?;
+        self.judge(&plan, &values, now, &flow.subject, locks, &event)?;
 
         let code = Code::generate(self.policy.code_digits())?;
         let key_id = self.keys.current_id();
@@ -396,7 +390,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             .await?;
         self.emit(event(EventKind::Resent));
         self.send_code(&flow, &code, ctx).await?;
-        Ok(self.requested(&flow, masked))
+        Ok(self.requested(&flow, destination.masked()))
     }
 
     /// Checks a code the user typed. One attempt is consumed and stored
@@ -446,8 +440,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     .phone(flow.phone.as_ref().map(PhoneNumber::masked))
                     .ip(ctx.client_ip)
             };
-            if round == 0 {
-                self.judge(&checks, &values, now, &event)?;
+            if round == 0
+                && let Some(refusal) = checks.refusal(&values, now)
+            {
+                return Err(self.refuse(refusal, now, &event));
             }
             machine::verify_gate(&flow, &self.policy, now)?;
             let expected = self
@@ -498,8 +494,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 unreachable!("a wrong evaluation has a wrong verdict")
             };
             // The flow's attempt, the subject's failure and (if this locks
-            // the account) the lockout are counted in one store call; the
-            // flow locks in the same write.
+            // the account) the lockout count are written in one store call;
+            // the flow locks in the same write. (The flow's own snapshot of
+            // the account's failures decides the account limit, so no lock
+            // needs reading here: a locked account has no open flow.)
             let mut counters = vec![self.failure_counter(&flow.subject, 1)];
             if account_locked {
                 let subject = self.keys.pseudonym(&flow.subject.key());
@@ -517,7 +515,17 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 self.emit(event(EventKind::FlowLocked));
             }
             if account_locked {
-                let until = counts[0].resets_at.unwrap_or(now);
+                // The lock lasts until the later of the minimum lockout and
+                // the end of the failure window; one more store call, made
+                // only when an account locks.
+                let failures_end = counts[0].resets_at.unwrap_or(now);
+                let until = failures_end.max(now.saturating_add(self.policy.account_lockout()));
+                let lock = self.lock_counter(&flow.subject, until.saturating_duration_since(now), 1);
+                let set = self
+                    .store
+                    .increment_counters(std::slice::from_ref(&lock), now)
+                    .await?;
+                let until = set[0].resets_at.unwrap_or(until);
                 let lockouts = counts.last().map_or(0, |c| c.count);
                 return Err(self.lock_account(&next, until, lockouts, now, ctx).await);
             }
@@ -598,35 +606,34 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 
     /// Adds to `plan` the blocks to read and the counts of one send: every
-    /// send limit, and the detectors.
+    /// send limit, and the detectors. `destination` is the real phone, or
+    /// an unknown identifier's made-up one: both are counted alike.
     fn plan_send(
         &self,
         plan: &mut Plan,
         subject: &Subject,
-        phone: Option<&PhoneNumber>,
+        destination: &PhoneNumber,
         ctx: &RequestContext,
     ) -> Detection {
         // Personal values (phones, IPs, accounts) enter counter keys only
         // as pseudonyms.
         let ip = ctx.ip_key();
         let p_ip = ip.as_deref().map(|ip| self.keys.pseudonym(ip));
+        let cc = destination.country_code();
+        let p_block = self.keys.pseudonym(&limits::number_block(destination));
         if let Some(ip) = &ip {
             self.plan_block(plan, BlockTarget::Ip(ip.clone()));
         }
-        if let Some(phone) = phone {
-            self.plan_block(plan, BlockTarget::CountryCode(phone.country_code()));
-            self.plan_block(plan, BlockTarget::NumberBlock(limits::number_block(phone)));
-        }
+        self.plan_block(plan, BlockTarget::CountryCode(cc));
+        self.plan_block(plan, BlockTarget::NumberBlock(p_block.clone()));
         let subject_key = self.keys.pseudonym(&subject.key());
-        // An unknown identifier is limited under its stand-in, so it reaches
-        // the phone limit exactly when an account would.
-        let p_phone = phone.map_or_else(|| subject_key.clone(), |p| self.keys.pseudonym(p.as_str()));
+        let p_phone = self.keys.pseudonym(destination.as_str());
         for rule in self.limits.send_rules() {
             let value = match rule.scope {
                 LimitScope::Phone => Some(p_phone.clone()),
                 LimitScope::Account => Some(subject_key.clone()),
                 LimitScope::Ip => p_ip.clone(),
-                LimitScope::CountryCode => phone.map(|p| p.country_code().to_string()),
+                LimitScope::CountryCode => Some(cc.to_string()),
                 LimitScope::Global => Some("all".to_owned()),
                 _ => None,
             };
@@ -637,41 +644,44 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let window = self.limits.detectors().window;
         let mut detection = Detection::default();
         if let (Some(ip), Some(p_ip)) = (ip, p_ip) {
+            // Counted even when the call is refused: probing is a signal.
+            let unguarded = Role::Measure { guarded: false };
             let pair = plan.push(
                 Counter::new(format!("det:pair:{p_ip}:{subject_key}"), window, 1),
-                Role::Measure,
+                unguarded.clone(),
             );
             let distinct = plan.push(
                 Counter::new(format!("det:subjects:{p_ip}"), window, 1).only_if_opened(pair),
-                Role::Measure,
+                unguarded,
             );
-            detection.subjects_from_ip = Some((ip, distinct));
+            detection.subjects_from_ip = Some((ip, p_ip, distinct));
         }
-        if let Some(phone) = phone {
-            let cc = phone.country_code();
-            let block = limits::number_block(phone);
-            let p_block = self.keys.pseudonym(&block);
-            let indexes = [
-                plan.push(
-                    Counter::new(format!("det:sends:cc:{cc}"), window, 1),
-                    Role::Measure,
-                ),
-                plan.push(
-                    Counter::read(format!("det:verified:cc:{cc}"), window),
-                    Role::Measure,
-                ),
-                plan.push(
-                    Counter::new(format!("det:sends:nb:{p_block}"), window, 1),
-                    Role::Measure,
-                ),
-                plan.push(
-                    Counter::read(format!("det:verified:nb:{p_block}"), window),
-                    Role::Measure,
-                ),
-            ];
-            detection.pumping = Some((cc, block, indexes));
-        }
+        // Sends count for pumping only when the call is admitted.
+        let sent = Role::Measure { guarded: true };
+        let read = Role::Measure { guarded: false };
+        let indexes = [
+            plan.push(
+                Counter::new(format!("det:sends:cc:{cc}"), window, 1),
+                sent.clone(),
+            ),
+            plan.push(
+                Counter::read(format!("det:verified:cc:{cc}"), window),
+                read.clone(),
+            ),
+            plan.push(Counter::new(format!("det:sends:nb:{p_block}"), window, 1), sent),
+            plan.push(Counter::read(format!("det:verified:nb:{p_block}"), window), read),
+        ];
+        detection.pumping = Some((cc, p_block, indexes));
         detection
+    }
+
+    /// Adds the reads of the subject's failures and lock to `plan`, as
+    /// refusals; returns their indexes.
+    fn plan_locks(&self, plan: &mut Plan, subject: &Subject) -> (usize, usize) {
+        let max = u64::from(self.policy.max_account_failures());
+        let failures = plan.lock(self.failure_counter(subject, 0), max - 1);
+        let lock = plan.lock(self.lock_counter(subject, Duration::from_secs(1), 0), 0);
+        (failures, lock)
     }
 
     /// Adds a read of the block of `target` to `plan`.
@@ -680,55 +690,89 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         plan.block(target, key);
     }
 
-    fn block_key(&self, target: &BlockTarget) -> String {
+    pub(crate) fn block_key(&self, target: &BlockTarget) -> String {
         target.key(|value| self.keys.pseudonym(value))
     }
 
-    /// Refuses when a block is in force or a limit was passed.
+    /// Refuses when the subject is locked, a block is in force or a limit
+    /// was passed (the store already undid the call's counts).
     fn judge(
         &self,
         plan: &Plan,
         values: &[CounterValue],
         now: Timestamp,
+        subject: &Subject,
+        (failures, lock): (usize, usize),
         event: &(dyn Fn(EventKind) -> Event + Sync),
     ) -> Result<()> {
         match plan.refusal(values, now) {
             None => Ok(()),
-            Some(Refusal::Blocked(target, until)) => {
-                self.emit(event(EventKind::BlockedRequest { target }));
-                Err(Error::Blocked {
-                    retry_after: until.saturating_duration_since(now),
-                })
+            Some(Refusal::Locked) => {
+                // The lock counter knows the lock's end; the failure window
+                // is the fallback should its write have been lost.
+                let until = if values[lock].count > 0 {
+                    values[lock].resets_at
+                } else {
+                    values[failures].resets_at
+                };
+                Err(self.locked(subject, until))
             }
-            Some(Refusal::Limited(scope, retry_after)) => {
-                self.emit(event(EventKind::RateLimited { scope, retry_after }));
-                Err(Error::RateLimited { scope, retry_after })
-            }
+            Some(refusal) => Err(self.refuse(refusal, now, event)),
         }
     }
 
-    /// Runs the detectors on a send's counts: reports what crosses a
-    /// threshold and, where configured, blocks it (and refuses this send).
+    /// The error (and event) for a block or a limit.
+    fn refuse(&self, refusal: Refusal, now: Timestamp, event: &(dyn Fn(EventKind) -> Event + Sync)) -> Error {
+        match refusal {
+            Refusal::Blocked(target, until) => {
+                self.emit(event(EventKind::BlockedRequest { target }));
+                Error::Blocked {
+                    retry_after: until.saturating_duration_since(now),
+                }
+            }
+            Refusal::Limited(scope, retry_after) => {
+                self.emit(event(EventKind::RateLimited { scope, retry_after }));
+                Error::RateLimited { scope, retry_after }
+            }
+            Refusal::Locked => Error::flow_locked(),
+        }
+    }
+
+    /// Runs the detectors on a send's counts, whether or not the call was
+    /// refused: reports what crosses a threshold and, where configured,
+    /// blocks it (and refuses this call).
     async fn detect(
         &self,
         detection: &Detection,
+        plan: &Plan,
         values: &[CounterValue],
         now: Timestamp,
         event: &(dyn Fn(EventKind) -> Event + Sync),
     ) -> Result<()> {
         let d = self.limits.detectors();
-        let mut found: Vec<(Suspicion, BlockTarget)> = Vec::new();
-        if let Some((ip, i)) = &detection.subjects_from_ip {
+        let mut found: Vec<(Suspicion, Option<BlockTarget>)> = Vec::new();
+        if let Some((ip, p_ip, i)) = &detection.subjects_from_ip {
             let subjects = values[*i].count;
-            // Reported once per window, as the count crosses the threshold.
-            if subjects == u64::from(d.subjects_per_ip) + 1 {
-                found.push((
-                    Suspicion::ManySubjectsFromOneIp { subjects },
-                    BlockTarget::Ip(ip.clone()),
-                ));
+            if subjects > u64::from(d.subjects_per_ip) {
+                // Reported once per window: the first call past the
+                // threshold opens the "reported" counter.
+                let reported = Counter::new(format!("det:reported:{p_ip}"), d.window, 1);
+                let first = self
+                    .store
+                    .increment_counters(std::slice::from_ref(&reported), now)
+                    .await?;
+                if first[0].opened(&reported, now) {
+                    let target = d.auto_block.map(|_| BlockTarget::Ip(ip.clone()));
+                    found.push((Suspicion::ManySubjectsFromOneIp { subjects }, target));
+                }
             }
         }
-        if let Some((cc, block, [cc_sends, cc_verified, nb_sends, nb_verified])) = &detection.pumping {
+        // Pumping is judged on sends that were admitted (a refused call's
+        // sends were undone).
+        let admitted = !Counter::refused(&plan.counters, values);
+        if let (true, Some((cc, block, [cc_sends, cc_verified, nb_sends, nb_verified]))) =
+            (admitted, &detection.pumping)
+        {
             let pumped = |sends: u64, verified: u64, min: u32| {
                 // Judged at every `min` sends, so a pumped target is
                 // reported periodically rather than on every send.
@@ -744,7 +788,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     sends,
                     verified,
                 };
-                found.push((s, BlockTarget::CountryCode(*cc)));
+                let target = (d.auto_block.is_some() && d.auto_block_countries)
+                    .then_some(BlockTarget::CountryCode(*cc));
+                found.push((s, target));
             }
             let (sends, verified) = (values[*nb_sends].count, values[*nb_verified].count);
             if pumped(sends, verified, d.pumping_min_sends_block) {
@@ -753,27 +799,31 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     sends,
                     verified,
                 };
-                found.push((s, BlockTarget::NumberBlock(block.clone())));
+                let target = d.auto_block.map(|_| BlockTarget::NumberBlock(block.clone()));
+                found.push((s, target));
             }
-        }
-        if found.is_empty() {
-            return Ok(());
         }
         for (pattern, _) in &found {
             self.emit(event(EventKind::Suspicious {
                 pattern: pattern.clone(),
             }));
         }
-        let Some(duration) = d.auto_block else {
+        let (Some(duration), targets) = (
+            d.auto_block,
+            found.into_iter().filter_map(|(_, t)| t).collect::<Vec<_>>(),
+        ) else {
             return Ok(());
         };
-        let blocks: Vec<Counter> = found
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let blocks: Vec<Counter> = targets
             .iter()
-            .map(|(_, target)| Counter::new(self.block_key(target), duration, 1))
+            .map(|target| Counter::new(self.block_key(target), duration, 1))
             .collect();
         let set = self.store.increment_counters(&blocks, now).await?;
         let mut until = now;
-        for ((_, target), value) in found.into_iter().zip(set) {
+        for (target, value) in targets.into_iter().zip(set) {
             let end = value.resets_at.unwrap_or(now);
             until = until.max(end);
             self.emit(event(EventKind::AutoBlocked { target, until: end }));
@@ -834,10 +884,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 
     /// Sends the code stored in `flow` (a no-op for decoys). If the send
-    /// fails, or the destination country is not allowed, the code is
-    /// expired at once so that no code the user never received stays
-    /// valid; the send still counts toward the flow's limit. The failure is
-    /// returned only when the policy reveals send failures.
+    /// fails, or the destination country is not allowed, the code is voided
+    /// at once (its MAC replaced by one nothing matches) so that no code the
+    /// user never received stays valid; the send still counts toward the
+    /// flow's limit. The failure is returned only when the policy reveals
+    /// send failures.
     async fn send_code(&self, flow: &FlowRecord, code: &Code, ctx: &RequestContext) -> Result<()> {
         let Some(phone) = &flow.phone else {
             return Ok(());
@@ -875,7 +926,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         };
         // If the undo fails too (store down), the code nobody received
         // expires with its TTL.
-        let _ = self.expire_unsent(flow).await;
+        let _ = self.void_unsent(flow).await;
         if self.policy.reveal_send_failures() {
             return Err(Error::Send(error));
         }
@@ -905,12 +956,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         );
     }
 
-    async fn expire_unsent(&self, sent: &FlowRecord) -> Result<()> {
+    async fn void_unsent(&self, sent: &FlowRecord) -> Result<()> {
+        let mut void = [0u8; 32];
+        crate::secret::fill_random(&mut void)?;
+        let void = Mac::from_bytes(void);
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
             let current = self.store.get_flow(&sent.id).await?.ok_or(Error::NotFound)?;
             // `None`: replaced, used or expired already; nothing to undo.
-            let Some(next) = machine::send_failed(&current, now, &sent.code_mac) else {
+            let Some(next) = machine::send_failed(&current, now, &sent.code_mac, void) else {
                 return Ok(());
             };
             if self.store.compare_and_swap(current.version, &next).await? {
@@ -918,6 +972,36 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             }
         }
         Err(Error::Busy)
+    }
+
+    /// The counter of a subject's lock: open while the lock lasts.
+    pub(crate) fn lock_counter(&self, subject: &Subject, window: Duration, by: u32) -> Counter {
+        Counter::new(
+            format!("lock:{}", self.keys.pseudonym(&subject.key())),
+            window,
+            by,
+        )
+    }
+
+    /// The made-up destination of an unknown identifier: a plausible number
+    /// in [`Limits::decoy_country_code`], its digits from the decoy MAC. It
+    /// is never sent to; it is counted and masked like a real one.
+    fn decoy_phone(&self, decoy: &Mac) -> PhoneNumber {
+        let b = decoy.as_bytes();
+        let mut number = format!("+{}", self.limits.decoy_country_code());
+        number.push(char::from(b'2' + b[16] % 8));
+        for byte in &b[17..26] {
+            number.push(char::from(b'0' + byte % 10));
+        }
+        PhoneNumber::parse(&number).expect("a made-up number is valid E.164")
+    }
+
+    /// Where a flow's codes go, made up for a decoy.
+    fn destination(&self, flow: &FlowRecord) -> PhoneNumber {
+        match &flow.phone {
+            Some(phone) => phone.clone(),
+            None => self.decoy_phone(&flow.code_mac),
+        }
     }
 
     /// The counter of a subject's wrong codes.
@@ -929,20 +1013,6 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         )
     }
 
-    /// The masked phone of a flow; a decoy's is made up from its MAC.
-    pub(crate) fn masked(&self, flow: &FlowRecord) -> MaskedPhone {
-        match &flow.phone {
-            Some(phone) => phone.masked(),
-            None => self.decoy_mask(&flow.code_mac),
-        }
-    }
-
-    /// The made-up masked phone of an unknown identifier, with four digits
-    /// from its decoy MAC.
-    fn decoy_mask(&self, decoy: &Mac) -> MaskedPhone {
-        MaskedPhone::made_up(1, 10, &decoy.as_bytes()[16..20])
-    }
-
     fn requested(&self, flow: &FlowRecord, masked_phone: MaskedPhone) -> Requested {
         Requested {
             flow_id: flow.id,
@@ -952,6 +1022,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             attempts_left: machine::attempts_left(flow, &self.policy),
         }
     }
+}
+
+/// The form of an identifier that decoys are derived from: trimmed and
+/// lowercased, so that `Alice@X.com ` and `alice@x.com` are one identifier
+/// (as most hosts' look-ups treat them). Pass identifiers as your look-up
+/// sees them; aliases of different kinds (an email and a username of one
+/// account) cannot be told apart here.
+fn canonical(identifier: &str) -> String {
+    identifier.trim().to_lowercase()
 }
 
 /// The decoy id of an unknown identifier: the first half of its decoy MAC.

@@ -28,12 +28,13 @@ use crate::clock::{Clock, Timestamp};
 use crate::error::{Error, InputError, Result};
 use crate::events::{Event, EventKind, SupportAction};
 use crate::id::{AccountId, FlowId};
+use crate::limits::BlockTarget;
 use crate::machine;
 use crate::phone::MaskedPhone;
 use crate::record::{DecodeError, DecoyId, EffectiveState, FlowRecord, Reader, Subject};
 use crate::recovery::Recovery;
 use crate::sms::SmsSender;
-use crate::store::CodeStore;
+use crate::store::{CodeStore, Counter, CounterValue};
 
 /// Crockford's base-32 alphabet: no I, L, O or U, so a reference read out
 /// over the phone is not misheard.
@@ -327,6 +328,15 @@ impl<S, T, C> fmt::Debug for Support<'_, S, T, C> {
     }
 }
 
+/// A subject's lock as support sees it.
+struct LockState {
+    until: Option<Timestamp>,
+    reference: Option<SupportReference>,
+    failures: Counter,
+    failures_value: CounterValue,
+    lock: Counter,
+}
+
 /// How many recent flows a look-up shows.
 const FLOWS_SHOWN: usize = 8;
 
@@ -339,7 +349,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 }
 
 impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
-    /// The case a user's reference names.
+    /// The case a user's reference names. Audited before the look-up, so
+    /// a guessed reference leaves a trace too.
     ///
     /// # Errors
     /// [`Error::NotFound`] for a reference no stored case has;
@@ -351,20 +362,17 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
         reference: &SupportReference,
     ) -> Result<CaseView> {
         check_reason(reason)?;
-        let case = self
-            .recovery
-            .store
-            .get_case(reference)
-            .await?
-            .ok_or(Error::NotFound)?;
+        let case = self.recovery.store.get_case(reference).await?;
+        let subject = case.as_ref().map(|c| c.subject.clone());
         self.audit(
             agent,
             reason,
             SupportAction::Lookup,
-            case.subject.account().cloned(),
-            Some(case.flow),
+            subject.as_ref(),
+            case.as_ref().map(|c| c.flow),
+            Some(*reference),
         );
-        self.view(&case.subject).await
+        self.view(&subject.ok_or(Error::NotFound)?).await
     }
 
     /// An account's case: its failures, lock and recent flows.
@@ -373,8 +381,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
     /// [`Error::Input`] for an empty reason; [`Error::Store`].
     pub async fn lookup_account(&self, agent: &Agent, reason: &str, account: &AccountId) -> Result<CaseView> {
         check_reason(reason)?;
-        self.audit(agent, reason, SupportAction::Lookup, Some(account.clone()), None);
-        self.view(&Subject::Account(account.clone())).await
+        let subject = Subject::Account(account.clone());
+        self.audit(agent, reason, SupportAction::Lookup, Some(&subject), None, None);
+        self.view(&subject).await
     }
 
     /// Clears the subject's failure count, ending its lock: the user may
@@ -387,28 +396,24 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
         check_reason(reason)?;
         let r = self.recovery;
         let now = r.clock.now();
-        let failures = r.failure_counter(subject, 0);
-        let value = r
-            .store
-            .increment_counters(std::slice::from_ref(&failures), now)
-            .await?[0];
-        r.store
-            .delete_counters(std::slice::from_ref(&failures.key))
-            .await?;
-        if let Some(until) = value.resets_at {
-            let reference = r.keys.support_reference(&subject.key(), until);
-            if let Some(mut case) = r.store.get_case(&reference).await? {
-                case.unlocked_at = Some(now);
-                r.store.put_case(&case).await?;
-            }
-        }
+        let state = self.lock_state(subject, now).await?;
+        // Audited before it acts: a failure half-way still leaves a trace.
         self.audit(
             agent,
             reason,
             SupportAction::Unlock,
-            subject.account().cloned(),
+            Some(subject),
             None,
+            state.reference,
         );
+        let keys = [state.failures.key.clone(), state.lock.key.clone()];
+        r.store.delete_counters(&keys).await?;
+        if let Some(reference) = state.reference
+            && let Some(mut case) = r.store.get_case(&reference).await?
+        {
+            case.unlocked_at = Some(now);
+            r.store.put_case(&case).await?;
+        }
         Ok(())
     }
 
@@ -421,36 +426,73 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
     /// an empty reason; [`Error::Store`], [`Error::Busy`].
     pub async fn cancel(&self, agent: &Agent, reason: &str, flow: &FlowId) -> Result<()> {
         check_reason(reason)?;
-        let cancelled = self.recovery.update(flow, machine::cancel).await?;
+        let current = self.recovery.store.get_flow(flow).await?;
         self.audit(
             agent,
             reason,
             SupportAction::Cancel,
-            cancelled.account().cloned(),
+            current.as_ref().map(|f| &f.subject),
             Some(*flow),
+            None,
         );
+        current.ok_or(Error::NotFound)?;
+        self.recovery.update(flow, machine::cancel).await?;
+        Ok(())
+    }
+
+    /// Lifts an automatic block (of an IP, a country code or a number
+    /// block) before it ends.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for an empty reason; [`Error::Store`].
+    pub async fn unblock(&self, agent: &Agent, reason: &str, target: &BlockTarget) -> Result<()> {
+        check_reason(reason)?;
+        self.audit(agent, reason, SupportAction::Unblock, None, None, None);
+        let key = self.recovery.block_key(target);
+        self.recovery
+            .store
+            .delete_counters(std::slice::from_ref(&key))
+            .await?;
         Ok(())
     }
 
     async fn view(&self, subject: &Subject) -> Result<CaseView> {
         let r = self.recovery;
         let now = r.clock.now();
-        let failures = r.failure_counter(subject, 0);
-        let value = r
-            .store
-            .increment_counters(std::slice::from_ref(&failures), now)
-            .await?[0];
+        let state = self.lock_state(subject, now).await?;
         let flows = r.store.find_flows(&subject.key(), FLOWS_SHOWN).await?;
-        let locked_until = value
-            .resets_at
-            .filter(|_| machine::subject_locked(value.count, &r.policy));
         Ok(CaseView {
             subject: subject.clone(),
-            failures: value.count,
-            failures_reset_at: value.resets_at,
-            locked_until,
-            reference: locked_until.map(|until| r.keys.support_reference(&subject.key(), until)),
+            failures: state.failures_value.count,
+            failures_reset_at: state.failures_value.resets_at,
+            locked_until: state.until,
+            reference: state.reference,
             flows: flows.iter().map(|f| FlowSummary::of(f, now)).collect(),
+        })
+    }
+
+    /// The subject's failure count and lock, read in one store call.
+    async fn lock_state(&self, subject: &Subject, now: Timestamp) -> Result<LockState> {
+        let r = self.recovery;
+        let failures = r.failure_counter(subject, 0);
+        let lock = r.lock_counter(subject, std::time::Duration::from_secs(1), 0);
+        let values = r
+            .store
+            .increment_counters(&[failures.clone(), lock.clone()], now)
+            .await?;
+        let (fv, lv) = (values[0], values[1]);
+        let until = if lv.count > 0 {
+            lv.resets_at
+        } else {
+            fv.resets_at
+                .filter(|_| machine::subject_locked(fv.count, &r.policy))
+        };
+        Ok(LockState {
+            reference: until.map(|until| r.keys.support_reference(&subject.key(), until)),
+            until,
+            failures,
+            failures_value: fv,
+            lock,
         })
     }
 
@@ -459,8 +501,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
         agent: &Agent,
         reason: &str,
         action: SupportAction,
-        account: Option<AccountId>,
+        subject: Option<&Subject>,
         flow: Option<FlowId>,
+        reference: Option<SupportReference>,
     ) {
         let mut event = Event::new(
             self.recovery.clock.now(),
@@ -468,9 +511,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
                 action,
                 agent: agent.as_str().to_owned(),
                 reason: reason.to_owned(),
+                subject: subject.map(Subject::key),
+                reference,
             },
         )
-        .account(account);
+        .account(subject.and_then(Subject::account).cloned());
         event.flow = flow;
         self.recovery.emit(event);
     }

@@ -248,13 +248,17 @@ async fn denied_countries_get_no_sms_and_the_same_answer() {
             .kinds()
             .contains(&EventKind::DestinationRefused { country_code: 44 })
     );
-    // Its code was never sent, so it is expired at once.
+    // Its code was never sent, so it is voided: a verify answers as on an
+    // unknown identifier's flow.
     let err = h
         .recovery
         .verify(&requested.flow_id, "123456", &none())
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Expired), "{err:?}");
+    assert!(
+        matches!(err, Error::InvalidCode { attempts_left: 4, .. }),
+        "{err:?}"
+    );
 
     let allow = harness(Limits::builder().allow_countries([44]).build().unwrap());
     allow.request(1, &none()).await.unwrap();
@@ -501,6 +505,7 @@ async fn one_ip_asking_for_many_accounts_is_reported_once_and_blocked_when_confi
 async fn many_unverified_sends_into_one_country_look_like_pumping_and_can_block_it() {
     let detectors = Detectors::default()
         .with_pumping_min_sends(20, 1_000)
+        .with_auto_block_countries(true)
         .with_auto_block(Some(HOUR));
     let h = harness(
         Limits::builder()
@@ -722,6 +727,7 @@ async fn a_locked_user_gets_a_reference_that_support_can_look_up_and_clear() {
                 action,
                 agent,
                 reason,
+                ..
             } => Some((action, agent, reason)),
             _ => None,
         })
@@ -732,10 +738,15 @@ async fn a_locked_user_gets_a_reference_that_support_can_look_up_and_clear() {
             SupportAction::Lookup,
             SupportAction::Unlock,
             SupportAction::Lookup,
+            SupportAction::Cancel,
             SupportAction::Cancel
         ],
-        "every action is audited, the refused cancel excepted"
+        "every action is audited before it acts, the refused second cancel included"
     );
+    let with_reference = h.events.kinds().into_iter().any(|k| {
+        matches!(k, EventKind::Support { action: SupportAction::Lookup, reference: Some(r), .. } if r == *reference)
+    });
+    assert!(with_reference, "a look-up by reference records the reference");
     assert!(audit.iter().all(|(_, agent, _)| agent == "dana@support"));
     assert_eq!(audit[1].2, "identity checked by video call");
 }
@@ -770,10 +781,19 @@ async fn support_refuses_actions_without_a_reason_and_unknown_references() {
         .unwrap_err();
     assert!(matches!(err, Error::NotFound), "{err:?}");
     assert!(SupportReference::parse("not a reference").is_err());
-    assert!(
-        h.events.kinds().is_empty(),
-        "refused actions leave no audit entry"
-    );
+    // An action without a reason is refused before anything; the others are
+    // audited even though they found nothing (a guessed reference leaves a
+    // trace).
+    let audited: Vec<SupportAction> = h
+        .events
+        .kinds()
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::Support { action, .. } => Some(action),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(audited, [SupportAction::Lookup, SupportAction::Cancel]);
 }
 
 #[tokio::test]
@@ -880,7 +900,7 @@ async fn a_failed_notice_is_an_event_and_the_reset_still_stands() {
 #[tokio::test]
 async fn messages_follow_the_requests_locale() {
     let h = harness(Limits::none());
-    let ctx = RequestContext::none().with_locale(otp_recovery::Locale::De);
+    let ctx = RequestContext::none().with_locale(otp_recovery::Locale::DE);
     h.recovery
         .request("x@example.com", Some(account(1)), &ctx)
         .await
@@ -1037,4 +1057,145 @@ mod enumeration_property {
             prop_assert_eq!(unknown.sender.count(), 0);
         }
     }
+}
+
+#[tokio::test]
+async fn a_pumped_country_is_reported_but_not_blocked_unless_country_blocks_are_enabled() {
+    let detectors = Detectors::default()
+        .with_pumping_min_sends(20, 1_000)
+        .with_auto_block(Some(HOUR));
+    let h = harness(
+        Limits::builder()
+            .clear_send_rules()
+            .detectors(detectors)
+            .build()
+            .unwrap(),
+    );
+    for n in 0..40u32 {
+        let target = Account::new(
+            AccountId::new(format!("p{n}")).unwrap(),
+            PhoneNumber::parse(&format!("+37477{:06}", n)).unwrap(),
+        );
+        h.recovery
+            .request("x@example.com", Some(target), &none())
+            .await
+            .unwrap();
+    }
+    assert!(h.events.kinds().iter().any(|k| matches!(
+        k,
+        EventKind::Suspicious {
+            pattern: Suspicion::SmsPumpingCountry {
+                country_code: 374,
+                ..
+            }
+        }
+    )));
+    assert!(
+        !h.events
+            .kinds()
+            .iter()
+            .any(|k| matches!(k, EventKind::AutoBlocked { .. }))
+    );
+}
+
+#[tokio::test]
+async fn a_refused_request_spends_no_budget() {
+    // One noisy IP is refused by its own limit; the global budget it would
+    // have spent is still there for everyone else.
+    let limits = Limits::builder()
+        .clear_send_rules()
+        .add_send_rule(Rule::new(LimitScope::Ip, 3, HOUR))
+        .add_send_rule(Rule::new(LimitScope::Global, 10, HOUR))
+        .build()
+        .unwrap();
+    let h = harness(limits);
+    let noisy = ip("203.0.113.200");
+    for n in 0..200 {
+        let _ = h
+            .recovery
+            .request(&format!("n{n}@example.com"), None, &noisy)
+            .await;
+    }
+    for n in 0..7 {
+        h.request(n, &ip(&format!("198.51.100.{n}"))).await.unwrap();
+    }
+    let err = h.request(99, &ip("198.51.100.99")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RateLimited {
+                scope: LimitScope::Global,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_accounts_sharing_one_phone_share_its_limit() {
+    let h = harness(only(Rule::new(LimitScope::Phone, 5, 10 * MINUTE)));
+    let shared = PhoneNumber::parse("+14155550100").unwrap();
+    for n in 0..6u32 {
+        let a = Account::new(AccountId::new(format!("member-{n}")).unwrap(), shared.clone());
+        let r = h
+            .recovery
+            .request(&format!("m{n}@example.com"), Some(a), &none())
+            .await;
+        if n < 5 {
+            r.unwrap();
+        } else {
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::RateLimited {
+                        scope: LimitScope::Phone,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn identifiers_differing_only_in_case_or_spaces_are_one_identifier() {
+    let h = harness(Limits::none());
+    let a = h
+        .recovery
+        .request("Nobody@Example.com ", None, &none())
+        .await
+        .unwrap();
+    let b = h
+        .recovery
+        .request("nobody@example.com", None, &none())
+        .await
+        .unwrap();
+    assert_eq!(a.masked_phone, b.masked_phone);
+    let err = h
+        .recovery
+        .verify(&a.flow_id, "000000", &none())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Superseded),
+        "the second request superseded the first: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_identifiers_appear_in_the_allowed_country() {
+    let h = harness(Limits::builder().allow_countries([44]).build().unwrap());
+    let r = h
+        .recovery
+        .request("nobody@example.com", None, &none())
+        .await
+        .unwrap();
+    assert_eq!(r.masked_phone.country_code(), 44);
+    assert!(
+        r.masked_phone.to_string().starts_with("+44 "),
+        "{}",
+        r.masked_phone
+    );
 }

@@ -679,13 +679,17 @@ async fn a_failed_send_answers_like_a_sent_one_but_leaves_no_valid_code() {
         .await
         .unwrap();
     assert_eq!(resent.attempts_left, 5);
-    // The earlier code was replaced and the unsent one expired at once.
+    // The earlier code was replaced and the unsent one voided: it answers
+    // like any wrong code (as an unknown identifier's flow would).
     let err = h
         .recovery
         .verify(&requested.flow_id, first.expose_secret(), &RequestContext::none())
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Expired), "{err:?}");
+    assert!(
+        matches!(err, Error::InvalidCode { attempts_left: 4, .. }),
+        "{err:?}"
+    );
     // The failed send still counts toward the cooldown; then a resend works.
     h.clock.advance(Duration::from_secs(60));
     let again = h
@@ -693,7 +697,10 @@ async fn a_failed_send_answers_like_a_sent_one_but_leaves_no_valid_code() {
         .resend(&requested.flow_id, &RequestContext::none())
         .await
         .unwrap();
-    assert_eq!(again.attempts_left, 5, "an unsent code costs no attempt");
+    assert_eq!(
+        again.attempts_left, 4,
+        "the failed send cost no attempt; only the guess did"
+    );
     let code = h.sender.last_code().unwrap();
     assert!(
         h.recovery

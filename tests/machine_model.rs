@@ -280,11 +280,12 @@ proptest! {
         let flow = machine::open(&policy, t, opening);
         let now = t.saturating_add(Duration::from_millis(advance));
         let sent = if same { mac(1) } else { mac(9) };
-        match machine::send_failed(&flow, now, &sent) {
+        match machine::send_failed(&flow, now, &sent, mac(77)) {
             Some(next) => {
                 prop_assert!(same && now < flow.code_expires_at);
-                prop_assert_eq!(next.code_expires_at, now);
-                prop_assert_eq!(next.state_at(now), EffectiveState::Expired);
+                prop_assert_eq!(next.code_mac, mac(77), "the unsent code is voided");
+                prop_assert_eq!(next.code_expires_at, flow.code_expires_at, "expiry is untouched");
+                prop_assert_eq!(next.state, flow.state);
                 prop_assert_eq!(next.failed_attempts, 0, "an unsent code costs no attempt");
             }
             None => prop_assert!(!same || now >= flow.code_expires_at),

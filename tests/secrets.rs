@@ -1,15 +1,22 @@
 //! No code or token appears in the `Debug` output of any public type, in
 //! any error message, or in a stored record.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use otp_recovery::sms::{MessageKind, RecordingSender, SendError, SendErrorKind, SmsMessage};
-use otp_recovery::store::{CodeStore, MemoryStore, StoreError};
+use otp_recovery::store::{CodeStore, StoreError};
 use otp_recovery::{
     Account, AccountId, Code, Error, FlowRecord, InputError, KeyRing, ManualClock, PhoneNumber, Policy,
     Recovery, RequestContext, ResetToken, SecretString, ServerKey, Timestamp,
 };
+
+/// Calls come from this client, so IP limits and detectors run too.
+fn ctx() -> RequestContext {
+    RequestContext::from_ip("203.0.113.77".parse().unwrap())
+}
 
 /// Every rendering a host might log: `Debug`, pretty `Debug`, `Display`.
 fn renderings(value: &(impl std::fmt::Debug + ?Sized)) -> [String; 2] {
@@ -27,7 +34,7 @@ fn assert_clean(text: &str, secrets: &[String]) {
 
 #[tokio::test]
 async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(common::Observed::default());
     let sender = RecordingSender::new();
     let clock = ManualClock::new(Timestamp::from_unix_millis(1_800_000_000_000));
     let key_bytes = vec![0x5a; 32];
@@ -53,39 +60,32 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
 
     // A flow that completes, with wrong codes, a resend and a replayed token.
     let requested = recovery
-        .request(
-            "carol@example.com",
-            Some(account.clone()),
-            &RequestContext::none(),
-        )
+        .request("carol@example.com", Some(account.clone()), &ctx())
         .await
         .unwrap();
     rendered.extend(renderings(&requested));
     let first = sender.last_code().unwrap();
     secrets.push(first.expose_secret().to_owned());
     clock.advance(Duration::from_secs(30));
-    let resent = recovery
-        .resend(&requested.flow_id, &RequestContext::none())
-        .await
-        .unwrap();
+    let resent = recovery.resend(&requested.flow_id, &ctx()).await.unwrap();
     rendered.extend(renderings(&resent));
     let code = sender.last_code().unwrap();
     secrets.push(code.expose_secret().to_owned());
     let mut errors: Vec<Error> = Vec::new();
     errors.push(
         recovery
-            .verify(&requested.flow_id, first.expose_secret(), &RequestContext::none())
+            .verify(&requested.flow_id, first.expose_secret(), &ctx())
             .await
             .unwrap_err(),
     );
     errors.push(
         recovery
-            .verify(&requested.flow_id, "12345x", &RequestContext::none())
+            .verify(&requested.flow_id, "12345x", &ctx())
             .await
             .unwrap_err(),
     );
     let verified = recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(&requested.flow_id, code.expose_secret(), &ctx())
         .await
         .unwrap();
     let token = verified.token.expose_secret().to_string();
@@ -95,43 +95,30 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
     rendered.extend(renderings(&verified.token));
     errors.push(
         recovery
-            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+            .verify(&requested.flow_id, code.expose_secret(), &ctx())
             .await
             .unwrap_err(),
     );
     let mut tampered = token.clone();
     tampered.replace_range(95.., if token.ends_with('0') { "1" } else { "0" });
-    errors.push(
-        recovery
-            .reset(&tampered, &RequestContext::none())
-            .await
-            .unwrap_err(),
-    );
+    errors.push(recovery.reset(&tampered, &ctx()).await.unwrap_err());
     stored.push(store.get_flow(&requested.flow_id).await.unwrap().unwrap());
-    let done = recovery.reset(&token, &RequestContext::none()).await.unwrap();
+    let done = recovery.reset(&token, &ctx()).await.unwrap();
     rendered.extend(renderings(&done));
-    errors.push(recovery.reset(&token, &RequestContext::none()).await.unwrap_err());
+    errors.push(recovery.reset(&token, &ctx()).await.unwrap_err());
     stored.push(store.get_flow(&requested.flow_id).await.unwrap().unwrap());
 
     sender.fail_next(SendError::new(SendErrorKind::Unavailable, "gateway timeout"));
     // A failed send answers like a sent one; its flow is kept for the scan.
     let unsent = recovery
-        .request(
-            "carol@example.com",
-            Some(account.clone()),
-            &RequestContext::none(),
-        )
+        .request("carol@example.com", Some(account.clone()), &ctx())
         .await
         .unwrap();
     rendered.extend(renderings(&unsent));
     stored.push(store.get_flow(&unsent.flow_id).await.unwrap().unwrap());
     // A flow that locks, one whose send fails, and an unknown identifier.
     let locked = recovery
-        .request(
-            "carol@example.com",
-            Some(account.clone()),
-            &RequestContext::none(),
-        )
+        .request("carol@example.com", Some(account.clone()), &ctx())
         .await
         .unwrap();
     let code = sender.last_code().unwrap();
@@ -142,36 +129,22 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
         "000000"
     };
     for _ in 0..6 {
-        errors.push(
-            recovery
-                .verify(&locked.flow_id, wrong, &RequestContext::none())
-                .await
-                .unwrap_err(),
-        );
+        errors.push(recovery.verify(&locked.flow_id, wrong, &ctx()).await.unwrap_err());
     }
     stored.push(store.get_flow(&locked.flow_id).await.unwrap().unwrap());
     // Locked now: the next request is refused with the reference.
     errors.push(
         recovery
-            .request(
-                "carol@example.com",
-                Some(account.clone()),
-                &RequestContext::none(),
-            )
+            .request("carol@example.com", Some(account.clone()), &ctx())
             .await
             .unwrap_err(),
     );
     let decoy = recovery
-        .request("nobody@example.com", None, &RequestContext::none())
+        .request("nobody@example.com", None, &ctx())
         .await
         .unwrap();
     rendered.extend(renderings(&decoy));
-    errors.push(
-        recovery
-            .resend(&decoy.flow_id, &RequestContext::none())
-            .await
-            .unwrap_err(),
-    );
+    errors.push(recovery.resend(&decoy.flow_id, &ctx()).await.unwrap_err());
     stored.push(store.get_flow(&decoy.flow_id).await.unwrap().unwrap());
 
     // Every message body the sender got is a secret-bearing value too.
@@ -261,6 +234,20 @@ async fn no_secret_in_debug_errors_or_stored_records_over_whole_flows() {
         assert!(!bytes.windows(32).any(|w| w == key_bytes.as_slice()));
     }
     assert!(rendered.len() > 40, "the test must look at many renderings");
+    // Counter keys hold personal data only as pseudonyms.
+    let keys = store.keys();
+    assert!(keys.len() > 50, "the run must write many counters");
+    for key in &keys {
+        for personal in [
+            "+4915112345678",
+            "4915112345",
+            "203.0.113.77",
+            "carol",
+            "nobody@example.com",
+        ] {
+            assert!(!key.contains(personal), "counter key {key:?} holds {personal:?}");
+        }
+    }
 }
 
 #[test]

@@ -42,10 +42,14 @@ use crate::support::{SupportCase, SupportReference};
 /// Generates one `#[test]` per conformance check, each running on a
 /// multi-threaded runtime against a store made by `$make` (an expression
 /// of type `impl Future<Output = impl CodeStore + 'static>`).
+///
+/// With `optional:` in front, `$make` yields an `Option` of a store, and
+/// `None` skips the check (see [`server_url`] for stores that need a
+/// server).
 #[macro_export]
 macro_rules! code_store_conformance {
-    ($make:expr) => {
-        $crate::code_store_conformance!(@tests $make;
+    (optional: $make:expr) => {
+        $crate::code_store_conformance!(@optional $make;
             create_then_get_returns_every_field,
             get_of_an_unknown_flow_is_none,
             create_refuses_a_duplicate_id,
@@ -55,6 +59,7 @@ macro_rules! code_store_conformance {
             compare_and_swap_counting_counts_only_when_it_writes,
             counters_count_per_key_and_per_window,
             conditional_counters_count_only_when_their_condition_opened,
+            a_refused_call_undoes_its_guarded_counts,
             load_counting_returns_the_flow_and_the_counts,
             find_flows_lists_a_subjects_recent_flows_newest_first,
             cases_are_stored_replaced_and_found_by_reference,
@@ -71,17 +76,41 @@ macro_rules! code_store_conformance {
             resend_race_sends_exactly_once,
         );
     };
-    (@tests $make:expr; $($check:ident),* $(,)?) => {
+    (@optional $make:expr; $($check:ident),* $(,)?) => {
         $(
             #[test]
             fn $check() {
                 $crate::store::conformance::block_on(async {
-                    let store = ::std::sync::Arc::new($make.await);
-                    $crate::store::conformance::$check(store).await;
+                    if let Some(store) = $make.await {
+                        $crate::store::conformance::$check(::std::sync::Arc::new(store)).await;
+                    }
                 });
             }
         )*
     };
+    ($make:expr) => {
+        $crate::code_store_conformance!(optional: async { ::core::option::Option::Some($make.await) });
+    };
+}
+
+/// The URL of a test server from the environment variable `var`.
+///
+/// - Set: returned; the caller must fail if the server is unreachable.
+/// - Unset, and `CI` is set: panics, so that CI cannot pass with store
+///   tests silently skipped.
+/// - Unset otherwise: prints a notice to stderr and returns `None`, so a
+///   plain `cargo test` on a machine without the server skips those tests.
+pub fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{var} must be set in CI: the store tests that need it would be skipped")
+        }
+        _ => {
+            eprintln!("note: {var} is not set; skipping the tests that need that server");
+            None
+        }
+    }
 }
 
 /// Runs `future` to completion on a fresh multi-threaded runtime (what the
@@ -106,6 +135,7 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     compare_and_swap_counting_counts_only_when_it_writes(store.clone()).await;
     counters_count_per_key_and_per_window(store.clone()).await;
     conditional_counters_count_only_when_their_condition_opened(store.clone()).await;
+    a_refused_call_undoes_its_guarded_counts(store.clone()).await;
     load_counting_returns_the_flow_and_the_counts(store.clone()).await;
     find_flows_lists_a_subjects_recent_flows_newest_first(store.clone()).await;
     cases_are_stored_replaced_and_found_by_reference(store.clone()).await;
@@ -622,6 +652,48 @@ pub async fn conditional_counters_count_only_when_their_condition_opened<S: Code
     assert!(!again[0].opened(&Counter::new(&a, hour, 1), t));
 }
 
+/// A call in which a counter ends above its `max` is refused: the guarded
+/// counters' increments are undone (a window the call opened leaves
+/// nothing behind), unguarded ones stay, and the values returned are those
+/// before the undo.
+pub async fn a_refused_call_undoes_its_guarded_counts<S: CodeStore>(store: Arc<S>) {
+    let hour = Duration::from_secs(3600);
+    let t = now();
+    let (limit, guarded, fresh, plain) = (unique("lim"), unique("grd"), unique("fresh"), unique("plain"));
+    let call = |fresh: &str| {
+        vec![
+            Counter::new(&limit, hour, 1).with_max(1),
+            Counter::new(&guarded, hour, 1).guarded(),
+            Counter::new(fresh, hour, 1).guarded(),
+            Counter::new(&plain, hour, 1),
+        ]
+    };
+    let first = store
+        .increment_counters(&call(&unique("f1")), t)
+        .await
+        .expect("increment");
+    assert_eq!(first[0].count, 1, "at its maximum the call is admitted");
+    let refused = store
+        .increment_counters(&call(&fresh), t)
+        .await
+        .expect("increment");
+    assert_eq!(refused[0].count, 2, "the values are those before the undo");
+    assert!(Counter::refused(&call(&fresh), &refused));
+    let read = |k: &str| Counter::read(k, hour);
+    let after = store
+        .increment_counters(&[read(&limit), read(&guarded), read(&fresh), read(&plain)], t)
+        .await
+        .expect("read");
+    assert_eq!(after[0].count, 1, "the limit's own increment was undone");
+    assert_eq!(after[1].count, 1, "a guarded increment was undone");
+    assert_eq!(
+        after[2],
+        CounterValue::default(),
+        "a window the refused call opened is gone"
+    );
+    assert_eq!(after[3].count, 2, "an unguarded counter keeps its count");
+}
+
 /// `load_counting` returns the flow (or `None`) and applies its counters.
 pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: Arc<S>) {
     let t = now();
@@ -1033,4 +1105,158 @@ pub async fn resend_race_sends_exactly_once<S: CodeStore + 'static>(store: Arc<S
     }
     assert_eq!(sent, 1, "one cooldown must allow exactly one resend");
     assert_eq!(sender.count(), before + 1, "exactly one SMS must go out");
+}
+
+// ---- several instances, restarts ----
+
+/// Two host instances, each with its own connection to the same backend
+/// (`a` and `b`), race on the same flows: wrong codes, right codes,
+/// resets, resends and a send limit hold exactly as with one instance.
+pub async fn two_instances_hold_every_limit<S: CodeStore + 'static>(a: Arc<S>, b: Arc<S>) {
+    use crate::limits::{LimitScope, Rule};
+
+    let clock = ManualClock::new(now());
+    let sender = RecordingSender::new();
+    let keys = KeyRing::new(1, ServerKey::generate().expect("randomness"));
+    let phone_limit = Limits::builder()
+        .clear_send_rules()
+        .add_send_rule(Rule::new(LimitScope::Phone, 5, Duration::from_secs(600)))
+        .ip_verifies(None)
+        .build()
+        .expect("limits");
+    let instance = |store: Arc<S>| {
+        Arc::new(
+            Recovery::new(Interleaved(store), sender.clone(), keys.clone())
+                .with_limits(phone_limit.clone())
+                .with_clock(clock.clone()),
+        )
+    };
+    let (one, two) = (instance(a), instance(b));
+    let pick = |i: usize| if i.is_multiple_of(2) { one.clone() } else { two.clone() };
+    let ctx = RequestContext::none();
+
+    // Wrong codes: exactly the attempt limit is evaluated.
+    let flow = requested_flow(&one).await;
+    let right = sender.last_code().expect("a code was sent");
+    let wrong = format!(
+        "{:06}",
+        (right.expose_secret().parse::<u32>().expect("digits") + 1) % 1_000_000
+    );
+    let outcomes = race(200, |i| {
+        let (r, wrong, ctx) = (pick(i), wrong.clone(), ctx.clone());
+        async move { r.verify(&flow, &wrong, &ctx).await }
+    })
+    .await;
+    let evaluated = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(Error::InvalidCode { .. })))
+        .count();
+    assert_eq!(evaluated, 5, "two instances evaluated more codes than the limit");
+
+    // Right codes and resets: one token, one reset.
+    let flow = requested_flow(&two).await;
+    let code = sender.last_code().expect("a code was sent");
+    let tokens = race(50, |i| {
+        let (r, code, ctx) = (pick(i), code.clone(), ctx.clone());
+        async move {
+            r.verify(&flow, code.expose_secret(), &ctx)
+                .await
+                .ok()
+                .map(|v| v.token.expose_secret())
+        }
+    })
+    .await;
+    let tokens: Vec<_> = tokens.into_iter().flatten().collect();
+    assert_eq!(tokens.len(), 1, "two instances issued more than one token");
+    let resets = race(50, |i| {
+        let (r, token, ctx) = (pick(i), tokens[0].clone(), ctx.clone());
+        async move { r.reset(&token, &ctx).await.is_ok() }
+    })
+    .await;
+    assert_eq!(resets.iter().filter(|ok| **ok).count(), 1, "a token reset twice");
+
+    // Resends after one cooldown: one.
+    let flow = requested_flow(&one).await;
+    clock.advance(Duration::from_secs(30));
+    let resent = race(50, |i| {
+        let (r, ctx) = (pick(i), ctx.clone());
+        async move { r.resend(&flow, &ctx).await.is_ok() }
+    })
+    .await;
+    assert_eq!(
+        resent.iter().filter(|ok| **ok).count(),
+        1,
+        "one cooldown allowed two resends"
+    );
+
+    // A send limit: 5 per phone, 40 requests across both instances.
+    let target = Account::new(account(), phone_with_random_line());
+    let sent = race(40, |i| {
+        let (r, target, ctx) = (pick(i), target.clone(), ctx.clone());
+        async move { r.request("target@example.com", Some(target), &ctx).await.is_ok() }
+    })
+    .await;
+    assert_eq!(
+        sent.iter().filter(|ok| **ok).count(),
+        5,
+        "the phone limit did not hold across instances"
+    );
+}
+
+/// A phone number of its own, so send limits start from zero.
+fn phone_with_random_line() -> PhoneNumber {
+    let mut b = [0u8; 4];
+    crate::secret::fill_random(&mut b).expect("randomness");
+    let line = u32::from_be_bytes(b) % 10_000_000;
+    PhoneNumber::parse(&format!("+1415{line:07}")).expect("valid phone")
+}
+
+/// A flow and its counts survive the store being dropped and opened again
+/// (`open` makes a new store on the same data): the code still verifies
+/// and a wrong code counted before still counts.
+pub async fn a_reopened_store_keeps_flows_and_counts<S, F, Fut>(open: F)
+where
+    S: CodeStore + 'static,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    let clock = ManualClock::new(now());
+    let sender = RecordingSender::new();
+    let keys = KeyRing::new(1, ServerKey::generate().expect("randomness"));
+    let make = |store: S| {
+        Recovery::new(Arc::new(store), sender.clone(), keys.clone())
+            .with_limits(Limits::none())
+            .with_clock(clock.clone())
+    };
+    let ctx = RequestContext::none();
+    let first = make(open().await);
+    let account = Account::new(account(), phone());
+    let flow = first
+        .request("someone@example.com", Some(account), &ctx)
+        .await
+        .expect("request")
+        .flow_id;
+    let code = sender.last_code().expect("a code was sent");
+    let wrong = format!(
+        "{:06}",
+        (code.expose_secret().parse::<u32>().expect("digits") + 1) % 1_000_000
+    );
+    let err = first.verify(&flow, &wrong, &ctx).await.expect_err("wrong");
+    assert!(matches!(err, Error::InvalidCode { attempts_left: 4 }), "{err:?}");
+    drop(first);
+
+    let second = make(open().await);
+    let err = second.verify(&flow, &wrong, &ctx).await.expect_err("wrong");
+    assert!(
+        matches!(err, Error::InvalidCode { attempts_left: 3 }),
+        "a count made before the restart was lost: {err:?}"
+    );
+    let verified = second
+        .verify(&flow, code.expose_secret(), &ctx)
+        .await
+        .expect("the code must verify after a restart");
+    second
+        .reset(&verified.token.expose_secret(), &ctx)
+        .await
+        .expect("reset");
 }

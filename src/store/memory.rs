@@ -255,18 +255,32 @@ impl CodeStore for MemoryStore {
 
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
         let live = |v: &CounterValue| v.resets_at.is_some_and(|end| end > now);
-        Ok(Counter::apply_all(counters, now, |c| {
-            let mut shard = lock(&self.counters[self.shard_of(&c.key)]);
-            let value = c.apply(shard.map.get(&c.key).copied(), now);
-            if value.resets_at.is_some() {
-                // Only an increment opens a window: reads store nothing.
-                if !shard.map.contains_key(&c.key) {
-                    shard.sweep(false, live);
+        // Each counter is atomic on its own shard; a refused call undoes its
+        // guarded increments one by one, so a racing call may briefly see
+        // a count above a limit (and be refused: never admitted past it).
+        Ok(Counter::apply_all(
+            counters,
+            now,
+            |c| {
+                let mut shard = lock(&self.counters[self.shard_of(&c.key)]);
+                let value = c.apply(shard.map.get(&c.key).copied(), now);
+                if value.resets_at.is_some() {
+                    // Only an increment opens a window: reads store nothing.
+                    if !shard.map.contains_key(&c.key) {
+                        shard.sweep(false, live);
+                    }
+                    shard.map.insert(c.key.clone(), value);
                 }
-                shard.map.insert(c.key.clone(), value);
-            }
-            value
-        }))
+                value
+            },
+            |c| {
+                let mut shard = lock(&self.counters[self.shard_of(&c.key)]);
+                match c.unapply(shard.map.get(&c.key).copied(), now) {
+                    Some(value) => drop(shard.map.insert(c.key.clone(), value)),
+                    None => drop(shard.map.remove(&c.key)),
+                }
+            },
+        ))
     }
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
@@ -286,7 +300,12 @@ impl CodeStore for MemoryStore {
     }
 
     async fn put_case(&self, case: &SupportCase) -> Result<()> {
-        lock(&self.cases).insert(case.reference, case.clone());
+        let mut cases = lock(&self.cases);
+        // Bounded like the flows: expired cases go as the map grows.
+        if cases.len() >= MIN_SWEEP_LEN && cases.len().is_power_of_two() {
+            cases.retain(|_, c| c.purge_after > case.opened_at);
+        }
+        cases.insert(case.reference, case.clone());
         Ok(())
     }
 

@@ -70,14 +70,27 @@
 //!     }
 //!
 //!     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
-//!         let mut inner = self.inner.lock().unwrap();
-//!         Ok(Counter::apply_all(counters, now, |c| {
-//!             let value = c.apply(inner.counters.get(&c.key).copied(), now);
-//!             if value.resets_at.is_some() {
-//!                 inner.counters.insert(c.key.clone(), value);
-//!             }
-//!             value
-//!         }))
+//!         let inner = &mut *self.inner.lock().unwrap();
+//!         let map = std::cell::RefCell::new(&mut inner.counters);
+//!         Ok(Counter::apply_all(
+//!             counters,
+//!             now,
+//!             |c| {
+//!                 let mut map = map.borrow_mut();
+//!                 let value = c.apply(map.get(&c.key).copied(), now);
+//!                 if value.resets_at.is_some() {
+//!                     map.insert(c.key.clone(), value);
+//!                 }
+//!                 value
+//!             },
+//!             |c| {
+//!                 let mut map = map.borrow_mut();
+//!                 match c.unapply(map.get(&c.key).copied(), now) {
+//!                     Some(v) => drop(map.insert(c.key.clone(), v)),
+//!                     None => drop(map.remove(&c.key)),
+//!                 }
+//!             },
+//!         ))
 //!     }
 //!
 //!     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
@@ -123,6 +136,18 @@
 //! rule, races included; see the `conformance` module.
 
 mod memory;
+
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -201,6 +226,13 @@ impl From<DecodeError> for StoreError {
 /// earlier one) was opened by that call ([`CounterValue::opened`]);
 /// otherwise it is read. That counts distinct things in one call: "add one
 /// to the IP's count of accounts if this (IP, account) pair is new".
+///
+/// A counter may carry a `max`: a call in which any such counter ends above
+/// its `max` is *refused*, and every `guarded` counter's increment in it
+/// (those with a `max` are guarded) is undone before the call returns, so a
+/// refused request spends no budget. The values returned are those before
+/// the undo, so the caller sees which limit refused. See
+/// [`Counter::apply_all`] for the one loop every store may share.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Counter {
@@ -213,6 +245,10 @@ pub struct Counter {
     /// Increment only if the counter at this earlier index was opened by
     /// this call.
     pub only_if_opened: Option<usize>,
+    /// Refuse the whole call if this counter ends above it.
+    pub max: Option<u64>,
+    /// Undo this counter's increment when the call is refused.
+    pub guarded: bool,
 }
 
 impl Counter {
@@ -223,7 +259,30 @@ impl Counter {
             window,
             by,
             only_if_opened: None,
+            max: None,
+            guarded: false,
         }
+    }
+
+    /// Refuses the call if this counter ends above `max` (and makes it
+    /// guarded).
+    #[must_use]
+    pub fn with_max(mut self, max: u64) -> Self {
+        self.max = Some(max);
+        self.guarded = true;
+        self
+    }
+
+    /// Undoes this counter's increment if the call is refused.
+    #[must_use]
+    pub fn guarded(mut self) -> Self {
+        self.guarded = true;
+        self
+    }
+
+    /// Whether `value` (this counter's value after the call) refuses it.
+    pub fn refuses(&self, value: &CounterValue) -> bool {
+        self.max.is_some_and(|max| value.count > max)
     }
 
     /// Makes the increment conditional on the counter at index `earlier`
@@ -234,34 +293,63 @@ impl Counter {
         self
     }
 
-    /// The counter to apply given the values of the earlier counters of the
-    /// same call: itself, or a read if its condition does not hold.
-    pub fn effective(&self, earlier: &[CounterValue], now: Timestamp, calls: &[Counter]) -> Counter {
-        let holds = self
-            .only_if_opened
-            .is_none_or(|i| i < earlier.len() && earlier[i].opened(&calls[i], now));
-        let mut c = self.clone();
-        if !holds {
-            c.by = 0;
-        }
-        c.only_if_opened = None;
-        c
-    }
-
-    /// Applies a whole call's counters in order, reading and writing each
-    /// through `step` (which must apply one counter atomically and return
-    /// its value): the loop every store may use.
+    /// Applies a whole call's counters in order: the loop every store may
+    /// use. `step` must apply one counter atomically ([`Counter::apply`] on
+    /// the stored value) and return its value; `undo` must take one
+    /// counter's increment back atomically ([`Counter::unapply`]). A
+    /// conditional counter whose earlier counter was not opened by this call
+    /// is applied as a read. If the call is refused (a counter ends above
+    /// its `max`), the guarded increments are undone.
     pub fn apply_all(
         counters: &[Counter],
         now: Timestamp,
         mut step: impl FnMut(&Counter) -> CounterValue,
+        mut undo: impl FnMut(&Counter),
     ) -> Vec<CounterValue> {
         let mut values = Vec::with_capacity(counters.len());
+        let mut effective = Vec::with_capacity(counters.len());
+        let mut opened = Vec::with_capacity(counters.len());
         for c in counters {
-            let c = c.effective(&values, now, counters);
-            values.push(step(&c));
+            let holds = c
+                .only_if_opened
+                .is_none_or(|i| opened.get(i).copied().unwrap_or(false));
+            let mut e = c.clone();
+            e.only_if_opened = None;
+            if !holds {
+                e.by = 0;
+            }
+            let value = step(&e);
+            opened.push(value.opened(&e, now));
+            values.push(value);
+            effective.push(e);
+        }
+        let refused = effective.iter().zip(&values).any(|(c, v)| c.refuses(v));
+        if refused {
+            for c in effective.iter().filter(|c| c.guarded && c.by > 0) {
+                undo(c);
+            }
         }
         values
+    }
+
+    /// Whether a call whose counters ended at `values` was refused.
+    pub fn refused(counters: &[Counter], values: &[CounterValue]) -> bool {
+        counters.iter().zip(values).any(|(c, v)| c.refuses(v))
+    }
+
+    /// The stored value after taking this counter's increment back: `None`
+    /// when nothing is left (delete the counter), the stored value when its
+    /// window has ended meanwhile.
+    pub fn unapply(&self, stored: Option<CounterValue>, now: Timestamp) -> Option<CounterValue> {
+        let v = stored?;
+        if v.resets_at.is_none_or(|end| now >= end) {
+            return Some(v);
+        }
+        let count = v.count.saturating_sub(u64::from(self.by));
+        (count > 0).then_some(CounterValue {
+            count,
+            resets_at: v.resets_at,
+        })
     }
 
     /// A read of `key`'s count (an increment by zero).

@@ -1,0 +1,528 @@
+//! The PostgreSQL store: pooled connections (sqlx), every step one
+//! statement, limits that hold across any number of host instances.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), otp_recovery::store::StoreError> {
+//! use otp_recovery::store::postgres::PostgresStore;
+//!
+//! let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
+//! store.migrate().await?; // or run PostgresStore::SCHEMA with your migrations
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! Flows are kept as their [`FlowRecord::to_bytes`] form in `otp_flows.data`,
+//! next to the columns the statements work on: `subject`, `state`, `version`
+//! and `updated_at` (authoritative: superseding a flow changes them without
+//! decoding the record), `seq` (insertion order) and `purge_after`.
+//! Counters are rows of `otp_counters`, support cases rows of `otp_cases`.
+//! [`PostgresStore::SCHEMA`] creates everything idempotently, functions
+//! included; [`PostgresStore::migrate`] runs it under an advisory lock so
+//! several instances may start at once.
+//!
+//! # Round trips
+//!
+//! | method | statement |
+//! |---|---|
+//! | `create_flow` | `otp_create_flow(...)`: a per-subject advisory lock, supersede, insert |
+//! | `get_flow` | `SELECT` |
+//! | `compare_and_swap` | `UPDATE ... WHERE id = $1 AND version = $2` |
+//! | `compare_and_swap_counting` | `otp_swap_counting(...)`: the update, then the counters if it wrote |
+//! | `load_counting` | `SELECT` of the flow joined with `otp_counters(...)` |
+//! | `increment_counters` | `otp_counters(...)`: `INSERT ... ON CONFLICT DO UPDATE` per counter |
+//! | `find_flows`, `get_case`, `put_case`, `delete_counters` | one statement each |
+//! | `purge_expired` | one statement with three `DELETE`s |
+//!
+//! So a request takes two round trips (counters, create) and a verify two
+//! (load with counters, counting swap). No row lock is held between round
+//! trips: every decision that spans a read and a write is a version check.
+//!
+//! Connections to a server off the machine should use TLS: enable one of
+//! sqlx's TLS features in your own `Cargo.toml` (features unify) and put
+//! `sslmode=verify-full` in the URL.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, Row};
+
+use super::{CodeStore, Counter, CounterValue, Result, StoreError};
+use crate::clock::Timestamp;
+use crate::id::FlowId;
+use crate::record::{FlowRecord, FlowState};
+use crate::support::{SupportCase, SupportReference};
+
+/// A [`CodeStore`] on PostgreSQL.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("connections", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// The schema: tables, indexes and functions, idempotent (`IF NOT
+    /// EXISTS`, `CREATE OR REPLACE`). Run it with your own migrations, or
+    /// call [`PostgresStore::migrate`].
+    pub const SCHEMA: &'static str = r#"
+CREATE TABLE IF NOT EXISTS otp_flows (
+    id BYTEA PRIMARY KEY,
+    subject TEXT NOT NULL,
+    state SMALLINT NOT NULL,
+    version BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    seq BIGSERIAL NOT NULL,
+    purge_after BIGINT NOT NULL,
+    data BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS otp_flows_subject ON otp_flows (subject, seq DESC);
+CREATE INDEX IF NOT EXISTS otp_flows_purge ON otp_flows (purge_after);
+CREATE TABLE IF NOT EXISTS otp_counters (
+    key TEXT PRIMARY KEY,
+    count BIGINT NOT NULL,
+    resets_at BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS otp_counters_resets ON otp_counters (resets_at);
+CREATE TABLE IF NOT EXISTS otp_cases (
+    reference TEXT PRIMARY KEY,
+    purge_after BIGINT NOT NULL,
+    data BYTEA NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION otp_create_flow(
+    p_id BYTEA, p_subject TEXT, p_state SMALLINT, p_version BIGINT, p_updated BIGINT,
+    p_purge BIGINT, p_data BYTEA
+) RETURNS VOID LANGUAGE plpgsql AS $$
+BEGIN
+    -- Creates of one subject run one at a time, so exactly one stays open.
+    PERFORM pg_advisory_xact_lock(hashtextextended('otp:' || p_subject, 0));
+    UPDATE otp_flows SET state = 5, version = version + 1, updated_at = p_updated
+        WHERE subject = p_subject AND state IN (1, 2);
+    INSERT INTO otp_flows (id, subject, state, version, updated_at, purge_after, data)
+        VALUES (p_id, p_subject, p_state, p_version, p_updated, p_purge, p_data);
+END $$;
+
+CREATE OR REPLACE FUNCTION otp_counters(
+    p_keys TEXT[], p_windows BIGINT[], p_bys BIGINT[], p_conds INT[], p_maxes BIGINT[],
+    p_guarded BOOLEAN[], p_now BIGINT,
+    OUT o_counts BIGINT[], OUT o_resets BIGINT[]
+) LANGUAGE plpgsql AS $$
+DECLARE
+    i INT;
+    by_ BIGINT;
+    c BIGINT;
+    r BIGINT;
+    opened BOOLEAN[] := '{}';
+    applied BIGINT[] := '{}';
+    refused BOOLEAN := false;
+BEGIN
+    o_counts := '{}';
+    o_resets := '{}';
+    FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
+        by_ := p_bys[i];
+        -- A conditional counter counts only if the one it names opened.
+        IF p_conds[i] > 0 AND NOT coalesce(opened[p_conds[i]], false) THEN
+            by_ := 0;
+        END IF;
+        IF by_ = 0 THEN
+            SELECT count, resets_at INTO c, r FROM otp_counters WHERE key = p_keys[i];
+            IF NOT FOUND OR r <= p_now THEN
+                c := 0;
+                r := NULL;
+            END IF;
+        ELSE
+            INSERT INTO otp_counters AS t (key, count, resets_at)
+                VALUES (p_keys[i], by_, p_now + p_windows[i])
+                ON CONFLICT (key) DO UPDATE SET
+                    count = CASE WHEN t.resets_at > p_now THEN t.count + by_ ELSE by_ END,
+                    resets_at = CASE WHEN t.resets_at > p_now THEN t.resets_at ELSE p_now + p_windows[i] END
+                RETURNING t.count, t.resets_at INTO c, r;
+        END IF;
+        opened[i] := by_ > 0 AND c = by_ AND r = p_now + p_windows[i];
+        applied := applied || by_;
+        -- A counter with a maximum (-1: none) that ends above it refuses.
+        IF p_maxes[i] >= 0 AND c > p_maxes[i] THEN
+            refused := true;
+        END IF;
+        o_counts := o_counts || c;
+        o_resets := o_resets || r;
+    END LOOP;
+    -- A refused call spends nothing: undo the guarded increments.
+    IF refused THEN
+        FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
+            IF p_guarded[i] AND applied[i] > 0 THEN
+                UPDATE otp_counters SET count = count - applied[i]
+                    WHERE key = p_keys[i] AND resets_at > p_now;
+                DELETE FROM otp_counters WHERE key = p_keys[i] AND count <= 0;
+            END IF;
+        END LOOP;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION otp_swap_counting(
+    p_id BYTEA, p_expected BIGINT, p_state SMALLINT, p_version BIGINT, p_updated BIGINT,
+    p_purge BIGINT, p_data BYTEA,
+    p_keys TEXT[], p_windows BIGINT[], p_bys BIGINT[], p_conds INT[], p_maxes BIGINT[],
+    p_guarded BOOLEAN[], p_now BIGINT,
+    OUT o_swapped BOOLEAN, OUT o_counts BIGINT[], OUT o_resets BIGINT[]
+) LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE otp_flows SET state = p_state, version = p_version, updated_at = p_updated,
+            purge_after = p_purge, data = p_data
+        WHERE id = p_id AND version = p_expected;
+    o_swapped := FOUND;
+    IF o_swapped THEN
+        SELECT c.o_counts, c.o_resets INTO o_counts, o_resets
+            FROM otp_counters(p_keys, p_windows, p_bys, p_conds, p_maxes, p_guarded, p_now) c;
+    END IF;
+END $$;
+"#;
+
+    /// Connects a pool of up to 10 connections to `url`
+    /// (`postgres://user@host/db`).
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(backend)?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// A store on a pool the host already has.
+    pub fn from_pool(pool: PgPool) -> Self {
+        PostgresStore { pool }
+    }
+
+    /// Creates the schema if it is not there ([`PostgresStore::SCHEMA`]),
+    /// under an advisory lock so that instances starting together do not
+    /// race on it.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`].
+    pub async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7310589469571923)")
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.execute(Self::SCHEMA).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+}
+
+/// Maps a sqlx error: never carries a record's contents.
+fn backend(error: sqlx::Error) -> StoreError {
+    let retryable = match &error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            true
+        }
+        sqlx::Error::Database(db) => {
+            // Serialization failure, deadlock, too many connections, shutdown.
+            matches!(
+                db.code().as_deref(),
+                Some("40001" | "40P01" | "53300" | "57P01" | "57P03")
+            )
+        }
+        _ => false,
+    };
+    let message = match &error {
+        sqlx::Error::Database(db) => format!("postgres {}: {}", db.code().unwrap_or_default(), db.message()),
+        other => other.to_string(),
+    };
+    StoreError::backend(message, retryable)
+}
+
+fn millis(t: Timestamp) -> i64 {
+    i64::try_from(t.as_unix_millis()).unwrap_or(i64::MAX)
+}
+
+fn version(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Decodes a flow row: the record, with the authoritative columns applied.
+fn flow_from_row(row: &PgRow) -> Result<FlowRecord> {
+    let data: Vec<u8> = row.try_get("data").map_err(backend)?;
+    let mut flow = FlowRecord::from_bytes(&data)?;
+    let state: i16 = row.try_get("state").map_err(backend)?;
+    let v: i64 = row.try_get("version").map_err(backend)?;
+    let updated: i64 = row.try_get("updated_at").map_err(backend)?;
+    flow.state = u8::try_from(state)
+        .ok()
+        .and_then(FlowState::from_code)
+        .ok_or_else(|| StoreError::Decode("unknown state column".into()))?;
+    flow.version = u64::try_from(v).map_err(|_| StoreError::Decode("negative version".into()))?;
+    flow.updated_at = Timestamp::from_unix_millis(
+        u64::try_from(updated).map_err(|_| StoreError::Decode("negative time".into()))?,
+    );
+    Ok(flow)
+}
+
+/// The arrays `otp_counters` takes.
+struct CounterArgs {
+    keys: Vec<String>,
+    windows: Vec<i64>,
+    bys: Vec<i64>,
+    conds: Vec<i32>,
+    maxes: Vec<i64>,
+    guarded: Vec<bool>,
+}
+
+impl CounterArgs {
+    fn of(counters: &[Counter]) -> Self {
+        CounterArgs {
+            keys: counters.iter().map(|c| c.key.clone()).collect(),
+            windows: counters
+                .iter()
+                .map(|c| i64::try_from(c.window.as_millis()).unwrap_or(i64::MAX).max(1))
+                .collect(),
+            bys: counters.iter().map(|c| i64::from(c.by)).collect(),
+            // 1-based index of the counter a conditional one names; 0: none.
+            conds: counters
+                .iter()
+                .map(|c| {
+                    c.only_if_opened
+                        .map_or(0, |i| i32::try_from(i + 1).unwrap_or(i32::MAX))
+                })
+                .collect(),
+            // -1: no maximum.
+            maxes: counters
+                .iter()
+                .map(|c| c.max.map_or(-1, |m| i64::try_from(m).unwrap_or(i64::MAX)))
+                .collect(),
+            guarded: counters.iter().map(|c| c.guarded).collect(),
+        }
+    }
+}
+
+fn counter_values(counts: Vec<Option<i64>>, resets: Vec<Option<i64>>) -> Result<Vec<CounterValue>> {
+    counts
+        .into_iter()
+        .zip(resets)
+        .map(|(count, reset)| {
+            let count =
+                u64::try_from(count.unwrap_or(0)).map_err(|_| StoreError::Decode("negative count".into()))?;
+            let resets_at = reset
+                .map(|r| u64::try_from(r).map(Timestamp::from_unix_millis))
+                .transpose()
+                .map_err(|_| StoreError::Decode("negative window end".into()))?;
+            Ok(CounterValue::new(count, resets_at))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl CodeStore for PostgresStore {
+    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+        let result = sqlx::query("SELECT otp_create_flow($1, $2, $3, $4, $5, $6, $7)")
+            .bind(flow.id.as_bytes().as_slice())
+            .bind(flow.subject.key())
+            .bind(i16::from(flow.state.code()))
+            .bind(version(flow.version))
+            .bind(millis(flow.created_at))
+            .bind(millis(flow.purge_after))
+            .bind(flow.to_bytes())
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
+                Err(StoreError::Duplicate)
+            }
+            Err(e) => Err(backend(e)),
+        }
+    }
+
+    async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
+        let row = sqlx::query("SELECT state, version, updated_at, data FROM otp_flows WHERE id = $1")
+            .bind(id.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(flow_from_row).transpose()
+    }
+
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
+        let args = CounterArgs::of(counters);
+        let row = sqlx::query(
+            "SELECT f.state, f.version, f.updated_at, f.data, c.o_counts, c.o_resets \
+             FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN otp_flows f ON f.id = $1",
+        )
+        .bind(id.as_bytes().as_slice())
+        .bind(&args.keys)
+        .bind(&args.windows)
+        .bind(&args.bys)
+        .bind(&args.conds)
+        .bind(&args.maxes)
+        .bind(&args.guarded)
+        .bind(millis(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let data: Option<Vec<u8>> = row.try_get("data").map_err(backend)?;
+        let flow = match data {
+            Some(_) => Some(flow_from_row(&row)?),
+            None => None,
+        };
+        let counts: Vec<Option<i64>> = row.try_get("o_counts").map_err(backend)?;
+        let resets: Vec<Option<i64>> = row.try_get("o_resets").map_err(backend)?;
+        Ok((flow, counter_values(counts, resets)?))
+    }
+
+    async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE otp_flows SET state = $3, version = $4, updated_at = $5, purge_after = $6, data = $7 \
+             WHERE id = $1 AND version = $2",
+        )
+        .bind(flow.id.as_bytes().as_slice())
+        .bind(version(expected_version))
+        .bind(i16::from(flow.state.code()))
+        .bind(version(flow.version))
+        .bind(millis(flow.updated_at))
+        .bind(millis(flow.purge_after))
+        .bind(flow.to_bytes())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn compare_and_swap_counting(
+        &self,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<CounterValue>>> {
+        let args = CounterArgs::of(counters);
+        let row = sqlx::query(
+            "SELECT o_swapped, o_counts, o_resets \
+             FROM otp_swap_counting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(flow.id.as_bytes().as_slice())
+        .bind(version(expected_version))
+        .bind(i16::from(flow.state.code()))
+        .bind(version(flow.version))
+        .bind(millis(flow.updated_at))
+        .bind(millis(flow.purge_after))
+        .bind(flow.to_bytes())
+        .bind(&args.keys)
+        .bind(&args.windows)
+        .bind(&args.bys)
+        .bind(&args.conds)
+        .bind(&args.maxes)
+        .bind(&args.guarded)
+        .bind(millis(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        let swapped: bool = row.try_get("o_swapped").map_err(backend)?;
+        if !swapped {
+            return Ok(None);
+        }
+        let counts: Option<Vec<Option<i64>>> = row.try_get("o_counts").map_err(backend)?;
+        let resets: Option<Vec<Option<i64>>> = row.try_get("o_resets").map_err(backend)?;
+        Ok(Some(counter_values(
+            counts.unwrap_or_default(),
+            resets.unwrap_or_default(),
+        )?))
+    }
+
+    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
+        if counters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args = CounterArgs::of(counters);
+        let row = sqlx::query("SELECT o_counts, o_resets FROM otp_counters($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&args.keys)
+            .bind(&args.windows)
+            .bind(&args.bys)
+            .bind(&args.conds)
+            .bind(&args.maxes)
+            .bind(&args.guarded)
+            .bind(millis(now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        let counts: Vec<Option<i64>> = row.try_get("o_counts").map_err(backend)?;
+        let resets: Vec<Option<i64>> = row.try_get("o_resets").map_err(backend)?;
+        counter_values(counts, resets)
+    }
+
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
+        let rows = sqlx::query(
+            "SELECT state, version, updated_at, data FROM otp_flows WHERE subject = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(subject_key)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(flow_from_row).collect()
+    }
+
+    async fn put_case(&self, case: &SupportCase) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO otp_cases (reference, purge_after, data) VALUES ($1, $2, $3) \
+             ON CONFLICT (reference) DO UPDATE SET purge_after = EXCLUDED.purge_after, data = EXCLUDED.data",
+        )
+        .bind(case.reference.as_compact())
+        .bind(millis(case.purge_after))
+        .bind(case.to_bytes())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_case(&self, reference: &SupportReference) -> Result<Option<SupportCase>> {
+        let data: Option<Vec<u8>> = sqlx::query_scalar("SELECT data FROM otp_cases WHERE reference = $1")
+            .bind(reference.as_compact())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(data.map(|d| SupportCase::from_bytes(&d)).transpose()?)
+    }
+
+    async fn delete_counters(&self, keys: &[String]) -> Result<()> {
+        sqlx::query("DELETE FROM otp_counters WHERE key = ANY($1)")
+            .bind(keys)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
+        let purged: i64 = sqlx::query_scalar(
+            "WITH f AS (DELETE FROM otp_flows WHERE purge_after <= $1 RETURNING 1), \
+                  c AS (DELETE FROM otp_cases WHERE purge_after <= $1 RETURNING 1), \
+                  k AS (DELETE FROM otp_counters WHERE resets_at <= $1 RETURNING 1) \
+             SELECT count(*) FROM f",
+        )
+        .bind(millis(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(u64::try_from(purged).unwrap_or(0))
+    }
+}

@@ -1,0 +1,1 @@
+//! The sqlite store is being written; this placeholder keeps the feature compiling.
