@@ -1,1 +1,702 @@
-//! The sqlite store is being written; this placeholder keeps the feature compiling.
+//! The SQLite store: embedded and persistent, in one file (or in memory),
+//! through `sqlx`. The default when an application needs its flows and
+//! counters to survive a restart without running a database server.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use otp_recovery::sms::RecordingSender;
+//! use otp_recovery::store::sqlite::SqliteStore;
+//! use otp_recovery::{Account, AccountId, KeyRing, PhoneNumber, Recovery, RequestContext, ServerKey};
+//!
+//! // A file keeps everything across restarts, e.g.
+//! // SqliteStore::open("/var/lib/myapp/recovery.db").await?
+//! let store = SqliteStore::open_in_memory().await?;
+//! let sender = RecordingSender::new();
+//! let recovery = Recovery::new(store, sender.clone(), KeyRing::new(1, ServerKey::generate()?));
+//!
+//! let alice = Account::new(AccountId::new("user-1001")?, PhoneNumber::parse("+14155550123")?);
+//! let requested = recovery.request("alice@example.com", Some(alice), &RequestContext::none()).await?;
+//! let code = sender.last_code().expect("a code was sent");
+//! recovery.verify(&requested.flow_id, code.expose_secret(), &RequestContext::none()).await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! [`SqliteStore::open`] creates the file if needed, puts it in WAL mode
+//! (readers never block the writer) and creates the schema if it is not
+//! there yet, so opening the same file again, or from several processes,
+//! is safe. The store needs a tokio runtime with its timer enabled (as
+//! `#[tokio::main]` gives).
+//!
+//! # Schema
+//!
+//! ```sql
+//! CREATE TABLE flows (
+//!     id          BLOB PRIMARY KEY,  -- the 16 bytes of the FlowId
+//!     subject     TEXT NOT NULL,     -- Subject::key()
+//!     version     INTEGER NOT NULL,
+//!     state       INTEGER NOT NULL,  -- FlowState::code()
+//!     created_at  INTEGER NOT NULL,  -- milliseconds since the Unix epoch
+//!     seq         INTEGER NOT NULL,  -- creation order within the subject
+//!     purge_after INTEGER NOT NULL,
+//!     data        BLOB NOT NULL      -- FlowRecord::to_bytes()
+//! );
+//! CREATE INDEX flows_by_subject ON flows (subject, seq);
+//! CREATE INDEX flows_by_purge_after ON flows (purge_after);
+//! CREATE TABLE counters (
+//!     key       TEXT PRIMARY KEY,
+//!     count     INTEGER NOT NULL,
+//!     resets_at INTEGER NOT NULL    -- end of the window, milliseconds
+//! );
+//! CREATE INDEX counters_by_resets_at ON counters (resets_at);
+//! CREATE TABLE cases (
+//!     reference   TEXT PRIMARY KEY,  -- SupportReference::as_compact()
+//!     purge_after INTEGER NOT NULL,
+//!     data        BLOB NOT NULL      -- SupportCase::to_bytes()
+//! );
+//! CREATE INDEX cases_by_purge_after ON cases (purge_after);
+//! ```
+//!
+//! A record is kept whole in `data`; the other columns are the fields the
+//! store queries on, written together with it by every statement. The
+//! schema version is kept in `PRAGMA user_version` (1), and a database
+//! with a newer one is refused. A record that cannot be decoded is
+//! reported as [`StoreError::Decode`], never a panic.
+//!
+//! # Atomicity
+//!
+//! Every write runs on the store's single writing connection, in one
+//! transaction begun with `BEGIN IMMEDIATE` (which takes SQLite's write
+//! lock at once, so two writers never both read and then both write).
+//! Writes of one process queue for that connection; processes sharing the
+//! file wait for each other up to the busy timeout (5 s), after which the
+//! call fails with a retryable [`StoreError::Backend`]. A transaction that
+//! fails, or whose future is dropped, is rolled back: no half-written
+//! change is ever left.
+//!
+//! - `create_flow`: in one transaction, reads the subject's latest flow,
+//!   inserts the new one (a taken id is [`StoreError::Duplicate`] and
+//!   changes nothing) and supersedes the latest if it was open.
+//! - `compare_and_swap`: one `UPDATE ... WHERE id = ? AND version = ?`.
+//! - `compare_and_swap_counting`: that update, then, only if it wrote, the
+//!   counters, in one transaction.
+//! - `increment_counters`: reads each counter, applies
+//!   [`Counter::apply_all`] (with the undo of a refused call) and writes
+//!   back the ones that changed, in one transaction: no other call ever
+//!   sees a refused call's increments. Pure reads (every increment zero)
+//!   run in a read transaction and write nothing.
+//! - `load_counting`: the flow and the counters in one transaction.
+//! - `delete_counters`, `purge_expired`: one transaction each.
+//! - `get_flow`, `find_flows`, `get_case`: one statement each, on the
+//!   reading connections; `put_case`: one upsert.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::{Row, Sqlite, SqliteExecutor, Transaction};
+
+use super::{CodeStore, Counter, CounterValue, Result, StoreError};
+use crate::clock::Timestamp;
+use crate::id::FlowId;
+use crate::record::{FlowRecord, FlowState};
+use crate::support::{SupportCase, SupportReference};
+
+/// The schema version this store writes, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS flows (
+    id          BLOB PRIMARY KEY,
+    subject     TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    state       INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    purge_after INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS flows_by_subject ON flows (subject, seq);
+CREATE INDEX IF NOT EXISTS flows_by_purge_after ON flows (purge_after);
+CREATE TABLE IF NOT EXISTS counters (
+    key       TEXT PRIMARY KEY,
+    count     INTEGER NOT NULL,
+    resets_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS counters_by_resets_at ON counters (resets_at);
+CREATE TABLE IF NOT EXISTS cases (
+    reference   TEXT PRIMARY KEY,
+    purge_after INTEGER NOT NULL,
+    data        BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cases_by_purge_after ON cases (purge_after);
+";
+
+/// How long a call waits for another process's write lock on the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reading connections of a file store.
+const READERS: u32 = 4;
+
+/// A [`CodeStore`] in a SQLite database; see the [module docs](self).
+///
+/// Cheap to share behind an `Arc`; every method may be called from any
+/// number of tasks at once.
+pub struct SqliteStore {
+    /// Connections for reads, in parallel: in WAL mode readers and the
+    /// writer do not block each other.
+    reads: SqlitePool,
+    /// One connection, for every write: writers of this process queue here
+    /// instead of contending for SQLite's lock.
+    writes: SqlitePool,
+    /// The database file; `None` in memory.
+    path: Option<PathBuf>,
+}
+
+/// Where the database is; never its contents.
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let location: &dyn fmt::Debug = match &self.path {
+            Some(path) => path,
+            None => &":memory:",
+        };
+        f.debug_struct("SqliteStore")
+            .field("database", location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating the file and the schema if
+    /// they do not exist yet, in WAL mode.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the file cannot be opened or created,
+    /// is not a SQLite database, or has a newer schema version.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(db("open the database"))?;
+        create_schema(&writes).await?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_lazy_with(options);
+        Ok(SqliteStore {
+            reads,
+            writes,
+            path: Some(path),
+        })
+    }
+
+    /// An empty database in memory, private to this store and gone when it
+    /// is dropped: for tests, and for trying things out.
+    ///
+    /// Every in-memory connection is a database of its own, so the store
+    /// keeps a single connection open for its whole life.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if SQLite cannot be started.
+    pub async fn open_in_memory() -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(":memory:")
+            .in_memory(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(db("open an in-memory database"))?;
+        create_schema(&pool).await?;
+        Ok(SqliteStore {
+            reads: pool.clone(),
+            writes: pool,
+            path: None,
+        })
+    }
+
+    /// Closes the connections, after the calls in progress. Later calls
+    /// fail. Dropping the store closes them too, in the background; close
+    /// first when another process is to use the file right after.
+    pub async fn close(&self) {
+        self.reads.close().await;
+        self.writes.close().await;
+    }
+
+    /// A write transaction (`BEGIN IMMEDIATE`) on the writing connection,
+    /// or a read transaction on a reading one.
+    async fn begin(&self, write: bool) -> Result<Transaction<'static, Sqlite>> {
+        let tx = if write {
+            self.writes.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.reads.begin().await
+        };
+        tx.map_err(db("begin a transaction"))
+    }
+}
+
+async fn create_schema(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db("begin creating the schema"))?;
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("read the schema version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::backend(
+            format!("the database has schema version {version}; this store knows {SCHEMA_VERSION}"),
+            false,
+        ));
+    }
+    sqlx::raw_sql(SCHEMA)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("create the schema"))?;
+    if version < SCHEMA_VERSION {
+        sqlx::raw_sql(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("set the schema version"))?;
+    }
+    tx.commit().await.map_err(db("commit the schema"))
+}
+
+#[async_trait]
+impl CodeStore for SqliteStore {
+    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+        let subject = flow.subject.key();
+        let mut tx = self.begin(true).await?;
+        let latest =
+            sqlx::query("SELECT id, seq, state, data FROM flows WHERE subject = ? ORDER BY seq DESC LIMIT 1")
+                .bind(&subject)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("create_flow"))?;
+        let seq = match &latest {
+            Some(row) => column::<i64>(row, "seq")?.saturating_add(1),
+            None => 1,
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO flows (id, subject, version, state, created_at, seq, purge_after, data) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(flow.id.as_bytes().as_slice())
+        .bind(&subject)
+        .bind(flow.version.cast_signed())
+        .bind(i64::from(flow.state.code()))
+        .bind(millis(flow.created_at))
+        .bind(seq)
+        .bind(millis(flow.purge_after))
+        .bind(flow.to_bytes())
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = inserted {
+            // The transaction rolls back: a refused create changes nothing.
+            return Err(
+                if e.as_database_error().is_some_and(|e| e.is_unique_violation()) {
+                    StoreError::Duplicate
+                } else {
+                    db("create_flow")(e)
+                },
+            );
+        }
+        if let Some(row) = latest {
+            let state = u8::try_from(column::<i64>(&row, "state")?).ok();
+            if state
+                .and_then(FlowState::from_code)
+                .is_some_and(FlowState::is_open)
+            {
+                let mut old = flow_from_row(&row)?;
+                if old.state.is_open() {
+                    old.state = FlowState::Superseded;
+                    old.version = old.version.wrapping_add(1);
+                    old.updated_at = flow.created_at;
+                    sqlx::query("UPDATE flows SET state = ?, version = ?, data = ? WHERE id = ?")
+                        .bind(i64::from(old.state.code()))
+                        .bind(old.version.cast_signed())
+                        .bind(old.to_bytes())
+                        .bind(old.id.as_bytes().as_slice())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("create_flow"))?;
+                }
+            }
+        }
+        tx.commit().await.map_err(db("create_flow"))
+    }
+
+    async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
+        fetch_flow(&self.reads, id).await
+    }
+
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
+        if counters.is_empty() {
+            return Ok((self.get_flow(id).await?, Vec::new()));
+        }
+        let mut tx = self.begin(writes_any(counters)).await?;
+        let flow = fetch_flow(&mut *tx, id).await?;
+        let values = apply_counters(&mut tx, counters, now).await?;
+        tx.commit().await.map_err(db("load_counting"))?;
+        Ok((flow, values))
+    }
+
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
+        let rows = sqlx::query("SELECT id, data FROM flows WHERE subject = ? ORDER BY seq DESC LIMIT ?")
+            .bind(subject_key)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reads)
+            .await
+            .map_err(db("find_flows"))?;
+        rows.iter().map(flow_from_row).collect()
+    }
+
+    async fn put_case(&self, case: &SupportCase) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO cases (reference, purge_after, data) VALUES (?, ?, ?) \
+             ON CONFLICT (reference) DO UPDATE SET purge_after = excluded.purge_after, data = excluded.data",
+        )
+        .bind(case.reference.as_compact())
+        .bind(millis(case.purge_after))
+        .bind(case.to_bytes())
+        .execute(&self.writes)
+        .await
+        .map_err(db("put_case"))?;
+        Ok(())
+    }
+
+    async fn get_case(&self, reference: &SupportReference) -> Result<Option<SupportCase>> {
+        let row = sqlx::query("SELECT data FROM cases WHERE reference = ?")
+            .bind(reference.as_compact())
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(db("get_case"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let case = SupportCase::from_bytes(column::<&[u8]>(&row, "data")?)?;
+        if case.reference != *reference {
+            return Err(StoreError::Decode(
+                "a support case is stored under another reference".into(),
+            ));
+        }
+        Ok(Some(case))
+    }
+
+    async fn delete_counters(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin(true).await?;
+        for key in keys {
+            sqlx::query("DELETE FROM counters WHERE key = ?")
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("delete_counters"))?;
+        }
+        tx.commit().await.map_err(db("delete_counters"))
+    }
+
+    async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+        swap(&self.writes, expected_version, flow).await
+    }
+
+    async fn compare_and_swap_counting(
+        &self,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<CounterValue>>> {
+        if counters.is_empty() {
+            return Ok(self
+                .compare_and_swap(expected_version, flow)
+                .await?
+                .then(Vec::new));
+        }
+        let mut tx = self.begin(true).await?;
+        if !swap(&mut *tx, expected_version, flow).await? {
+            tx.rollback().await.map_err(db("compare_and_swap_counting"))?;
+            return Ok(None);
+        }
+        let values = apply_counters(&mut tx, counters, now).await?;
+        tx.commit().await.map_err(db("compare_and_swap_counting"))?;
+        Ok(Some(values))
+    }
+
+    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
+        if counters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin(writes_any(counters)).await?;
+        let values = apply_counters(&mut tx, counters, now).await?;
+        tx.commit().await.map_err(db("increment_counters"))?;
+        Ok(values)
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
+        let now = millis(now);
+        let mut tx = self.begin(true).await?;
+        let flows = sqlx::query("DELETE FROM flows WHERE purge_after <= ?")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("purge_expired"))?
+            .rows_affected();
+        for statement in [
+            "DELETE FROM counters WHERE resets_at <= ?",
+            "DELETE FROM cases WHERE purge_after <= ?",
+        ] {
+            sqlx::query(statement)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("purge_expired"))?;
+        }
+        tx.commit().await.map_err(db("purge_expired"))?;
+        Ok(flows)
+    }
+}
+
+/// Whether applying `counters` may write: only increments do (a condition
+/// can only turn an increment into a read).
+fn writes_any(counters: &[Counter]) -> bool {
+    counters.iter().any(|c| c.by > 0)
+}
+
+async fn fetch_flow<'c>(conn: impl SqliteExecutor<'c>, id: &FlowId) -> Result<Option<FlowRecord>> {
+    let row = sqlx::query("SELECT id, data FROM flows WHERE id = ?")
+        .bind(id.as_bytes().as_slice())
+        .fetch_optional(conn)
+        .await
+        .map_err(db("get_flow"))?;
+    row.as_ref().map(flow_from_row).transpose()
+}
+
+/// The single statement of a compare-and-swap; whether it wrote.
+async fn swap<'c>(conn: impl SqliteExecutor<'c>, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE flows SET subject = ?, version = ?, state = ?, created_at = ?, purge_after = ?, data = ? \
+         WHERE id = ? AND version = ?",
+    )
+    .bind(flow.subject.key())
+    .bind(flow.version.cast_signed())
+    .bind(i64::from(flow.state.code()))
+    .bind(millis(flow.created_at))
+    .bind(millis(flow.purge_after))
+    .bind(flow.to_bytes())
+    .bind(flow.id.as_bytes().as_slice())
+    .bind(expected_version.cast_signed())
+    .execute(conn)
+    .await
+    .map_err(db("compare_and_swap"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Applies a call's counters inside the caller's transaction: reads each
+/// key once, runs [`Counter::apply_all`] (increments, and the undo of a
+/// refused call) over those values in memory, and writes back the counters
+/// that changed. Reads never create a row. Since the whole call is one
+/// transaction, no other call sees a refused call's increments.
+async fn apply_counters(
+    conn: &mut SqliteConnection,
+    counters: &[Counter],
+    now: Timestamp,
+) -> Result<Vec<CounterValue>> {
+    let mut batch = Batch::default();
+    for counter in counters {
+        if !batch.values.contains_key(&counter.key) {
+            let value = read_counter(&mut *conn, &counter.key).await?;
+            batch.values.insert(counter.key.clone(), value);
+        }
+    }
+    let batch = RefCell::new(batch);
+    let values = Counter::apply_all(
+        counters,
+        now,
+        |c| {
+            let mut batch = batch.borrow_mut();
+            let value = c.apply(batch.get(&c.key), now);
+            if value.resets_at.is_some() {
+                batch.set(&c.key, Some(value));
+            }
+            value
+        },
+        |c| {
+            let mut batch = batch.borrow_mut();
+            let value = c.unapply(batch.get(&c.key), now);
+            batch.set(&c.key, value);
+        },
+    );
+    let Batch {
+        values: stored,
+        changed,
+    } = batch.into_inner();
+    for key in changed {
+        let query = match stored.get(&key).copied().flatten() {
+            Some(CounterValue {
+                count,
+                resets_at: Some(end),
+                ..
+            }) => sqlx::query(
+                "INSERT INTO counters (key, count, resets_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (key) DO UPDATE SET count = excluded.count, resets_at = excluded.resets_at",
+            )
+            .bind(key)
+            .bind(i64::try_from(count).unwrap_or(i64::MAX))
+            .bind(millis(end)),
+            // Nothing left: the counter goes.
+            _ => sqlx::query("DELETE FROM counters WHERE key = ?").bind(key),
+        };
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(db("increment_counters"))?;
+    }
+    Ok(values)
+}
+
+/// The counters of one call, as read in its transaction and changed since.
+#[derive(Default)]
+struct Batch {
+    /// Per key, its value (`None`: no counter).
+    values: HashMap<String, Option<CounterValue>>,
+    /// The keys to write back, in the order they first changed.
+    changed: Vec<String>,
+}
+
+impl Batch {
+    fn get(&self, key: &str) -> Option<CounterValue> {
+        self.values.get(key).copied().flatten()
+    }
+
+    fn set(&mut self, key: &str, value: Option<CounterValue>) {
+        if self.get(key) == value {
+            return;
+        }
+        self.values.insert(key.to_owned(), value);
+        if !self.changed.iter().any(|k| k == key) {
+            self.changed.push(key.to_owned());
+        }
+    }
+}
+
+async fn read_counter(conn: &mut SqliteConnection, key: &str) -> Result<Option<CounterValue>> {
+    let row = sqlx::query("SELECT count, resets_at FROM counters WHERE key = ?")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+        .map_err(db("increment_counters"))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let count = unsigned(column(&row, "count")?, "a negative count")?;
+    let resets_at = unsigned(column(&row, "resets_at")?, "a negative window end")?;
+    Ok(Some(CounterValue::new(
+        count,
+        Some(Timestamp::from_unix_millis(resets_at)),
+    )))
+}
+
+/// Decodes a flow row (columns `id` and `data`), checking that the record
+/// is the row's.
+fn flow_from_row(row: &SqliteRow) -> Result<FlowRecord> {
+    let id: &[u8] = column(row, "id")?;
+    let flow = FlowRecord::from_bytes(column(row, "data")?)?;
+    if flow.id.as_bytes().as_slice() != id {
+        return Err(StoreError::Decode(
+            "a flow record is stored under another flow's id".into(),
+        ));
+    }
+    Ok(flow)
+}
+
+fn column<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, name: &str) -> Result<T> {
+    row.try_get(name).map_err(db("read a row"))
+}
+
+/// A timestamp as SQLite's signed 64-bit integer; instants past the year
+/// 292 million are stored as `i64::MAX` (read back as "never").
+fn millis(t: Timestamp) -> i64 {
+    i64::try_from(t.as_unix_millis()).unwrap_or(i64::MAX)
+}
+
+/// The inverse of [`millis`] (and of the saturating count conversion).
+fn unsigned(value: i64, what: &'static str) -> Result<u64> {
+    if value == i64::MAX {
+        return Ok(u64::MAX);
+    }
+    u64::try_from(value).map_err(|_| StoreError::Decode(format!("a counter has {what}")))
+}
+
+/// SQLite's primary result codes that may clear by themselves.
+const SQLITE_BUSY: i32 = 5;
+const SQLITE_LOCKED: i32 = 6;
+const SQLITE_IOERR: i32 = 10;
+const SQLITE_PROTOCOL: i32 = 15;
+
+/// Maps a sqlx error to a store error, naming what was being done. The
+/// messages come from SQLite and sqlx and name tables and columns, never
+/// values.
+fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| match e {
+        sqlx::Error::Database(e) => {
+            let code = e.code().and_then(|c| c.parse::<i32>().ok());
+            let retryable = code.is_some_and(|c| {
+                matches!(
+                    c & 0xff,
+                    SQLITE_BUSY | SQLITE_LOCKED | SQLITE_IOERR | SQLITE_PROTOCOL
+                )
+            });
+            let code = code.map_or_else(|| "?".to_owned(), |c| c.to_string());
+            StoreError::backend(
+                format!("sqlite, {operation}: {} (code {code})", e.message()),
+                retryable,
+            )
+        }
+        sqlx::Error::ColumnDecode { index, .. } => StoreError::Decode(format!(
+            "sqlite, {operation}: column {index} has an unexpected type"
+        )),
+        sqlx::Error::ColumnNotFound(name) => {
+            StoreError::Decode(format!("sqlite, {operation}: no column {name}"))
+        }
+        sqlx::Error::Decode(_) => StoreError::Decode(format!("sqlite, {operation}: undecodable value")),
+        sqlx::Error::Io(e) => StoreError::backend(format!("sqlite, {operation}: i/o: {e}"), true),
+        sqlx::Error::PoolTimedOut => StoreError::backend(
+            format!("sqlite, {operation}: timed out waiting for a connection"),
+            true,
+        ),
+        sqlx::Error::PoolClosed => {
+            StoreError::backend(format!("sqlite, {operation}: the store is closed"), false)
+        }
+        sqlx::Error::WorkerCrashed => StoreError::backend(
+            format!("sqlite, {operation}: a connection's worker thread stopped"),
+            true,
+        ),
+        other => StoreError::backend(format!("sqlite, {operation}: {other}"), false),
+    }
+}

@@ -1,0 +1,149 @@
+//! Request and verify on each real store, next to one bare round trip to
+//! the same server, measured in the same run.
+//!
+//! ```sh
+//! OTP_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1/test \
+//! OTP_TEST_REDIS_URL=redis://127.0.0.1:6379/ \
+//!   cargo bench --features postgres,redis,sqlite --bench stores
+//! ```
+//!
+//! A store whose URL is not set is left out (SQLite needs none).
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use criterion::{Criterion, criterion_group, criterion_main};
+use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
+use otp_recovery::store::CodeStore;
+use otp_recovery::{
+    Account, AccountId, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, RequestContext, ServerKey,
+    Timestamp,
+};
+use tokio::runtime::Runtime;
+
+/// Remembers the last code so the benchmark can compute a wrong one.
+#[derive(Default)]
+struct LastCode(std::sync::Mutex<String>);
+
+#[async_trait]
+impl SmsSender for LastCode {
+    async fn send(&self, message: &SmsMessage) -> Result<SendReceipt, SendError> {
+        let code = message
+            .body
+            .expose_secret()
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        *self.0.lock().unwrap() = code;
+        Ok(SendReceipt::default())
+    }
+}
+
+fn account(n: u64) -> Account {
+    Account::new(
+        AccountId::new(format!("bench-{n}")).unwrap(),
+        PhoneNumber::parse(&format!("+1415{:07}", n % 10_000_000)).unwrap(),
+    )
+}
+
+fn client(n: u64) -> RequestContext {
+    let ip = std::net::Ipv4Addr::from(0x0a00_0000u32.wrapping_add(n as u32));
+    RequestContext::from_ip(std::net::IpAddr::V4(ip))
+}
+
+/// Request and verify (a wrong code) on `store`, every default limit on.
+fn bench_store<S: CodeStore + 'static>(c: &mut Criterion, rt: &Runtime, name: &str, store: S) {
+    let mut g = c.benchmark_group(name);
+    g.measurement_time(Duration::from_secs(4)).sample_size(30);
+    // Time moves an hour every 250 operations so no budget refuses a call.
+    let start = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let clock = ManualClock::new(Timestamp::from_unix_millis(start));
+    let n = Cell::new(rand_seed());
+    let tick = || {
+        let v = n.get() + 1;
+        n.set(v);
+        if v.is_multiple_of(250) {
+            clock.advance(Duration::from_secs(3601));
+        }
+        v
+    };
+    let sender = Arc::new(LastCode::default());
+    let recovery = Recovery::new(
+        store,
+        sender.clone(),
+        KeyRing::new(1, ServerKey::generate().unwrap()),
+    )
+    .with_clock(clock.clone());
+    g.bench_function("request", |b| {
+        b.iter(|| {
+            let i = tick();
+            rt.block_on(recovery.request("bench@example.com", Some(account(i)), &client(i)))
+                .unwrap()
+        })
+    });
+    g.bench_function("verify_wrong", |b| {
+        b.iter_batched(
+            || {
+                let i = tick();
+                let flow: FlowId = rt
+                    .block_on(recovery.request("bench@example.com", Some(account(i)), &client(i)))
+                    .unwrap()
+                    .flow_id;
+                let code = sender.0.lock().unwrap().clone();
+                (
+                    flow,
+                    format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000),
+                    client(i),
+                )
+            },
+            |(flow, wrong, ctx)| rt.block_on(recovery.verify(&flow, &wrong, &ctx)).unwrap_err(),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+/// A different starting point per run, so runs against a shared database
+/// do not meet each other's counters.
+fn rand_seed() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    u64::from_le_bytes(b) % 1_000_000_000
+}
+
+fn stores(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    #[cfg(feature = "sqlite")]
+    {
+        use otp_recovery::store::sqlite::SqliteStore;
+        let path = std::env::temp_dir().join(format!("otp-bench-{}.db", rand_seed()));
+        let store = rt.block_on(SqliteStore::open(&path)).unwrap();
+        bench_store(c, &rt, "sqlite", store);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+    #[cfg(feature = "postgres")]
+    if let Ok(url) = std::env::var("OTP_TEST_POSTGRES_URL") {
+        use otp_recovery::store::postgres::PostgresStore;
+        let store = rt.block_on(PostgresStore::connect(&url)).unwrap();
+        rt.block_on(store.migrate()).unwrap();
+        let pool = rt.block_on(sqlx::PgPool::connect(&url)).unwrap();
+        c.bench_function("postgres/bare_round_trip", |b| {
+            b.iter(|| rt.block_on(sqlx::query("SELECT 1").execute(&pool)).unwrap())
+        });
+        bench_store(c, &rt, "postgres", store);
+    }
+}
+
+criterion_group!(benches, stores);
+criterion_main!(benches);
