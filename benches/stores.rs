@@ -143,7 +143,30 @@ fn stores(c: &mut Criterion) {
         });
         bench_store(c, &rt, "postgres", store);
     }
+    #[cfg(feature = "redis")]
+    redis(c, &rt);
 }
 
 criterion_group!(benches, stores);
+
+#[cfg(feature = "redis")]
+fn redis(c: &mut Criterion, rt: &Runtime) {
+    use otp_recovery::store::redis::RedisStore;
+    let Ok(url) = std::env::var("OTP_TEST_REDIS_URL") else {
+        return;
+    };
+    let store = rt
+        .block_on(RedisStore::connect(&url))
+        .unwrap()
+        .with_prefix(&format!("bench-{}", rand_seed()));
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = rt.block_on(client.get_multiplexed_async_connection()).unwrap();
+    c.bench_function("redis/bare_round_trip", |b| {
+        b.iter(|| {
+            rt.block_on(::redis::cmd("PING").query_async::<String>(&mut conn))
+                .unwrap()
+        })
+    });
+    bench_store(c, rt, "redis", store);
+}
 criterion_main!(benches);

@@ -1132,7 +1132,13 @@ pub async fn two_instances_hold_every_limit<S: CodeStore + 'static>(a: Arc<S>, b
         )
     };
     let (one, two) = (instance(a), instance(b));
-    let pick = |i: usize| if i.is_multiple_of(2) { one.clone() } else { two.clone() };
+    let pick = |i: usize| {
+        if i.is_multiple_of(2) {
+            one.clone()
+        } else {
+            two.clone()
+        }
+    };
     let ctx = RequestContext::none();
 
     // Wrong codes: exactly the attempt limit is evaluated.

@@ -1,1 +1,893 @@
-//! The redis store is being written; this placeholder keeps the feature compiling.
+//! The Redis store (feature `redis`): flows, counters and support cases in
+//! one Redis server, shared by every instance of the host.
+//!
+//! Every [`CodeStore`] method is one round trip: a single command, or one
+//! `EVALSHA` of a Lua script where a step needs several commands. Redis runs
+//! a script atomically, so a compare-and-swap, a supersede or a call's
+//! counters are never interleaved with another instance's writes. Records
+//! expire by themselves (native TTLs: flows and cases after their
+//! `purge_after`, counters after the end of their window), and
+//! [`purge_expired`](CodeStore::purge_expired) deletes what is due by the
+//! host's clock (it counts the flows it deleted, not those Redis expired
+//! before). The connection is a [`ConnectionManager`], which reconnects by
+//! itself after a lost connection (the call that saw the loss fails with a
+//! retryable error).
+//!
+//! ```no_run
+//! use otp_recovery::sms::ConsoleSender;
+//! use otp_recovery::store::redis::RedisStore;
+//! use otp_recovery::{KeyRing, Recovery, ServerKey};
+//!
+//! # async fn demo(server_key: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+//! let store = RedisStore::connect("redis://127.0.0.1:6379/")
+//!     .await?
+//!     .with_prefix("acme-recovery");
+//! let keys = KeyRing::new(1, ServerKey::from_bytes(server_key)?);
+//! let recovery = Recovery::new(store, ConsoleSender::new(), keys);
+//! # let _ = recovery;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Key layout
+//!
+//! Every key starts with the prefix in braces (default `{otp}:`), so a
+//! store's keys all share one hash tag and live in one Redis Cluster slot:
+//! every multi-key script is valid on a cluster. That trades sharding for
+//! atomicity (one store's load goes to one shard); a host that needs more
+//! throughput runs several stores under different prefixes (per tenant, per
+//! region), each with its own limits. [`RedisStore::connect`] talks to one
+//! server; for a cluster, hand a cluster connection (the redis crate's
+//! `cluster-async` feature) to [`RedisStore::from_connection`]. (The crate's
+//! own tests run against a single server.)
+//!
+//! | Key | Type | Holds | Expires |
+//! |-----|------|-------|---------|
+//! | `{otp}:flow:<flow id>` | hash | `d`: [`FlowRecord::to_bytes`]; `v` version, `s` state code, `u` `updated_at` (ms); `l`: the subject's list key | `purge_after` |
+//! | `{otp}:subj:<Subject::key>` | list | the subject's 8 most recent flow ids, newest first | with its latest flow |
+//! | `{otp}:ctr:<counter key>` | hash | `c` count, `e` window end (ms) | window end |
+//! | `{otp}:case:<reference>` | string | [`SupportCase::to_bytes`] | `purge_after` |
+//! | `{otp}:idx:flows`, `idx:cases`, `idx:ctrs` | sorted set | flow ids, references, counter keys, scored by when they are due | with their latest member |
+//!
+//! Native TTLs fire a minute after the instant in the last column, a margin
+//! for a host clock behind the server's (see below).
+//!
+//! `v`, `s` and `u` are kept next to the record so that scripts compare
+//! versions and supersede a flow without decoding it; they are authoritative
+//! over the copies inside `d`, and [`get_flow`](CodeStore::get_flow) applies
+//! them to the decoded record. The sorted sets let `purge_expired` find what
+//! is due by the host's `now`; each write also drops a couple of index
+//! entries whose keys Redis already expired, so the indexes stay the size of
+//! the live data even if `purge_expired` never runs.
+//!
+//! # Round trips
+//!
+//! | Method | Round trip |
+//! |--------|------------|
+//! | `create_flow` | `EVALSHA`: duplicate check, supersede, insert, subject list, index |
+//! | `get_flow` | `HMGET` |
+//! | `load_counting` | `EVALSHA`: the flow and the counters (`HMGET` without counters) |
+//! | `compare_and_swap` | `EVALSHA`: version check and write |
+//! | `compare_and_swap_counting` | `EVALSHA`: version check, write and counters |
+//! | `increment_counters` | `EVALSHA`: every counter in order, and the undo of a refused call's guarded increments (none for no counters) |
+//! | `find_flows` | `EVALSHA`: the subject's list and its flows |
+//! | `put_case` | `EVALSHA`: write and index |
+//! | `get_case` | `GET` |
+//! | `delete_counters` | `DEL` (none for no keys) |
+//! | `purge_expired` | `EVALSHA` |
+//!
+//! The first call of a script on a server (and after a restart or `SCRIPT
+//! FLUSH`) is answered `NOSCRIPT`; the redis crate then loads the script and
+//! sends the `EVALSHA` again, once.
+//!
+//! # Clocks and versions
+//!
+//! Every decision (counter windows, what `purge_expired` deletes) uses the
+//! `now` the crate passes in; native TTLs are measured by the Redis server's
+//! clock and are only the safety net. They fire a minute late on purpose, so
+//! a host clock up to a minute behind the server's never sees a window end
+//! or a record vanish early; keep the clocks in sync (NTP).
+//! Scripts call `TIME` before writing: Redis 5 or later (tested with Redis
+//! 7.0).
+//!
+//! Errors never include a record, a key or a server error's text: only the
+//! operation and the kind of failure. Connection, I/O, timeout, cluster and
+//! loading errors are retryable; a key holding something that is not the
+//! store's (wrong type, undecodable bytes) is [`StoreError::Decode`].
+
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
+
+use super::{CodeStore, Counter, CounterValue, Result, StoreError};
+use crate::clock::Timestamp;
+use crate::id::FlowId;
+use crate::record::{FlowRecord, FlowState};
+use crate::support::{SupportCase, SupportReference};
+
+/// The default key prefix.
+const DEFAULT_PREFIX: &str = "otp";
+/// Flows remembered per subject for `find_flows` (as the memory store).
+const RECENT_PER_SUBJECT: usize = 8;
+/// Latest instant handed to Redis as an expiry: 2^53 ms (year 287,396),
+/// exact in Lua's numbers and in Redis' expiry arithmetic.
+const MAX_REDIS_MILLIS: u64 = 1 << 53;
+/// Native TTLs fire this long after the instant they stand for, so that a
+/// host clock somewhat behind the server's never sees a record or a window
+/// vanish early; `purge_expired` still deletes at the instant itself.
+const CLOCK_MARGIN: Duration = Duration::from_secs(60);
+/// How long a command may wait for its reply (the connection manager's
+/// default of 0.5 s is short for a busy host).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection attempt may take.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`CodeStore`] in Redis; see the [module documentation](self) for the
+/// key layout and the round trips.
+///
+/// Cloning is cheap and clones share the connection. `C` is the connection:
+/// a [`ConnectionManager`] from [`RedisStore::connect`], or any
+/// [`ConnectionLike`] handed to [`RedisStore::from_connection`] (for example
+/// a cluster connection of the redis crate's `cluster-async` feature).
+#[derive(Clone)]
+pub struct RedisStore<C = ConnectionManager> {
+    conn: C,
+    prefix: String,
+    /// `{prefix}:`, what every key starts with.
+    base: String,
+}
+
+/// The prefix only: no connection details (they may hold a password).
+impl<C> fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// The default key prefix.
+    pub const DEFAULT_PREFIX: &'static str = DEFAULT_PREFIX;
+
+    /// Connects to the server at `url` (`redis://[user:password@]host:port/db`,
+    /// `rediss://` for TLS if the redis crate was built with it) through a
+    /// [`ConnectionManager`], which reconnects after a lost connection.
+    /// Replies are awaited up to 5 seconds; use
+    /// [`RedisStore::from_connection`] for other settings.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] if the URL is invalid (not retryable) or the
+    /// server cannot be reached (retryable).
+    pub async fn connect(url: &str) -> Result<RedisStore> {
+        let client = redis::Client::open(url).map_err(|e| redis_error("connect", &e))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECTION_TIMEOUT));
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| redis_error("connect", &e))?;
+        Ok(RedisStore::from_connection(conn))
+    }
+}
+
+impl<C> RedisStore<C> {
+    /// A store over an established connection, with the default prefix.
+    pub fn from_connection(conn: C) -> Self {
+        RedisStore {
+            conn,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            base: format!("{{{DEFAULT_PREFIX}}}:"),
+        }
+    }
+
+    /// Puts every key under `{prefix}:` instead of `{otp}:`: stores with
+    /// different prefixes are independent (and may live in different
+    /// cluster slots).
+    ///
+    /// # Panics
+    /// If `prefix` is empty or contains `{` or `}` (it is the hash tag).
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        assert!(
+            !prefix.is_empty() && !prefix.contains(['{', '}']),
+            "a Redis store prefix must be non-empty and free of braces"
+        );
+        self.prefix = prefix.to_owned();
+        self.base = format!("{{{prefix}}}:");
+        self
+    }
+
+    /// The key prefix (without braces).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn flow_key(&self, id: &FlowId) -> String {
+        format!("{}flow:{id}", self.base)
+    }
+
+    fn subject_key(&self, subject_key: &str) -> String {
+        format!("{}subj:{subject_key}", self.base)
+    }
+
+    fn counter_key(&self, key: &str) -> String {
+        format!("{}ctr:{key}", self.base)
+    }
+
+    fn case_key(&self, reference: &SupportReference) -> String {
+        format!("{}case:{}", self.base, reference.as_compact())
+    }
+
+    fn index_key(&self, kind: &str) -> String {
+        format!("{}idx:{kind}", self.base)
+    }
+
+    /// Adds `counters` as `KEYS` and six `ARGV` each (increment, end of a
+    /// window opened now, its expiry, condition, max, guarded), as
+    /// `counters()` in Lua reads them.
+    fn add_counters(&self, inv: &mut ScriptInvocation<'_>, counters: &[Counter], now: Timestamp) {
+        for (i, c) in counters.iter().enumerate() {
+            let end = c.window_end_from(now);
+            // 0: unconditional; j + 1: the earlier counter j must have
+            // opened; -1: names no earlier counter, so never holds.
+            let condition = match c.only_if_opened {
+                None => 0,
+                Some(j) if j < i => i64::try_from(j + 1).unwrap_or(-1),
+                Some(_) => -1,
+            };
+            // Counts never reach 2^53, so a larger max is no limit.
+            let max = c
+                .max
+                .map_or(-1, |max| i64::try_from(max.min(MAX_REDIS_MILLIS)).unwrap_or(-1));
+            inv.key(self.counter_key(&c.key))
+                .arg(c.by)
+                .arg(end.as_unix_millis())
+                .arg(expire_at(end))
+                .arg(condition)
+                .arg(max)
+                .arg(u8::from(c.guarded));
+        }
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync> RedisStore<C> {
+    async fn invoke(&self, op: &'static str, inv: &ScriptInvocation<'_>) -> Result<Value> {
+        let mut conn = self.conn.clone();
+        inv.invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(|e| redis_error(op, &e))
+    }
+
+    async fn query(&self, op: &'static str, cmd: &redis::Cmd) -> Result<Value> {
+        let mut conn = self.conn.clone();
+        cmd.query_async::<Value>(&mut conn)
+            .await
+            .map_err(|e| redis_error(op, &e))
+    }
+
+    /// Swaps, and counts if it wrote: the one script behind both swaps.
+    async fn swap(
+        &self,
+        op: &'static str,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<CounterValue>>> {
+        let mut inv = SWAP.prepare_invoke();
+        inv.key(self.flow_key(&flow.id))
+            .key(self.subject_key(&flow.subject.key()))
+            .key(self.index_key("flows"))
+            .arg(&self.base)
+            .arg(now.as_unix_millis())
+            .arg(counters.len())
+            .arg(expected_version)
+            .arg(flow.to_bytes())
+            .arg(flow.version)
+            .arg(flow.state.code())
+            .arg(flow.updated_at.as_unix_millis())
+            .arg(flow.purge_after.as_unix_millis())
+            .arg(expire_at(flow.purge_after))
+            .arg(flow.id.to_string());
+        self.add_counters(&mut inv, counters, now);
+        let reply = array(op, self.invoke(op, &inv).await?)?;
+        match reply.as_slice() {
+            [flag] if as_u64(flag) == Some(0) => Ok(None),
+            [flag, values] if as_u64(flag) == Some(1) => {
+                Ok(Some(counter_values(op, values, counters.len())?))
+            }
+            _ => Err(unexpected(op)),
+        }
+    }
+}
+
+#[async_trait]
+impl<C: ConnectionLike + Clone + Send + Sync + 'static> CodeStore for RedisStore<C> {
+    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+        let op = "create_flow";
+        let mut inv = CREATE.prepare_invoke();
+        inv.key(self.flow_key(&flow.id))
+            .key(self.subject_key(&flow.subject.key()))
+            .key(self.index_key("flows"))
+            .arg(&self.base)
+            .arg(flow.id.to_string())
+            .arg(flow.to_bytes())
+            .arg(flow.version)
+            .arg(flow.state.code())
+            .arg(flow.updated_at.as_unix_millis())
+            .arg(flow.purge_after.as_unix_millis())
+            .arg(expire_at(flow.purge_after))
+            .arg(flow.created_at.as_unix_millis())
+            .arg(RECENT_PER_SUBJECT);
+        match as_u64(&self.invoke(op, &inv).await?) {
+            Some(1) => Ok(()),
+            Some(0) => Err(StoreError::Duplicate),
+            _ => Err(unexpected(op)),
+        }
+    }
+
+    async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
+        let op = "get_flow";
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.flow_key(id)).arg(&["d", "v", "s", "u"]);
+        flow_from_fields(op, id, self.query(op, &cmd).await?)
+    }
+
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
+        if counters.is_empty() {
+            return Ok((self.get_flow(id).await?, Vec::new()));
+        }
+        let op = "load_counting";
+        let mut inv = LOAD.prepare_invoke();
+        inv.key(self.flow_key(id))
+            .arg(&self.base)
+            .arg(now.as_unix_millis())
+            .arg(counters.len());
+        self.add_counters(&mut inv, counters, now);
+        let reply = array(op, self.invoke(op, &inv).await?)?;
+        let [fields, values]: [Value; 2] = reply.try_into().map_err(|_| unexpected(op))?;
+        let flow = flow_from_fields(op, id, fields)?;
+        Ok((flow, counter_values(op, &values, counters.len())?))
+    }
+
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let op = "find_flows";
+        let mut inv = FIND.prepare_invoke();
+        inv.key(self.subject_key(subject_key))
+            .arg(&self.base)
+            .arg(limit.min(RECENT_PER_SUBJECT));
+        let mut flows = Vec::new();
+        for entry in array(op, self.invoke(op, &inv).await?)? {
+            let [id, fields]: [Value; 2] = array(op, entry)?.try_into().map_err(|_| unexpected(op))?;
+            let id = as_bytes(&id)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| FlowId::parse(s).ok())
+                .ok_or_else(|| StoreError::Decode("a subject lists an invalid flow id".into()))?;
+            flows.extend(flow_from_fields(op, &id, fields)?);
+        }
+        Ok(flows)
+    }
+
+    async fn put_case(&self, case: &SupportCase) -> Result<()> {
+        let op = "put_case";
+        let mut inv = PUT_CASE.prepare_invoke();
+        inv.key(self.case_key(&case.reference))
+            .key(self.index_key("cases"))
+            .arg(&self.base)
+            .arg(case.to_bytes())
+            .arg(case.purge_after.as_unix_millis())
+            .arg(expire_at(case.purge_after))
+            .arg(case.reference.as_compact());
+        self.invoke(op, &inv).await.map(drop)
+    }
+
+    async fn get_case(&self, reference: &SupportReference) -> Result<Option<SupportCase>> {
+        let op = "get_case";
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.case_key(reference));
+        match self.query(op, &cmd).await? {
+            Value::Nil => Ok(None),
+            value => {
+                let bytes = as_bytes(&value).ok_or_else(|| unexpected(op))?;
+                let case = SupportCase::from_bytes(bytes)?;
+                if case.reference != *reference {
+                    return Err(StoreError::Decode("a case stored under another reference".into()));
+                }
+                Ok(Some(case))
+            }
+        }
+    }
+
+    async fn delete_counters(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("DEL");
+        for key in keys {
+            cmd.arg(self.counter_key(key));
+        }
+        self.query("delete_counters", &cmd).await.map(drop)
+    }
+
+    async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+        let swapped = self
+            .swap("compare_and_swap", expected_version, flow, &[], flow.updated_at)
+            .await?;
+        Ok(swapped.is_some())
+    }
+
+    async fn compare_and_swap_counting(
+        &self,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<CounterValue>>> {
+        self.swap("compare_and_swap_counting", expected_version, flow, counters, now)
+            .await
+    }
+
+    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
+        if counters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let op = "increment_counters";
+        let mut inv = COUNT.prepare_invoke();
+        inv.arg(&self.base).arg(now.as_unix_millis()).arg(counters.len());
+        self.add_counters(&mut inv, counters, now);
+        let reply = self.invoke(op, &inv).await?;
+        counter_values(op, &reply, counters.len())
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
+        let op = "purge_expired";
+        let mut inv = PURGE.prepare_invoke();
+        inv.key(self.index_key("flows"))
+            .key(self.index_key("cases"))
+            .key(self.index_key("ctrs"))
+            .arg(&self.base)
+            .arg(now.as_unix_millis());
+        as_u64(&self.invoke(op, &inv).await?).ok_or_else(|| unexpected(op))
+    }
+}
+
+// ---- replies ----
+
+/// When the native TTL of something due at `t` fires: [`CLOCK_MARGIN`]
+/// later, at most [`MAX_REDIS_MILLIS`].
+fn expire_at(t: Timestamp) -> u64 {
+    t.saturating_add(CLOCK_MARGIN)
+        .as_unix_millis()
+        .min(MAX_REDIS_MILLIS)
+}
+
+fn unexpected(op: &str) -> StoreError {
+    StoreError::backend(format!("redis {op}: unexpected reply"), false)
+}
+
+fn array(op: &str, value: Value) -> Result<Vec<Value>> {
+    match value {
+        Value::Array(items) => Ok(items),
+        _ => Err(unexpected(op)),
+    }
+}
+
+fn as_bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn decimal(bytes: &[u8]) -> Option<u64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => decimal(as_bytes(other)?),
+    }
+}
+
+/// A flow from its fields `d`, `v`, `s`, `u` (`HMGET` order; nil or empty
+/// when missing): `None` when the flow does not exist.
+fn flow_from_fields(op: &str, id: &FlowId, fields: Value) -> Result<Option<FlowRecord>> {
+    let fields = array(op, fields)?;
+    if fields.iter().all(|f| matches!(f, Value::Nil)) {
+        return Ok(None);
+    }
+    let [d, v, s, u]: [Value; 4] = fields.try_into().map_err(|_| unexpected(op))?;
+    let mut flow = FlowRecord::from_bytes(field(&d).ok_or(incomplete())?)?;
+    if flow.id != *id {
+        return Err(StoreError::Decode("a flow record stored under another id".into()));
+    }
+    flow.version = field(&v)
+        .and_then(decimal)
+        .ok_or_else(|| StoreError::Decode("invalid stored version".into()))?;
+    flow.state = field(&s)
+        .and_then(decimal)
+        .and_then(|code| u8::try_from(code).ok())
+        .and_then(FlowState::from_code)
+        .ok_or_else(|| StoreError::Decode("invalid stored state".into()))?;
+    flow.updated_at = field(&u)
+        .and_then(decimal)
+        .map(Timestamp::from_unix_millis)
+        .ok_or_else(|| StoreError::Decode("invalid stored update time".into()))?;
+    Ok(Some(flow))
+}
+
+/// A field's bytes; `None` when nil or empty (what scripts send for a
+/// missing field).
+fn field(value: &Value) -> Option<&[u8]> {
+    as_bytes(value).filter(|b| !b.is_empty())
+}
+
+fn incomplete() -> StoreError {
+    StoreError::Decode("incomplete flow record".into())
+}
+
+/// Counter values from `count, window end` pairs (an empty end: no window).
+fn counter_values(op: &str, value: &Value, n: usize) -> Result<Vec<CounterValue>> {
+    let Value::Array(items) = value else {
+        return Err(unexpected(op));
+    };
+    if items.len() != 2 * n {
+        return Err(unexpected(op));
+    }
+    items
+        .chunks_exact(2)
+        .map(|pair| {
+            let count = as_u64(&pair[0]).ok_or_else(|| unexpected(op))?;
+            let end = as_bytes(&pair[1]).ok_or_else(|| unexpected(op))?;
+            let resets_at = match end {
+                [] => None,
+                digits => Some(Timestamp::from_unix_millis(
+                    decimal(digits).ok_or_else(|| unexpected(op))?,
+                )),
+            };
+            Ok(CounterValue::new(count, resets_at))
+        })
+        .collect()
+}
+
+/// A store error for a failed Redis call: the operation and the kind of
+/// failure, never the server's text (it may quote arguments).
+fn redis_error(op: &str, e: &RedisError) -> StoreError {
+    let wrong_type = e.code() == Some("WRONGTYPE") || e.detail().is_some_and(|d| d.contains("WRONGTYPE"));
+    if wrong_type {
+        return StoreError::Decode(format!("a key of the store holds foreign data ({op})"));
+    }
+    let server_retryable = matches!(
+        e.kind(),
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly
+        ) | ErrorKind::ClusterConnectionNotFound
+    ) || e.code() == Some("BUSY");
+    let retryable = e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || server_retryable;
+    let what = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connection_refusal() {
+        "connection refused".to_owned()
+    } else if e.is_connection_dropped() {
+        "connection lost".to_owned()
+    } else {
+        match (e.category(), e.code()) {
+            ("", Some(code)) => code.to_owned(),
+            (category, Some(code)) => format!("{category} ({code})"),
+            (category, None) => category.to_owned(),
+        }
+    };
+    StoreError::backend(format!("redis {op}: {what}"), retryable)
+}
+
+// ---- scripts ----
+//
+// Every script gets the key prefix `{prefix}:` as ARGV[1] (`base`) and
+// declares the keys it is called for. Keys it finds through them (a subject
+// list's flows, index members) start with the same prefix, so they are in
+// the same cluster slot.
+
+/// Helpers shared by every script.
+const COMMON_LUA: &str = r#"
+local base = ARGV[1]
+
+-- Whether the decimal a is less than the decimal b (exact for any u64).
+local function lt(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Keeps `key` until `at` (ms) at least: never shortens its life.
+local function extend(key, at)
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 or (ttl >= 0 and server_ms() + ttl < tonumber(at)) then
+    redis.call('PEXPIREAT', key, at)
+  end
+end
+
+-- Indexes `member` (whose key is base .. kind .. member) for purge_expired
+-- at `due`, keeps the index until `expire_at` at least, and drops up to two
+-- of its earliest members whose keys Redis has expired already.
+local function index(idx, kind, member, due, expire_at)
+  redis.call('ZADD', idx, due, member)
+  extend(idx, expire_at)
+  for _, m in ipairs(redis.call('ZRANGE', idx, 0, 1)) do
+    if redis.call('EXISTS', base .. kind .. m) == 0 then
+      redis.call('ZREM', idx, m)
+    end
+  end
+end
+
+-- The count of a counter hash fetched as {c, e}, if its window is open at
+-- `now`.
+local function live(h, now)
+  local c, e = tonumber(h[1]), h[2]
+  if c and e and string.match(e, '^%d+$') and lt(now, e) then return c end
+  return nil
+end
+
+-- Counter.apply on one counter: returns its count and window end ('' for
+-- none). A read (by 0) of no open window stores nothing.
+local function count(key, by, ends, expire_at, now)
+  local h = redis.call('HMGET', key, 'c', 'e')
+  local c = live(h, now)
+  if c then
+    if by > 0 then c = redis.call('HINCRBY', key, 'c', by) end
+    return c, h[2]
+  end
+  if by == 0 then return 0, '' end
+  redis.call('HSET', key, 'c', by, 'e', ends)
+  redis.call('PEXPIREAT', key, expire_at)
+  index(base .. 'idx:ctrs', 'ctr:', string.sub(key, #base + 5), ends, expire_at)
+  return by, ends
+end
+
+-- Counter.unapply: takes `by` back from an open window, and deletes the
+-- counter when nothing is left.
+local function uncount(key, by, now)
+  local c = live(redis.call('HMGET', key, 'c', 'e'), now)
+  if not c then return end
+  if c > by then
+    redis.call('HINCRBY', key, 'c', -by)
+  else
+    redis.call('DEL', key)
+  end
+end
+
+-- Counter.apply_all over n counters: keys from KEYS[k], six arguments each
+-- from ARGV[a] (by, end of a window opened now, its expiry, condition, max
+-- or -1, guarded 1 or 0). Returns count, end pairs in one flat array: the
+-- values before a refused call's guarded increments are undone.
+local function counters(k, a, n, now)
+  local out, opened, guarded, refused = {}, {}, {}, false
+  for i = 1, n do
+    local j = a + (i - 1) * 6
+    local by, ends, expire_at, cond = tonumber(ARGV[j]), ARGV[j + 1], ARGV[j + 2], tonumber(ARGV[j + 3])
+    local max = tonumber(ARGV[j + 4])
+    if cond < 0 or (cond > 0 and not opened[cond]) then by = 0 end
+    local key = KEYS[k + i - 1]
+    local c, e = count(key, by, ends, expire_at, now)
+    opened[i] = by > 0 and c == by and e == ends
+    if max >= 0 and c > max then refused = true end
+    if ARGV[j + 5] == '1' and by > 0 then guarded[#guarded + 1] = {key, by} end
+    out[#out + 1] = c
+    out[#out + 1] = e
+  end
+  if refused then
+    for _, g in ipairs(guarded) do uncount(g[1], g[2], now) end
+  end
+  return out
+end
+
+-- A flow's fields d, v, s, u ('' when missing), or {} when it does not exist.
+local function flow(key)
+  if redis.call('EXISTS', key) == 0 then return {} end
+  local f = redis.call('HMGET', key, 'd', 'v', 's', 'u')
+  return {f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
+end
+"#;
+
+/// KEYS: flow, subject list, flow index. ARGV: base, id, record, version,
+/// state, updated_at, purge instant, its TTL instant, created_at, list
+/// length. Returns 0 for a duplicate id, 1 once created.
+const CREATE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+-- The subject's newest flow still stored is the only one that can be open.
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local key = base .. 'flow:' .. id
+  if redis.call('EXISTS', key) == 1 then
+    local state = redis.call('HGET', key, 's')
+    if state == '1' or state == '2' then
+      redis.call('HSET', key, 's', '5', 'u', ARGV[9])
+      redis.call('HINCRBY', key, 'v', 1)
+    end
+    break
+  end
+end
+redis.call('HSET', KEYS[1], 'd', ARGV[3], 'v', ARGV[4], 's', ARGV[5], 'u', ARGV[6], 'l', KEYS[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[8])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[10]) - 1)
+extend(KEYS[2], ARGV[8])
+index(KEYS[3], 'flow:', ARGV[2], ARGV[7], ARGV[8])
+return 1
+"#;
+
+/// KEYS: flow, subject list, flow index, then counters. ARGV: base, now,
+/// number of counters, expected version, record, version, state,
+/// updated_at, purge instant, its TTL instant, id, then counters. Returns {0} when the
+/// version differs (or no flow), {1, counts} once written.
+const SWAP_LUA: &str = r#"
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[4] then return {0} end
+redis.call('HSET', KEYS[1], 'd', ARGV[5], 'v', ARGV[6], 's', ARGV[7], 'u', ARGV[8])
+redis.call('PEXPIREAT', KEYS[1], ARGV[10])
+extend(KEYS[2], ARGV[10])
+index(KEYS[3], 'flow:', ARGV[11], ARGV[9], ARGV[10])
+return {1, counters(4, 12, tonumber(ARGV[3]), ARGV[2])}
+"#;
+
+/// KEYS: flow, then counters. ARGV: base, now, number of counters, then
+/// counters. Returns {flow fields, counts}.
+const LOAD_LUA: &str = r#"
+return {flow(KEYS[1]), counters(2, 4, tonumber(ARGV[3]), ARGV[2])}
+"#;
+
+/// KEYS: counters. ARGV: base, now, number of counters, then counters.
+const COUNT_LUA: &str = r#"
+return counters(1, 4, tonumber(ARGV[3]), ARGV[2])
+"#;
+
+/// KEYS: subject list. ARGV: base, limit. Returns {id, flow fields} for
+/// the subject's stored flows, newest first.
+const FIND_LUA: &str = r#"
+local out, limit = {}, tonumber(ARGV[2])
+for _, id in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  if #out >= limit then break end
+  local f = flow(base .. 'flow:' .. id)
+  if #f > 0 then out[#out + 1] = {id, f} end
+end
+return out
+"#;
+
+/// KEYS: case, case index. ARGV: base, case, purge instant, its TTL
+/// instant, reference.
+const PUT_CASE_LUA: &str = r#"
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+index(KEYS[2], 'case:', ARGV[5], ARGV[3], ARGV[4])
+return 1
+"#;
+
+/// KEYS: flow, case and counter indexes. ARGV: base, now. Deletes what is
+/// due at `now`; returns how many flows it deleted.
+const PURGE_LUA: &str = r#"
+local now, purged = ARGV[2], 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  local key = base .. 'flow:' .. id
+  local list = redis.pcall('HGET', key, 'l')
+  if type(list) == 'string' then redis.pcall('LREM', list, 0, id) end
+  purged = purged + redis.call('DEL', key)
+end
+for _, ref in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
+  redis.call('DEL', base .. 'case:' .. ref)
+end
+for _, counter in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  redis.call('DEL', base .. 'ctr:' .. counter)
+end
+for i = 1, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
+return purged
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON_LUA}{body}"))
+}
+
+static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
+static SWAP: LazyLock<Script> = LazyLock::new(|| script(SWAP_LUA));
+static LOAD: LazyLock<Script> = LazyLock::new(|| script(LOAD_LUA));
+static COUNT: LazyLock<Script> = LazyLock::new(|| script(COUNT_LUA));
+static FIND: LazyLock<Script> = LazyLock::new(|| script(FIND_LUA));
+static PUT_CASE: LazyLock<Script> = LazyLock::new(|| script(PUT_CASE_LUA));
+static PURGE: LazyLock<Script> = LazyLock::new(|| script(PURGE_LUA));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_carries_the_prefix_as_its_only_hash_tag() {
+        let store = RedisStore::from_connection(()).with_prefix("tenant-7");
+        let id = FlowId::from_bytes([0xab; 16]);
+        for key in [
+            store.flow_key(&id),
+            store.subject_key("account:{weird}"),
+            store.counter_key("send:{x}"),
+            store.index_key("flows"),
+        ] {
+            assert!(key.starts_with("{tenant-7}:"), "{key}");
+        }
+        assert_eq!(store.flow_key(&id), format!("{{tenant-7}}:flow:{id}"));
+        assert_eq!(format!("{store:?}"), r#"RedisStore { prefix: "tenant-7", .. }"#);
+    }
+
+    #[test]
+    #[should_panic(expected = "free of braces")]
+    fn a_prefix_with_braces_is_refused() {
+        let _ = RedisStore::from_connection(()).with_prefix("a}b");
+    }
+
+    #[test]
+    fn replies_that_are_not_a_flow_are_typed_errors() {
+        let id = FlowId::from_bytes([1; 16]);
+        let nil = || Value::Nil;
+        assert_eq!(
+            flow_from_fields("t", &id, Value::Array(vec![nil(), nil(), nil(), nil()])),
+            Ok(None)
+        );
+        let garbage = Value::Array(vec![
+            Value::BulkString(b"garbage".to_vec()),
+            Value::BulkString(b"1".to_vec()),
+            Value::BulkString(b"1".to_vec()),
+            Value::BulkString(b"0".to_vec()),
+        ]);
+        assert!(matches!(
+            flow_from_fields("t", &id, garbage),
+            Err(StoreError::Decode(_))
+        ));
+        let partial = Value::Array(vec![nil(), Value::BulkString(b"1".to_vec()), nil(), nil()]);
+        assert!(matches!(
+            flow_from_fields("t", &id, partial),
+            Err(StoreError::Decode(_))
+        ));
+        assert!(matches!(
+            flow_from_fields("t", &id, Value::Int(3)),
+            Err(StoreError::Backend { retryable: false, .. })
+        ));
+        assert!(counter_values("t", &Value::Array(vec![Value::Int(1)]), 1).is_err());
+        assert_eq!(
+            counter_values(
+                "t",
+                &Value::Array(vec![
+                    Value::Int(0),
+                    Value::BulkString(Vec::new()),
+                    Value::Int(2),
+                    Value::BulkString(b"1234".to_vec()),
+                ]),
+                2
+            ),
+            Ok(vec![
+                CounterValue::default(),
+                CounterValue::new(2, Some(Timestamp::from_unix_millis(1234)))
+            ])
+        );
+    }
+}
