@@ -76,6 +76,12 @@ pub enum EventKind {
         /// The reference support can look the case up by.
         reference: SupportReference,
     },
+    /// A request or resend was refused because the account (or unknown
+    /// identifier) is locked.
+    LockedOut {
+        /// When the lock ends.
+        until: Option<Timestamp>,
+    },
     /// A request, resend or verify was refused by a limit.
     RateLimited {
         /// Which limit.
@@ -299,6 +305,7 @@ impl EventSink for TracingSink {
         match event.kind {
             EventKind::Suspicious { .. }
             | EventKind::AccountLocked { .. }
+            | EventKind::LockedOut { .. }
             | EventKind::AutoBlocked { .. }
             | EventKind::BlockedRequest { .. }
             | EventKind::DestinationRefused { .. }

@@ -715,6 +715,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 } else {
                     values[failures].resets_at
                 };
+                self.emit(event(EventKind::LockedOut { until }));
                 Err(self.locked(subject, until))
             }
             Some(refusal) => Err(self.refuse(refusal, now, event)),

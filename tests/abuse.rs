@@ -654,6 +654,13 @@ async fn a_locked_user_gets_a_reference_that_support_can_look_up_and_clear() {
     assert!(err.to_string().contains(&reference.to_string()));
     let again = h.request(1, &none()).await.unwrap_err();
     assert!(
+        h.events
+            .kinds()
+            .iter()
+            .any(|k| matches!(k, EventKind::LockedOut { until: Some(_) })),
+        "a request refused by the lock is reported"
+    );
+    assert!(
         matches!(&again, Error::Locked { reference: Some(r), .. } if r == reference),
         "{again:?}"
     );
