@@ -25,7 +25,28 @@
 //! ```
 
 mod console;
+mod failover;
 mod recording;
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
+
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod retry;
+
+#[cfg(feature = "twilio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "twilio")))]
+pub mod twilio;
+
+#[cfg(feature = "vonage")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vonage")))]
+pub mod vonage;
+
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +54,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub use console::ConsoleSender;
+pub use failover::Failover;
 pub use recording::RecordingSender;
 
 use crate::phone::PhoneNumber;

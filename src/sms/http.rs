@@ -1,0 +1,180 @@
+//! What the gateway senders share: TLS-only endpoints, one HTTP client with
+//! a per-request timeout, and the mapping of HTTP failures to
+//! [`SendError`]s.
+//!
+//! An endpoint must be `https://`; plain `http://` is accepted only for a
+//! loopback host (`127.0.0.0/8`, `[::1]`, `localhost`), so tests can run a
+//! local server, and refused otherwise, whatever the host configured.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::{SendError, SendErrorKind};
+
+/// The default time a gateway has to answer one request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gateway endpoint that passed the TLS rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint(reqwest::Url);
+
+impl Endpoint {
+    /// Parses `url` and applies the rule: `https`, or `http` to loopback.
+    ///
+    /// # Errors
+    /// A non-retryable [`SendErrorKind::Configuration`] error naming the
+    /// problem (never the URL's credentials or query).
+    pub fn parse(url: &str) -> Result<Self, SendError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| SendError::new(SendErrorKind::Configuration, "the gateway URL does not parse"))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(SendError::new(
+                SendErrorKind::Configuration,
+                "the gateway URL must not carry credentials",
+            ));
+        }
+        match parsed.scheme() {
+            "https" => Ok(Endpoint(parsed)),
+            "http" if is_loopback(&parsed) => Ok(Endpoint(parsed)),
+            "http" => Err(SendError::new(
+                SendErrorKind::Configuration,
+                "the gateway URL must be https (http is allowed only on loopback, for tests)",
+            )),
+            _ => Err(SendError::new(SendErrorKind::Configuration, "the gateway URL must be https")),
+        }
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.0
+    }
+
+    /// This endpoint with `path` appended (segments separated by `/`).
+    pub fn join(&self, path: &str) -> Result<reqwest::Url, SendError> {
+        let mut url = self.0.clone();
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|()| SendError::new(SendErrorKind::Configuration, "the gateway URL cannot take a path"))?;
+            segments.pop_if_empty();
+            for segment in path.split('/').filter(|s| !s.is_empty()) {
+                segments.push(segment);
+            }
+        }
+        Ok(url)
+    }
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The HTTP client of a sender: rustls, no redirects (a gateway answering a
+/// send with a redirect is misconfigured, and a redirect must not carry the
+/// credentials elsewhere), `timeout` per request.
+///
+/// # Errors
+/// A [`SendErrorKind::Configuration`] error if the TLS stack cannot start.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, SendError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("otp-recovery/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|_| SendError::new(SendErrorKind::Configuration, "the HTTP client could not be built"))
+}
+
+/// The [`SendError`] of a transport failure (no answer): a timeout, or the
+/// gateway unreachable; both retryable.
+pub fn transport_error(gateway: &str, error: &reqwest::Error) -> SendError {
+    if error.is_timeout() {
+        SendError::new(SendErrorKind::Timeout, format!("{gateway}: no answer in time"))
+    } else {
+        SendError::new(SendErrorKind::Unavailable, format!("{gateway}: unreachable"))
+    }
+}
+
+/// The [`SendError`] of an HTTP status the gateway's body did not explain:
+/// 429 and 5xx retryable (with `Retry-After` when given), 401/403 a
+/// configuration error, other 4xx a rejection.
+pub fn status_error(gateway: &str, status: u16, retry_after: Option<Duration>) -> SendError {
+    let kind = match status {
+        429 => SendErrorKind::RateLimited,
+        401 | 403 => SendErrorKind::Configuration,
+        500..=599 => SendErrorKind::Unavailable,
+        _ => SendErrorKind::Rejected,
+    };
+    let error = SendError::new(kind, format!("{gateway}: HTTP {status}"));
+    match retry_after {
+        Some(wait) if kind.is_retryable() => error.with_retry_after(wait),
+        _ => error,
+    }
+}
+
+/// The `Retry-After` header in seconds, if present and numeric.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tls_or_loopback_endpoints_are_accepted() {
+        for ok in [
+            "https://api.twilio.com",
+            "https://rest.nexmo.com/",
+            "http://127.0.0.1:8080",
+            "http://127.9.9.9/x",
+            "http://[::1]:9000/",
+            "http://localhost:3000",
+        ] {
+            assert!(Endpoint::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://api.twilio.com",
+            "http://10.0.0.1/",
+            "http://192.168.1.1",
+            "http://[::ffff:10.0.0.1]/",
+            "ftp://example.com",
+            "https://user:pass@example.com",
+            "not a url",
+            "http://localhost.evil.example/",
+        ] {
+            let err = Endpoint::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), SendErrorKind::Configuration, "{bad}");
+            assert!(!err.to_string().contains("pass"), "{err}");
+        }
+    }
+
+    #[test]
+    fn paths_are_joined_segment_by_segment() {
+        let e = Endpoint::parse("https://api.example.com/base/").unwrap();
+        assert_eq!(e.join("2010-04-01/Accounts/AC1/Messages.json").unwrap().as_str(),
+            "https://api.example.com/base/2010-04-01/Accounts/AC1/Messages.json");
+        let odd = e.join("a b/../c").unwrap();
+        assert!(!odd.as_str().contains(".."), "{odd}");
+    }
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        assert_eq!(status_error("g", 429, Some(Duration::from_secs(3))).retry_after(), Some(Duration::from_secs(3)));
+        assert!(status_error("g", 503, None).is_retryable());
+        assert_eq!(status_error("g", 401, None).kind(), SendErrorKind::Configuration);
+        assert_eq!(status_error("g", 400, None).kind(), SendErrorKind::Rejected);
+        assert_eq!(status_error("g", 400, Some(Duration::from_secs(3))).retry_after(), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! The twilio sender is being written; this placeholder keeps the feature compiling.

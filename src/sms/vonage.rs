@@ -1,0 +1,1 @@
+//! The vonage sender is being written; this placeholder keeps the feature compiling.

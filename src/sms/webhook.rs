@@ -1,0 +1,1 @@
+//! The webhook sender is being written; this placeholder keeps the feature compiling.
