@@ -13,15 +13,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+mod common;
+
 use async_trait::async_trait;
+use common::{LastCode, account, client};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
 use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
 use otp_recovery::store::MemoryStore;
-use otp_recovery::{
-    Account, AccountId, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, RequestContext, ServerKey,
-    Timestamp,
-};
+use otp_recovery::{FlowId, KeyRing, ManualClock, Recovery, RequestContext, ServerKey, Timestamp};
 use sha2::Sha256;
 
 /// Drives a future that never waits (the in-memory store and the null
@@ -42,40 +42,6 @@ impl SmsSender for NullSender {
     async fn send(&self, _: &SmsMessage) -> Result<SendReceipt, SendError> {
         Ok(SendReceipt::default())
     }
-}
-
-/// Remembers the last code so the benchmark can verify it.
-#[derive(Default)]
-struct LastCode(std::sync::Mutex<String>);
-
-#[async_trait]
-impl SmsSender for LastCode {
-    async fn send(&self, message: &SmsMessage) -> Result<SendReceipt, SendError> {
-        let code = message
-            .body
-            .expose_secret()
-            .split(' ')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        *self.0.lock().unwrap() = code;
-        Ok(SendReceipt::default())
-    }
-}
-
-/// An account with its own phone per operation, so per-phone and
-/// per-account limits never refuse a measured call.
-fn account(n: u64) -> Account {
-    Account::new(
-        AccountId::new(format!("user-{n}")).unwrap(),
-        PhoneNumber::parse(&format!("+1415{:07}", n % 10_000_000)).unwrap(),
-    )
-}
-
-/// A client IP per operation, so per-IP limits never refuse a measured call.
-fn client(n: u64) -> RequestContext {
-    let ip = std::net::Ipv4Addr::from(0x0a00_0000u32.wrapping_add(n as u32));
-    RequestContext::from_ip(std::net::IpAddr::V4(ip))
 }
 
 fn benches(c: &mut Criterion) {

@@ -13,46 +13,13 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+mod common;
+
+use common::{LastCode, account, client};
 use criterion::{Criterion, criterion_group, criterion_main};
-use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
 use otp_recovery::store::CodeStore;
-use otp_recovery::{
-    Account, AccountId, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, RequestContext, ServerKey,
-    Timestamp,
-};
+use otp_recovery::{FlowId, KeyRing, ManualClock, Recovery, ServerKey, Timestamp};
 use tokio::runtime::Runtime;
-
-/// Remembers the last code so the benchmark can compute a wrong one.
-#[derive(Default)]
-struct LastCode(std::sync::Mutex<String>);
-
-#[async_trait]
-impl SmsSender for LastCode {
-    async fn send(&self, message: &SmsMessage) -> Result<SendReceipt, SendError> {
-        let code = message
-            .body
-            .expose_secret()
-            .split(' ')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        *self.0.lock().unwrap() = code;
-        Ok(SendReceipt::default())
-    }
-}
-
-fn account(n: u64) -> Account {
-    Account::new(
-        AccountId::new(format!("bench-{n}")).unwrap(),
-        PhoneNumber::parse(&format!("+1415{:07}", n % 10_000_000)).unwrap(),
-    )
-}
-
-fn client(n: u64) -> RequestContext {
-    let ip = std::net::Ipv4Addr::from(0x0a00_0000u32.wrapping_add(n as u32));
-    RequestContext::from_ip(std::net::IpAddr::V4(ip))
-}
 
 /// Request and verify (a wrong code) on `store`, every default limit on.
 fn bench_store<S: CodeStore + 'static>(c: &mut Criterion, rt: &Runtime, name: &str, store: S) {

@@ -361,13 +361,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let now = self.clock.now();
         let flow = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
         let destination = self.destination(&flow);
-        let event = |kind| {
-            Event::new(now, kind)
-                .flow(flow.id)
-                .account(flow.account().cloned())
-                .phone(flow.phone.as_ref().map(PhoneNumber::masked))
-                .ip(ctx.client_ip)
-        };
+        let event = |kind| flow_event(now, kind, &flow, ctx);
         // Refuse early (cooldown, state) before counting a send that will
         // not happen; the compare-and-swap below decides again.
         machine::resend_gate(&flow, &self.policy, now)?;
@@ -433,13 +427,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 (self.store.get_flow(flow_id).await?, Vec::new())
             };
             let flow = flow.ok_or(Error::NotFound)?;
-            let event = |kind| {
-                Event::new(now, kind)
-                    .flow(flow.id)
-                    .account(flow.account().cloned())
-                    .phone(flow.phone.as_ref().map(PhoneNumber::masked))
-                    .ip(ctx.client_ip)
-            };
+            let event = |kind| flow_event(now, kind, &flow, ctx);
             if round == 0
                 && let Some(refusal) = checks.refusal(&values, now)
             {
@@ -854,13 +842,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             unlocked_at: None,
             purge_after: until.saturating_add(self.policy.record_retention()),
         };
-        let event = |kind| {
-            Event::new(now, kind)
-                .flow(locked.id)
-                .account(locked.account().cloned())
-                .phone(locked.phone.as_ref().map(PhoneNumber::masked))
-                .ip(ctx.client_ip)
-        };
+        let event = |kind| flow_event(now, kind, locked, ctx);
         // The lock itself is already stored (the failure count); a case
         // that cannot be stored only means support finds it by account.
         let _ = self.store.put_case(&case).await;
@@ -895,13 +877,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             return Ok(());
         };
         let now = self.clock.now();
-        let event = |kind| {
-            Event::new(now, kind)
-                .flow(flow.id)
-                .account(flow.account().cloned())
-                .phone(Some(phone.masked()))
-                .ip(ctx.client_ip)
-        };
+        let event = |kind| flow_event(now, kind, flow, ctx);
         let country_code = phone.country_code();
         let error = if self.limits.country_allowed(country_code) {
             let body = self
@@ -948,13 +924,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             Ok(_) => EventKind::NotificationSent,
             Err(e) => EventKind::NotificationFailed { kind: e.kind() },
         };
-        self.emit(
-            Event::new(now, kind)
-                .flow(flow.id)
-                .account(flow.account().cloned())
-                .phone(Some(phone.masked()))
-                .ip(ctx.client_ip),
-        );
+        self.emit(flow_event(now, kind, flow, ctx));
     }
 
     async fn void_unsent(&self, sent: &FlowRecord) -> Result<()> {
@@ -1023,6 +993,16 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             attempts_left: machine::attempts_left(flow, &self.policy),
         }
     }
+}
+
+/// An event about `flow` at `now`: its id, account, masked phone (real
+/// numbers only) and the client's IP.
+fn flow_event(now: Timestamp, kind: EventKind, flow: &FlowRecord, ctx: &RequestContext) -> Event {
+    Event::new(now, kind)
+        .flow(flow.id)
+        .account(flow.account().cloned())
+        .phone(flow.phone.as_ref().map(PhoneNumber::masked))
+        .ip(ctx.client_ip)
 }
 
 /// The form of an identifier that decoys are derived from: trimmed and
