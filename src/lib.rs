@@ -28,6 +28,9 @@
 //!
 //! # Cargo features
 //! - `conformance`: the `store::conformance` suite for testing a store.
+//! - `sqlite`, `postgres`, `redis`: the stores in [`store`].
+//! - `twilio`, `vonage`, `webhook`: the gateway senders in [`sms`], over
+//!   one HTTPS client (feature `http`, which also brings `sms::retry`).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

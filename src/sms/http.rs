@@ -40,7 +40,10 @@ impl Endpoint {
                 SendErrorKind::Configuration,
                 "the gateway URL must be https (http is allowed only on loopback, for tests)",
             )),
-            _ => Err(SendError::new(SendErrorKind::Configuration, "the gateway URL must be https")),
+            _ => Err(SendError::new(
+                SendErrorKind::Configuration,
+                "the gateway URL must be https",
+            )),
         }
     }
 
@@ -53,9 +56,9 @@ impl Endpoint {
     pub fn join(&self, path: &str) -> Result<reqwest::Url, SendError> {
         let mut url = self.0.clone();
         {
-            let mut segments = url
-                .path_segments_mut()
-                .map_err(|()| SendError::new(SendErrorKind::Configuration, "the gateway URL cannot take a path"))?;
+            let mut segments = url.path_segments_mut().map_err(|()| {
+                SendError::new(SendErrorKind::Configuration, "the gateway URL cannot take a path")
+            })?;
             segments.pop_if_empty();
             for segment in path.split('/').filter(|s| !s.is_empty()) {
                 segments.push(segment);
@@ -163,18 +166,26 @@ mod tests {
     #[test]
     fn paths_are_joined_segment_by_segment() {
         let e = Endpoint::parse("https://api.example.com/base/").unwrap();
-        assert_eq!(e.join("2010-04-01/Accounts/AC1/Messages.json").unwrap().as_str(),
-            "https://api.example.com/base/2010-04-01/Accounts/AC1/Messages.json");
+        assert_eq!(
+            e.join("2010-04-01/Accounts/AC1/Messages.json").unwrap().as_str(),
+            "https://api.example.com/base/2010-04-01/Accounts/AC1/Messages.json"
+        );
         let odd = e.join("a b/../c").unwrap();
         assert!(!odd.as_str().contains(".."), "{odd}");
     }
 
     #[test]
     fn statuses_map_to_kinds() {
-        assert_eq!(status_error("g", 429, Some(Duration::from_secs(3))).retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            status_error("g", 429, Some(Duration::from_secs(3))).retry_after(),
+            Some(Duration::from_secs(3))
+        );
         assert!(status_error("g", 503, None).is_retryable());
         assert_eq!(status_error("g", 401, None).kind(), SendErrorKind::Configuration);
         assert_eq!(status_error("g", 400, None).kind(), SendErrorKind::Rejected);
-        assert_eq!(status_error("g", 400, Some(Duration::from_secs(3))).retry_after(), None);
+        assert_eq!(
+            status_error("g", 400, Some(Duration::from_secs(3))).retry_after(),
+            None
+        );
     }
 }
