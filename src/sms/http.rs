@@ -9,6 +9,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use zeroize::Zeroizing;
+
 use super::{SendError, SendErrorKind};
 
 /// The default time a gateway has to answer one request.
@@ -119,6 +121,40 @@ pub fn status_error(gateway: &str, status: u16, retry_after: Option<Duration>) -
     }
 }
 
+/// A request body that holds a secret (an SMS body carries the code): the
+/// buffer is handed to reqwest whole, and wiped when reqwest drops it.
+pub fn secret_body(buffer: Zeroizing<Vec<u8>>) -> reqwest::Body {
+    reqwest::Body::from(bytes::Bytes::from_owner(buffer))
+}
+
+/// An `application/x-www-form-urlencoded` body of `fields`, encoded into a
+/// buffer sized up front (so it never reallocates and leaves no copy
+/// behind) that is wiped when dropped.
+pub fn secret_form(fields: &[(&str, &str)]) -> Zeroizing<Vec<u8>> {
+    let capacity = fields.iter().map(|(k, v)| 3 * (k.len() + v.len()) + 2).sum();
+    let mut out = Zeroizing::new(Vec::with_capacity(capacity));
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        encode_component(key, &mut out);
+        out.push(b'=');
+        encode_component(value, &mut out);
+    }
+    out
+}
+
+fn encode_component(text: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => out.push(b),
+            b' ' => out.push(b'+'),
+            _ => out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]),
+        }
+    }
+}
+
 /// The `Retry-After` header in seconds, if present and numeric.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
@@ -172,6 +208,23 @@ mod tests {
         );
         let odd = e.join("a b/../c").unwrap();
         assert!(!odd.as_str().contains(".."), "{odd}");
+    }
+
+    #[test]
+    fn forms_encode_like_browsers_and_never_reallocate() {
+        let body = secret_form(&[("To", "+14155550123"), ("Body", "123456 is your code. Ça & 100%")]);
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            "To=%2B14155550123&Body=123456+is+your+code.+%C3%87a+%26+100%25"
+        );
+        assert!(body.len() <= body.capacity());
+        let worst = "\u{1f600}".repeat(50);
+        let b = secret_form(&[("k", &worst)]);
+        assert_eq!(
+            b.capacity(),
+            3 * (1 + worst.len()) + 2,
+            "sized for the worst case up front"
+        );
     }
 
     #[test]

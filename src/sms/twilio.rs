@@ -320,7 +320,8 @@ impl SmsSender for TwilioSender {
             .post(self.url.clone())
             .basic_auth(user, Some(secret.expose_secret()))
             .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(http::secret_body(http::secret_form(&form)))
             .send()
             .await
             .map_err(|e| http::transport_error(GATEWAY, &e))?;

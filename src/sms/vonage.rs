@@ -288,7 +288,8 @@ impl SmsSender for VonageSender {
             .client
             .post(self.url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(http::secret_body(http::secret_form(&form)))
             .send()
             .await
             .map_err(|e| http::transport_error(GATEWAY, &e))?;

@@ -371,9 +371,8 @@ impl SmsSender for WebhookSender {
             .map_err(|_| SendError::new(SendErrorKind::Rejected, "webhook: the message cannot be encoded"))?;
         let signature = self.sign(&timestamp_text, &body)?;
 
-        // reqwest takes the buffer itself (moved, not copied). It frees it
-        // without zeroizing; only `bytes::Bytes::from_owner` around a
-        // `Zeroizing` buffer could, which needs the `bytes` crate.
+        // reqwest takes the buffer itself (moved, not copied) and wipes it
+        // when it drops it.
         let request = self
             .client
             .post(self.endpoint.url().clone())
@@ -382,7 +381,7 @@ impl SmsSender for WebhookSender {
             .header(TIMESTAMP_HEADER, &timestamp_text)
             .header(ID_HEADER, &id)
             .header(SIGNATURE_HEADER, signature)
-            .body(std::mem::take(&mut *body));
+            .body(http::secret_body(body));
         let response = request
             .send()
             .await
