@@ -247,6 +247,8 @@ pub struct Limits {
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
+/// The longest window or block a setting may have.
+const YEAR: Duration = Duration::from_secs(366 * 86_400);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -397,7 +399,7 @@ impl LimitsBuilder {
             return Err(LimitsError::Rule(bad.scope));
         }
         for rule in l.sends.iter().chain(l.ip_verifies.iter()) {
-            if rule.max == 0 || rule.window < Duration::from_secs(1) {
+            if rule.max == 0 || rule.window < Duration::from_secs(1) || rule.window > YEAR {
                 return Err(LimitsError::Rule(rule.scope));
             }
         }
@@ -417,6 +419,8 @@ impl LimitsBuilder {
             || d.lockouts_per_week == 0
             || d.pumping_max_verified_percent > 100
             || d.window < Duration::from_secs(60)
+            || d.window > YEAR
+            || d.auto_block.is_some_and(|b| b.is_zero() || b > YEAR)
         {
             return Err(LimitsError::Detectors);
         }
@@ -431,7 +435,7 @@ pub enum LimitsError {
     /// A rule needs a maximum of at least 1 and a window of at least 1 s;
     /// `IpVerifies` is not a send rule (see `LimitsBuilder::ip_verifies`).
     #[error(
-        "a {0:?} rule needs a maximum of at least 1 and a window of at least 1 s, and must be a send rule"
+        "a {0:?} rule needs a maximum of at least 1 and a window of 1 s to a year, and must be a send rule"
     )]
     Rule(LimitScope),
     /// Not a country calling code ITU-T assigned.

@@ -605,7 +605,7 @@ async fn an_unreadable_success_is_an_error() {
             .mount(&server)
             .await;
         let err = sender.send(&message(BODY)).await.unwrap_err();
-        assert_eq!(err.kind(), SendErrorKind::Unavailable, "{body}");
+        assert_eq!(err.kind(), SendErrorKind::Rejected, "{body}");
         assert!(err.to_string().contains("unreadable"), "{err}");
         assert_clean(&err, &["captive"]);
     }

@@ -184,6 +184,24 @@ async fn request<S: CodeStore>(
     (requested.flow_id, sender.last_code().unwrap())
 }
 
+/// Two stores on one file, as two processes of the host would have, race
+/// on the same flows: every limit holds exactly.
+#[test]
+fn two_stores_on_one_file_hold_every_limit() {
+    otp_recovery::store::conformance::block_on(async {
+        let path = temp_db();
+        let (a, b) = (
+            SqliteStore::open(&path).await.unwrap(),
+            SqliteStore::open(&path).await.unwrap(),
+        );
+        otp_recovery::store::conformance::two_instances_hold_every_limit(
+            std::sync::Arc::new(a),
+            std::sync::Arc::new(b),
+        )
+        .await;
+    });
+}
+
 #[tokio::test]
 async fn a_flow_and_its_wrong_attempts_survive_a_restart() {
     let db = TempDb::new();

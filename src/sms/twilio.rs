@@ -414,10 +414,11 @@ fn coded_error(code: u32, status: u16, retry_after: Option<Duration>) -> SendErr
 }
 
 /// A success status with a body that is not a Message resource: the
-/// endpoint is not (or not only) Twilio; retryable, as an outage.
+/// message may have been sent, so this is not retryable (a retry could
+/// deliver it twice); the code is voided and the user can ask again.
 fn unreadable(status: u16) -> SendError {
     SendError::new(
-        SendErrorKind::Unavailable,
+        SendErrorKind::Rejected,
         format!("{GATEWAY}: unreadable answer (HTTP {status})"),
     )
 }

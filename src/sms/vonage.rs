@@ -383,7 +383,7 @@ fn status_error(code: u16, status: u16, retry_after: Option<Duration>) -> SendEr
 /// endpoint is not (or not only) Vonage; retryable, as an outage.
 fn unreadable(status: u16) -> SendError {
     SendError::new(
-        SendErrorKind::Unavailable,
+        SendErrorKind::Rejected,
         format!("{GATEWAY}: unreadable answer (HTTP {status})"),
     )
 }

@@ -69,6 +69,7 @@ macro_rules! code_store_conformance {
             concurrent_counter_increments_are_all_counted,
             concurrent_compare_and_swaps_have_one_winner,
             concurrent_counting_swaps_count_once,
+            counters_raced_in_opposite_orders_all_succeed,
             concurrent_creates_leave_one_open_flow_per_account,
             wrong_code_race_evaluates_exactly_the_attempt_limit,
             right_code_race_issues_exactly_one_token,
@@ -145,6 +146,7 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     concurrent_counter_increments_are_all_counted(store.clone()).await;
     concurrent_compare_and_swaps_have_one_winner(store.clone()).await;
     concurrent_counting_swaps_count_once(store.clone()).await;
+    counters_raced_in_opposite_orders_all_succeed(store.clone()).await;
     concurrent_creates_leave_one_open_flow_per_account(store.clone()).await;
     wrong_code_race_evaluates_exactly_the_attempt_limit(store.clone()).await;
     right_code_race_issues_exactly_one_token(store.clone()).await;
@@ -348,6 +350,7 @@ pub async fn create_then_get_returns_every_field<S: CodeStore>(store: Arc<S>) {
     real.token_expires_at = t.saturating_add(Duration::from_secs(600));
     real.failed_attempts = 3;
     real.prior_failures = 7;
+    real.updated_at = t.saturating_add(Duration::from_secs(5));
     real.sends = 2;
     real.key_id = u32::MAX;
     let decoy = flow_at(t, decoy());
@@ -608,8 +611,9 @@ pub async fn counters_count_per_key_and_per_window<S: CodeStore>(store: Arc<S>) 
         [CounterValue::new(1, next), CounterValue::default()],
         "at the window's end the count starts again, and a read sees no window"
     );
-    // A read does not open a window: the next increment opens it then.
-    let later = end.saturating_add(Duration::from_secs(30));
+    // A read does not open a window: an increment inside the window a read
+    // would have opened opens a window of its own.
+    let later = start.saturating_add(Duration::from_secs(30));
     store
         .increment_counters(&[Counter::read(&c, minute)], start)
         .await
@@ -967,6 +971,33 @@ pub async fn concurrent_counting_swaps_count_once<S: CodeStore + 'static>(store:
         .await
         .expect("read");
     assert_eq!(read[0].count, 1);
+}
+
+/// Calls naming the same counters in opposite orders, raced, all succeed
+/// and lose no count (no deadlock between them).
+pub async fn counters_raced_in_opposite_orders_all_succeed<S: CodeStore + 'static>(store: Arc<S>) {
+    let hour = Duration::from_secs(3600);
+    let t = now();
+    let (a, b) = (unique("order-a"), unique("order-b"));
+    race(16, |i| {
+        let (store, a, b) = (store.clone(), a.clone(), b.clone());
+        async move {
+            for _ in 0..20 {
+                let (x, y) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                let call = [Counter::new(x, hour, 1), Counter::new(y, hour, 1)];
+                store
+                    .increment_counters(&call, t)
+                    .await
+                    .expect("no call may fail");
+            }
+        }
+    })
+    .await;
+    let read = store
+        .increment_counters(&[Counter::read(&a, hour), Counter::read(&b, hour)], t)
+        .await
+        .expect("read");
+    assert_eq!((read[0].count, read[1].count), (320, 320), "counts were lost");
 }
 
 /// Many concurrent creates for one subject leave exactly one open flow.

@@ -99,13 +99,13 @@ CREATE TABLE IF NOT EXISTS otp_cases (
 );
 
 CREATE OR REPLACE FUNCTION otp_create_flow(
-    p_id BYTEA, p_subject TEXT, p_state SMALLINT, p_version BIGINT, p_updated BIGINT,
+    p_id BYTEA, p_subject TEXT, p_state SMALLINT, p_version BIGINT, p_created BIGINT, p_updated BIGINT,
     p_purge BIGINT, p_data BYTEA
 ) RETURNS VOID LANGUAGE plpgsql AS $$
 BEGIN
     -- Creates of one subject run one at a time, so exactly one stays open.
     PERFORM pg_advisory_xact_lock(hashtextextended('otp:' || p_subject, 0));
-    UPDATE otp_flows SET state = 5, version = version + 1, updated_at = p_updated
+    UPDATE otp_flows SET state = 5, version = version + 1, updated_at = p_created
         WHERE subject = p_subject AND state IN (1, 2);
     INSERT INTO otp_flows (id, subject, state, version, updated_at, purge_after, data)
         VALUES (p_id, p_subject, p_state, p_version, p_updated, p_purge, p_data);
@@ -124,7 +124,13 @@ DECLARE
     opened BOOLEAN[] := '{}';
     applied BIGINT[] := '{}';
     refused BOOLEAN := false;
+    k TEXT;
 BEGIN
+    -- Counters are locked in one order (sorted keys) whatever the order of
+    -- the call, so calls that share counters never deadlock.
+    FOR k IN SELECT DISTINCT u.key FROM unnest(p_keys, p_bys) AS u(key, by_) WHERE u.by_ > 0 ORDER BY u.key LOOP
+        PERFORM pg_advisory_xact_lock(hashtextextended('otp:ctr:' || k, 0));
+    END LOOP;
     o_counts := '{}';
     o_resets := '{}';
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP
@@ -224,27 +230,43 @@ END $$;
     }
 }
 
-/// Maps a sqlx error: never carries a record's contents.
+/// Maps a sqlx error to a store error: the SQLSTATE and constraint only,
+/// never the server's text (which may quote values) or a record's contents.
 fn backend(error: sqlx::Error) -> StoreError {
     let retryable = match &error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-            true
-        }
-        sqlx::Error::Database(db) => {
-            // Serialization failure, deadlock, too many connections, shutdown.
-            matches!(
-                db.code().as_deref(),
-                Some("40001" | "40P01" | "53300" | "57P01" | "57P03")
-            )
-        }
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Connection exceptions, serialization failure, deadlock, too many
+            // connections, shutdown, cancelled, lock not available, read-only
+            // after a failover.
+            code.starts_with("08")
+                || matches!(
+                    &*code,
+                    "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03" | "57014" | "55P03" | "25006"
+                )
+        }),
         _ => false,
     };
     let message = match &error {
-        sqlx::Error::Database(db) => format!("postgres {}: {}", db.code().unwrap_or_default(), db.message()),
-        other => other.to_string(),
+        sqlx::Error::Database(db) => match db.constraint() {
+            Some(constraint) => format!("postgres {} on {constraint}", db.code().unwrap_or_default()),
+            None => format!("postgres {}", db.code().unwrap_or_default()),
+        },
+        sqlx::Error::Io(_) => "postgres: connection i/o failed".to_owned(),
+        sqlx::Error::PoolTimedOut => "postgres: no connection available in time".to_owned(),
+        sqlx::Error::PoolClosed => "postgres: the pool is closed".to_owned(),
+        sqlx::Error::Tls(_) => "postgres: TLS failed".to_owned(),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            "postgres: a column did not decode".to_owned()
+        }
+        _ => "postgres: request failed".to_owned(),
     };
     StoreError::backend(message, retryable)
 }
+
+/// The longest window stored: about 100 years, far beyond any rule, and
+/// small enough that `now + window` fits a bigint.
+const MAX_WINDOW_MS: i64 = 100 * 366 * 86_400_000;
 
 fn millis(t: Timestamp) -> i64 {
     i64::try_from(t.as_unix_millis()).unwrap_or(i64::MAX)
@@ -257,7 +279,13 @@ fn version(v: u64) -> i64 {
 /// Decodes a flow row: the record, with the authoritative columns applied.
 fn flow_from_row(row: &PgRow) -> Result<FlowRecord> {
     let data: Vec<u8> = row.try_get("data").map_err(backend)?;
+    let id: Vec<u8> = row.try_get("id").map_err(backend)?;
     let mut flow = FlowRecord::from_bytes(&data)?;
+    if flow.id.as_bytes().as_slice() != id.as_slice() {
+        return Err(StoreError::Decode(
+            "a record stored under another flow's id".into(),
+        ));
+    }
     let state: i16 = row.try_get("state").map_err(backend)?;
     let v: i64 = row.try_get("version").map_err(backend)?;
     let updated: i64 = row.try_get("updated_at").map_err(backend)?;
@@ -286,9 +314,14 @@ impl CounterArgs {
     fn of(counters: &[Counter]) -> Self {
         CounterArgs {
             keys: counters.iter().map(|c| c.key.clone()).collect(),
+            // Clamped so that `now + window` never overflows a bigint.
             windows: counters
                 .iter()
-                .map(|c| i64::try_from(c.window.as_millis()).unwrap_or(i64::MAX).max(1))
+                .map(|c| {
+                    i64::try_from(c.window.as_millis())
+                        .unwrap_or(i64::MAX)
+                        .clamp(1, MAX_WINDOW_MS)
+                })
                 .collect(),
             bys: counters.iter().map(|c| i64::from(c.by)).collect(),
             // 1-based index of the counter a conditional one names; 0: none.
@@ -328,12 +361,13 @@ fn counter_values(counts: Vec<Option<i64>>, resets: Vec<Option<i64>>) -> Result<
 #[async_trait]
 impl CodeStore for PostgresStore {
     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
-        let result = sqlx::query("SELECT otp_create_flow($1, $2, $3, $4, $5, $6, $7)")
+        let result = sqlx::query("SELECT otp_create_flow($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(flow.id.as_bytes().as_slice())
             .bind(flow.subject.key())
             .bind(i16::from(flow.state.code()))
             .bind(version(flow.version))
             .bind(millis(flow.created_at))
+            .bind(millis(flow.updated_at))
             .bind(millis(flow.purge_after))
             .bind(flow.to_bytes())
             .execute(&self.pool)
@@ -348,7 +382,7 @@ impl CodeStore for PostgresStore {
     }
 
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
-        let row = sqlx::query("SELECT state, version, updated_at, data FROM otp_flows WHERE id = $1")
+        let row = sqlx::query("SELECT id, state, version, updated_at, data FROM otp_flows WHERE id = $1")
             .bind(id.as_bytes().as_slice())
             .fetch_optional(&self.pool)
             .await
@@ -364,7 +398,7 @@ impl CodeStore for PostgresStore {
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         let args = CounterArgs::of(counters);
         let row = sqlx::query(
-            "SELECT f.state, f.version, f.updated_at, f.data, c.o_counts, c.o_resets \
+            "SELECT f.id, f.state, f.version, f.updated_at, f.data, c.o_counts, c.o_resets \
              FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN otp_flows f ON f.id = $1",
         )
         .bind(id.as_bytes().as_slice())
@@ -470,7 +504,7 @@ impl CodeStore for PostgresStore {
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
         let rows = sqlx::query(
-            "SELECT state, version, updated_at, data FROM otp_flows WHERE subject = $1 ORDER BY seq DESC LIMIT $2",
+            "SELECT id, state, version, updated_at, data FROM otp_flows WHERE subject = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(subject_key)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -500,7 +534,11 @@ impl CodeStore for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(data.map(|d| SupportCase::from_bytes(&d)).transpose()?)
+        let case = data.map(|d| SupportCase::from_bytes(&d)).transpose()?;
+        if case.as_ref().is_some_and(|c| c.reference != *reference) {
+            return Err(StoreError::Decode("a case stored under another reference".into()));
+        }
+        Ok(case)
     }
 
     async fn delete_counters(&self, keys: &[String]) -> Result<()> {
