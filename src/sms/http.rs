@@ -155,6 +155,62 @@ fn encode_component(text: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// Most answer bytes a sender reads: gateways answer a send in well under
+/// a kilobyte; anything longer is cut.
+pub const MAX_ANSWER: usize = 64 * 1024;
+
+/// A gateway's answer: its status, `Retry-After`, and at most
+/// [`MAX_ANSWER`] bytes of its body in memory wiped when dropped (a gateway
+/// may echo the message, and so the code).
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Retry-After` header, in seconds.
+    pub retry_after: Option<Duration>,
+    /// The body, cut at [`MAX_ANSWER`] bytes.
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+/// POSTs `form` (which may hold the code: encoded into wiped memory) to
+/// `url`, with HTTP Basic auth when given, asking for JSON, and reads the
+/// answer. Transport failures become retryable errors named by `gateway`.
+///
+/// # Errors
+/// [`transport_error`] when no answer came.
+pub async fn post_form(
+    gateway: &str,
+    client: &reqwest::Client,
+    url: reqwest::Url,
+    basic_auth: Option<(&str, &str)>,
+    form: &[(&str, &str)],
+) -> Result<Answer, SendError> {
+    let mut request = client
+        .post(url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(secret_body(secret_form(form)));
+    if let Some((user, password)) = basic_auth {
+        request = request.basic_auth(user, Some(password));
+    }
+    let mut response = request.send().await.map_err(|e| transport_error(gateway, &e))?;
+    let status = response.status().as_u16();
+    let retry_after = retry_after(response.headers());
+    let mut body = Zeroizing::new(Vec::new());
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(gateway, &e))? {
+        let room = MAX_ANSWER - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_ANSWER {
+            break;
+        }
+    }
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
 /// The `Retry-After` header in seconds, if present and numeric.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers

@@ -44,7 +44,6 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use zeroize::Zeroizing;
 
 use super::http::{self, Endpoint};
 use super::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
@@ -56,8 +55,6 @@ pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
 
 /// The gateway's name in error messages.
 const GATEWAY: &str = "twilio";
-/// The most of an answer that is read; Twilio's are a few kilobytes.
-const MAX_ANSWER: usize = 64 * 1024;
 /// The longest secret accepted (Twilio's are 32 characters).
 const MAX_SECRET: usize = 256;
 
@@ -315,38 +312,18 @@ impl SmsSender for TwilioSender {
             from,
             ("Body", message.body.expose_secret()),
         ];
-        let response = self
-            .client
-            .post(self.url.clone())
-            .basic_auth(user, Some(secret.expose_secret()))
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(http::secret_body(http::secret_form(&form)))
-            .send()
-            .await
-            .map_err(|e| http::transport_error(GATEWAY, &e))?;
-        let status = response.status().as_u16();
-        let retry_after = http::retry_after(response.headers());
-        // Twilio echoes the body (and so the code) in its answer.
-        let answer = read_answer(response)
-            .await
-            .map_err(|e| http::transport_error(GATEWAY, &e))?;
-        interpret(status, retry_after, &answer)
+        // Twilio echoes the body (and so the code) in its answer, which is
+        // read into wiped memory.
+        let answer = http::post_form(
+            GATEWAY,
+            &self.client,
+            self.url.clone(),
+            Some((user, secret.expose_secret())),
+            &form,
+        )
+        .await?;
+        interpret(answer.status, answer.retry_after, &answer.body)
     }
-}
-
-/// Reads at most [`MAX_ANSWER`] bytes of the answer, into memory that is
-/// zeroized when dropped.
-async fn read_answer(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, reqwest::Error> {
-    let mut answer = Zeroizing::new(Vec::new());
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_ANSWER - answer.len();
-        answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if answer.len() == MAX_ANSWER {
-            break;
-        }
-    }
-    Ok(answer)
 }
 
 /// The fields of a Message resource the sender reads.

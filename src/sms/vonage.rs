@@ -32,7 +32,6 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use zeroize::Zeroizing;
 
 use super::http::{self, Endpoint};
 use super::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
@@ -45,8 +44,6 @@ pub const DEFAULT_BASE_URL: &str = "https://rest.nexmo.com";
 
 /// The gateway's name in error messages.
 const GATEWAY: &str = "vonage";
-/// The most of an answer that is read; Vonage's are well under a kilobyte.
-const MAX_ANSWER: usize = 64 * 1024;
 /// The longest secret accepted (Vonage's are 16 characters).
 const MAX_SECRET: usize = 256;
 /// The longest alphanumeric sender id.
@@ -284,36 +281,9 @@ impl SmsSender for VonageSender {
         if Segments::of(text).encoding != Encoding::Gsm7 {
             form.push(("type", "unicode"));
         }
-        let response = self
-            .client
-            .post(self.url.clone())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(http::secret_body(http::secret_form(&form)))
-            .send()
-            .await
-            .map_err(|e| http::transport_error(GATEWAY, &e))?;
-        let status = response.status().as_u16();
-        let retry_after = http::retry_after(response.headers());
-        let answer = read_answer(response)
-            .await
-            .map_err(|e| http::transport_error(GATEWAY, &e))?;
-        interpret(status, retry_after, &answer)
+        let answer = http::post_form(GATEWAY, &self.client, self.url.clone(), None, &form).await?;
+        interpret(answer.status, answer.retry_after, &answer.body)
     }
-}
-
-/// Reads at most [`MAX_ANSWER`] bytes of the answer, into memory that is
-/// zeroized when dropped.
-async fn read_answer(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, reqwest::Error> {
-    let mut answer = Zeroizing::new(Vec::new());
-    while let Some(chunk) = response.chunk().await? {
-        let room = MAX_ANSWER - answer.len();
-        answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if answer.len() == MAX_ANSWER {
-            break;
-        }
-    }
-    Ok(answer)
 }
 
 /// The answer: one entry per SMS part.
