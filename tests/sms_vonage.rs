@@ -233,7 +233,8 @@ async fn a_multipart_message_is_accepted_when_every_part_is() {
     let receipt = sender(&server).send(&message(BODY)).await.unwrap();
     assert_eq!(receipt.id.as_deref(), Some("0A00000001"));
 
-    // One refused part fails the message.
+    // One refused part fails the message; since the other part went out, a
+    // retry would send it again, so the failure is not retryable.
     server.reset().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({
@@ -246,7 +247,9 @@ async fn a_multipart_message_is_accepted_when_every_part_is() {
         .mount(&server)
         .await;
     let err = sender(&server).send(&message(BODY)).await.unwrap_err();
-    assert_eq!(err.kind(), SendErrorKind::RateLimited);
+    assert_eq!(err.kind(), SendErrorKind::Rejected);
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("status 1"), "{err}");
     assert_clean(&err, &["Throughput"]);
 }
 

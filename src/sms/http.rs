@@ -17,8 +17,20 @@ use super::{SendError, SendErrorKind};
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A gateway endpoint that passed the TLS rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint(reqwest::Url);
+
+/// The origin and path only: a query may carry a token.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Endpoint({})", shown(&self.0))
+    }
+}
+
+/// A URL as it may be shown: origin and path, never the query.
+pub fn shown(url: &reqwest::Url) -> String {
+    format!("{}{}", url.origin().ascii_serialization(), url.path())
+}
 
 impl Endpoint {
     /// Parses `url` and applies the rule: `https`, or `http` to loopback.
@@ -86,6 +98,9 @@ fn is_loopback(url: &reqwest::Url) -> bool {
 /// A [`SendErrorKind::Configuration`] error if the TLS stack cannot start.
 pub fn client(timeout: Duration) -> Result<reqwest::Client, SendError> {
     reqwest::Client::builder()
+        // Never through a proxy from the environment: it could carry an
+        // allowed loopback http request, credentials and code, elsewhere.
+        .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -161,8 +176,7 @@ pub const MAX_ANSWER: usize = 64 * 1024;
 
 /// A gateway's answer: its status, `Retry-After`, and at most
 /// [`MAX_ANSWER`] bytes of its body in memory wiped when dropped (a gateway
-/// may echo the message, and so the code).
-#[derive(Debug)]
+/// may echo the message, and so the code: `Debug` shows only its length).
 pub struct Answer {
     /// The HTTP status.
     pub status: u16,
@@ -170,6 +184,16 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
     /// The body, cut at [`MAX_ANSWER`] bytes.
     pub body: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("retry_after", &self.retry_after)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
 }
 
 /// POSTs `form` (which may hold the code: encoded into wiped memory) to
@@ -197,7 +221,19 @@ pub async fn post_form(
     let status = response.status().as_u16();
     let retry_after = retry_after(response.headers());
     let mut body = Zeroizing::new(Vec::new());
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(gateway, &e))? {
+    // After a success status the message was accepted: losing the answer
+    // then must not be retried (it would send the message twice).
+    let lost = |e: reqwest::Error| {
+        if (200..300).contains(&status) {
+            SendError::new(
+                SendErrorKind::Rejected,
+                format!("{gateway}: answer lost after acceptance (HTTP {status})"),
+            )
+        } else {
+            transport_error(gateway, &e)
+        }
+    };
+    while let Some(chunk) = response.chunk().await.map_err(lost)? {
         let room = MAX_ANSWER - body.len();
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if body.len() == MAX_ANSWER {

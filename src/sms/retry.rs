@@ -161,16 +161,20 @@ impl<S> Retrying<S> {
         self.inner
     }
 
-    /// The wait after the `failed`-th try (1-based) failed with `error`.
-    fn wait_after(&self, failed: u32, error: &SendError) -> Duration {
+    /// The wait after the `failed`-th try (1-based) failed with `error`, or
+    /// `None` when the gateway asked for a longer wait than the cap: it is
+    /// honoured by not retrying early (the error, with its `retry_after`,
+    /// goes back to the caller).
+    fn wait_after(&self, failed: u32, error: &SendError) -> Option<Duration> {
         let doubled = 1u32
             .checked_shl(failed.saturating_sub(1))
             .and_then(|factor| self.initial_backoff.checked_mul(factor))
             .unwrap_or(self.max_backoff)
             .min(self.max_backoff);
         match error.retry_after() {
-            Some(asked) if asked > doubled => asked.min(self.max_backoff),
-            _ => doubled,
+            Some(asked) if asked > self.max_backoff => None,
+            Some(asked) if asked > doubled => Some(asked),
+            _ => Some(doubled),
         }
     }
 }
@@ -203,7 +207,9 @@ impl<S: SmsSender> SmsSender for Retrying<S> {
             };
             match result {
                 Err(error) if error.is_retryable() && tried < self.attempts => {
-                    let wait = self.wait_after(tried, &error);
+                    let Some(wait) = self.wait_after(tried, &error) else {
+                        return Err(error);
+                    };
                     // The error's kind and text carry no body and no credential.
                     tracing::debug!(
                         tried,
@@ -233,19 +239,26 @@ mod tests {
     fn waits_double_up_to_the_cap() {
         let r = Retrying::new(()).with_backoff(Duration::from_millis(200), Duration::from_secs(2));
         let waits: Vec<_> = (1..=6)
-            .map(|n| r.wait_after(n, &unavailable()).as_millis())
+            .map(|n| r.wait_after(n, &unavailable()).unwrap().as_millis())
             .collect();
         assert_eq!(waits, [200, 400, 800, 1600, 2000, 2000]);
-        assert_eq!(r.wait_after(u32::MAX, &unavailable()), Duration::from_secs(2));
+        assert_eq!(
+            r.wait_after(u32::MAX, &unavailable()),
+            Some(Duration::from_secs(2))
+        );
     }
 
     #[test]
     fn a_longer_retry_after_wins_up_to_the_cap() {
         let r = Retrying::new(());
         let asked = |s| unavailable().with_retry_after(Duration::from_millis(s));
-        assert_eq!(r.wait_after(1, &asked(50)), Duration::from_millis(200));
-        assert_eq!(r.wait_after(1, &asked(700)), Duration::from_millis(700));
-        assert_eq!(r.wait_after(1, &asked(60_000)), Duration::from_secs(2));
+        assert_eq!(r.wait_after(1, &asked(50)), Some(Duration::from_millis(200)));
+        assert_eq!(r.wait_after(1, &asked(700)), Some(Duration::from_millis(700)));
+        assert_eq!(
+            r.wait_after(1, &asked(60_000)),
+            None,
+            "a longer wait than the cap is not cut short"
+        );
     }
 
     #[test]

@@ -188,7 +188,11 @@ impl TwilioSenderBuilder {
 
     /// The time Twilio has to answer one request (default
     /// [`http::DEFAULT_TIMEOUT`]).
+    ///
+    /// # Panics
+    /// If `timeout` is zero (every send would time out).
     pub fn timeout(mut self, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero(), "a gateway timeout must be positive");
         self.timeout = timeout;
         self
     }
@@ -290,7 +294,7 @@ impl fmt::Debug for TwilioSender {
             .field("account_sid", &self.account_sid)
             .field("auth", &self.auth)
             .field("from", &self.from)
-            .field("url", &self.url.as_str())
+            .field("url", &http::shown(&self.url))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }

@@ -167,7 +167,11 @@ impl VonageSenderBuilder {
 
     /// The time Vonage has to answer one request (default
     /// [`http::DEFAULT_TIMEOUT`]).
+    ///
+    /// # Panics
+    /// If `timeout` is zero (every send would time out).
     pub fn timeout(mut self, timeout: Duration) -> Self {
+        assert!(!timeout.is_zero(), "a gateway timeout must be positive");
         self.timeout = timeout;
         self
     }
@@ -261,7 +265,7 @@ impl fmt::Debug for VonageSender {
             .field("api_key", &self.api_key)
             .field("api_secret", &self.api_secret)
             .field("from", &self.from)
-            .field("url", &self.url.as_str())
+            .field("url", &http::shown(&self.url))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -324,6 +328,7 @@ fn interpret(status: u16, retry_after: Option<Duration>, answer: &[u8]) -> Resul
         _ => return Err(http::status_error(GATEWAY, status, retry_after)),
     };
     let mut id = None;
+    let any_sent = success && parts.iter().any(|p| p.status() == Some(0));
     for part in &parts {
         match part.status() {
             Some(0) if success => {
@@ -332,6 +337,15 @@ fn interpret(status: u16, retry_after: Option<Duration>, answer: &[u8]) -> Resul
                 }
             }
             Some(0) => return Err(http::status_error(GATEWAY, status, retry_after)),
+            // Another part already went out: a retry would send it again,
+            // so a failure a retry could help becomes one it cannot.
+            Some(code) if any_sent && status_error(code, status, retry_after).is_retryable() => {
+                let error = status_error(code, status, retry_after);
+                return Err(SendError::new(
+                    SendErrorKind::Rejected,
+                    format!("{error} after a part was sent"),
+                ));
+            }
             Some(code) => return Err(status_error(code, status, retry_after)),
             None => return Err(unreadable(status)),
         }
@@ -350,7 +364,7 @@ fn status_error(code: u16, status: u16, retry_after: Option<Duration>) -> SendEr
 }
 
 /// A success status with a body that is not an SMS API answer: the
-/// endpoint is not (or not only) Vonage; retryable, as an outage.
+/// endpoint is not (or not only) Vonage; not retryable: the message may have gone out.
 fn unreadable(status: u16) -> SendError {
     SendError::new(
         SendErrorKind::Rejected,
@@ -410,6 +424,16 @@ mod tests {
         assert_eq!(err.kind(), SendErrorKind::Configuration);
         assert!(err.to_string().contains("status 9"), "{err}");
         assert!(!err.to_string().contains("Quota"), "{err}");
+    }
+
+    #[test]
+    fn a_retryable_failure_after_a_sent_part_is_not_retried() {
+        let answer = br#"{"message-count":"2","messages":[
+            {"to":"447700900000","message-id":"0A0000000123ABCD1","status":"0"},
+            {"status":"1","error-text":"Throughput Rate Exceeded"}]}"#;
+        let err = interpret(200, None, answer).unwrap_err();
+        assert!(!err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("status 1"), "{err}");
     }
 
     #[test]
