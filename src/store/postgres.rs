@@ -342,6 +342,45 @@ impl CounterArgs {
     }
 }
 
+impl CounterArgs {
+    /// Binds the arrays and `now`, in the order every counter function takes
+    /// them, after the query's earlier parameters.
+    fn bind<'q>(&'q self, query: PgQuery<'q>, now: Timestamp) -> PgQuery<'q> {
+        query
+            .bind(&self.keys)
+            .bind(&self.windows)
+            .bind(&self.bys)
+            .bind(&self.conds)
+            .bind(&self.maxes)
+            .bind(&self.guarded)
+            .bind(millis(now))
+    }
+}
+
+/// Binds a swap's parameters: the id, the expected version, then the new
+/// state, version, update time, purge time and record.
+fn bind_swap<'q>(query: PgQuery<'q>, expected_version: u64, flow: &'q FlowRecord) -> PgQuery<'q> {
+    query
+        .bind(flow.id.as_bytes().as_slice())
+        .bind(version(expected_version))
+        .bind(i16::from(flow.state.code()))
+        .bind(version(flow.version))
+        .bind(millis(flow.updated_at))
+        .bind(millis(flow.purge_after))
+        .bind(flow.to_bytes())
+}
+
+/// A query being built.
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// The counter values of a row's `o_counts` and `o_resets` columns (none
+/// when they are null: a swap that did not write).
+fn counter_row(row: &PgRow) -> Result<Option<Vec<CounterValue>>> {
+    let counts: Option<Vec<Option<i64>>> = row.try_get("o_counts").map_err(backend)?;
+    let resets: Option<Vec<Option<i64>>> = row.try_get("o_resets").map_err(backend)?;
+    counts.zip(resets).map(|(c, r)| counter_values(c, r)).transpose()
+}
+
 fn counter_values(counts: Vec<Option<i64>>, resets: Vec<Option<i64>>) -> Result<Vec<CounterValue>> {
     counts
         .into_iter()
@@ -397,46 +436,33 @@ impl CodeStore for PostgresStore {
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         let args = CounterArgs::of(counters);
-        let row = sqlx::query(
+        let query = sqlx::query(
             "SELECT f.id, f.state, f.version, f.updated_at, f.data, c.o_counts, c.o_resets \
              FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN otp_flows f ON f.id = $1",
         )
-        .bind(id.as_bytes().as_slice())
-        .bind(&args.keys)
-        .bind(&args.windows)
-        .bind(&args.bys)
-        .bind(&args.conds)
-        .bind(&args.maxes)
-        .bind(&args.guarded)
-        .bind(millis(now))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
+        .bind(id.as_bytes().as_slice());
+        let row = args
+            .bind(query, now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
         let data: Option<Vec<u8>> = row.try_get("data").map_err(backend)?;
         let flow = match data {
             Some(_) => Some(flow_from_row(&row)?),
             None => None,
         };
-        let counts: Vec<Option<i64>> = row.try_get("o_counts").map_err(backend)?;
-        let resets: Vec<Option<i64>> = row.try_get("o_resets").map_err(backend)?;
-        Ok((flow, counter_values(counts, resets)?))
+        Ok((flow, counter_row(&row)?.unwrap_or_default()))
     }
 
     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE otp_flows SET state = $3, version = $4, updated_at = $5, purge_after = $6, data = $7 \
              WHERE id = $1 AND version = $2",
-        )
-        .bind(flow.id.as_bytes().as_slice())
-        .bind(version(expected_version))
-        .bind(i16::from(flow.state.code()))
-        .bind(version(flow.version))
-        .bind(millis(flow.updated_at))
-        .bind(millis(flow.purge_after))
-        .bind(flow.to_bytes())
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
+        );
+        let done = bind_swap(query, expected_version, flow)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -448,37 +474,17 @@ impl CodeStore for PostgresStore {
         now: Timestamp,
     ) -> Result<Option<Vec<CounterValue>>> {
         let args = CounterArgs::of(counters);
-        let row = sqlx::query(
+        let query = sqlx::query(
             "SELECT o_swapped, o_counts, o_resets \
              FROM otp_swap_counting($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        )
-        .bind(flow.id.as_bytes().as_slice())
-        .bind(version(expected_version))
-        .bind(i16::from(flow.state.code()))
-        .bind(version(flow.version))
-        .bind(millis(flow.updated_at))
-        .bind(millis(flow.purge_after))
-        .bind(flow.to_bytes())
-        .bind(&args.keys)
-        .bind(&args.windows)
-        .bind(&args.bys)
-        .bind(&args.conds)
-        .bind(&args.maxes)
-        .bind(&args.guarded)
-        .bind(millis(now))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
+        );
+        let query = args.bind(bind_swap(query, expected_version, flow), now);
+        let row = query.fetch_one(&self.pool).await.map_err(backend)?;
         let swapped: bool = row.try_get("o_swapped").map_err(backend)?;
         if !swapped {
             return Ok(None);
         }
-        let counts: Option<Vec<Option<i64>>> = row.try_get("o_counts").map_err(backend)?;
-        let resets: Option<Vec<Option<i64>>> = row.try_get("o_resets").map_err(backend)?;
-        Ok(Some(counter_values(
-            counts.unwrap_or_default(),
-            resets.unwrap_or_default(),
-        )?))
+        Ok(Some(counter_row(&row)?.unwrap_or_default()))
     }
 
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
@@ -486,20 +492,13 @@ impl CodeStore for PostgresStore {
             return Ok(Vec::new());
         }
         let args = CounterArgs::of(counters);
-        let row = sqlx::query("SELECT o_counts, o_resets FROM otp_counters($1, $2, $3, $4, $5, $6, $7)")
-            .bind(&args.keys)
-            .bind(&args.windows)
-            .bind(&args.bys)
-            .bind(&args.conds)
-            .bind(&args.maxes)
-            .bind(&args.guarded)
-            .bind(millis(now))
+        let query = sqlx::query("SELECT o_counts, o_resets FROM otp_counters($1, $2, $3, $4, $5, $6, $7)");
+        let row = args
+            .bind(query, now)
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
-        let counts: Vec<Option<i64>> = row.try_get("o_counts").map_err(backend)?;
-        let resets: Vec<Option<i64>> = row.try_get("o_resets").map_err(backend)?;
-        counter_values(counts, resets)
+        Ok(counter_row(&row)?.unwrap_or_default())
     }
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
