@@ -36,6 +36,8 @@ const TOKEN_LABEL: &[u8] = b"otp-recovery/v1/token";
 const DECOY_LABEL: &[u8] = b"otp-recovery/v1/decoy";
 const REFERENCE_LABEL: &[u8] = b"otp-recovery/v1/support-reference";
 const PSEUDONYM_LABEL: &[u8] = b"otp-recovery/v1/pseudonym";
+const CHANNEL_LABEL: &[u8] = b"otp-recovery/v1/channel-code";
+const RECOVERY_CODE_LABEL: &[u8] = b"otp-recovery/v1/recovery-code";
 
 /// An HMAC-SHA256 value as stored in a flow record. Not secret on its own,
 /// but still kept out of `Debug`, since a leaked MAC of a six-digit code
@@ -151,6 +153,19 @@ impl KeyRing {
             flow,
             code.expose_secret().as_bytes(),
         )
+    }
+
+    /// MAC of a second-channel code for a flow, under key `key_id`: its own
+    /// label, so an SMS code's MAC never matches it.
+    pub(crate) fn channel_code_mac(&self, key_id: u32, flow: &FlowId, code: &Code) -> Option<Mac> {
+        let key = self.key(key_id)?;
+        Some(mac(key, CHANNEL_LABEL, flow, code.expose_secret().as_bytes()))
+    }
+
+    /// MAC of a saved recovery code (with its account) in the set `set`.
+    pub(crate) fn recovery_code_mac(&self, key_id: u32, set: &[u8; 16], input: &[u8]) -> Option<Mac> {
+        let key = self.key(key_id)?;
+        Some(mac(key, RECOVERY_CODE_LABEL, &FlowId::from_bytes(*set), input))
     }
 
     /// MAC of the random part of a reset token.

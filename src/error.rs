@@ -15,7 +15,9 @@
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::factor::{FactorKind, FactorSourceError};
 use crate::limits::LimitScope;
+use crate::recovery::FactorChallenge;
 use crate::secret::RandomError;
 use crate::sms::SendError;
 use crate::store::StoreError;
@@ -97,6 +99,45 @@ pub enum Error {
     /// The reset token does not match.
     #[error("invalid reset token")]
     InvalidToken,
+    /// The right SMS code, on a flow that needs a second factor: returned
+    /// by [`Recovery::verify`](crate::Recovery::verify), which issues tokens
+    /// only; the code is used up, and [`Recovery::verify_factor`](crate::Recovery::verify_factor)
+    /// continues. ([`Recovery::verify_code`](crate::Recovery::verify_code)
+    /// answers this as a success.)
+    #[error("a second factor is required")]
+    SecondFactorRequired(FactorChallenge),
+    /// The policy requires a second factor and the account has none it
+    /// accepts: recovery by SMS alone is not possible; the flow is
+    /// cancelled. Send the user to support.
+    #[error("this account needs a second factor it does not have; contact support")]
+    #[non_exhaustive]
+    NoSecondFactor {
+        /// The host's support contact, as configured in
+        /// [`Messages`](crate::Messages).
+        support: Option<String>,
+    },
+    /// A wrong second-factor code (or one already used). `attempts_left
+    /// == 0` means this kind can no longer be used on this flow.
+    #[error("wrong {kind} code: {attempts_left} attempts left")]
+    #[non_exhaustive]
+    InvalidFactorCode {
+        /// Which factor.
+        kind: FactorKind,
+        /// Attempts of that kind the flow still allows.
+        attempts_left: u32,
+    },
+    /// This kind of second factor cannot be used on this flow: not offered
+    /// to it, out of attempts, or removed from the account meanwhile.
+    #[error("{kind} cannot be used for this recovery")]
+    #[non_exhaustive]
+    FactorUnavailable {
+        /// Which factor.
+        kind: FactorKind,
+    },
+    /// The host's [`FactorSource`](crate::factor::FactorSource) failed;
+    /// nothing was counted for the code.
+    #[error(transparent)]
+    Factors(#[from] FactorSourceError),
     /// The input is malformed (a code with letters, a garbage token...).
     #[error(transparent)]
     Input(#[from] InputError),
@@ -191,4 +232,22 @@ pub enum InputError {
     /// A key ring needs keys with distinct ids.
     #[error("duplicate key id {0} in the key ring")]
     DuplicateKeyId(u32),
+    /// An authenticator secret must have at least `min` bytes.
+    #[error("authenticator secret too short: at least {min} bytes are required")]
+    TotpSecretTooShort {
+        /// The minimum length in bytes.
+        min: usize,
+    },
+    /// An authenticator parameter out of range.
+    #[error("invalid authenticator setting: {0}")]
+    TotpParameters(&'static str),
+    /// A recovery code is 16 characters of Crockford base 32, in groups.
+    #[error("malformed recovery code: expected e.g. ABCD-EFGH-JKMN-PQRS")]
+    MalformedRecoveryCode,
+    /// A set has 1 to 20 recovery codes.
+    #[error("a set has 1 to 20 recovery codes")]
+    RecoveryCodeCount,
+    /// A second-channel address is malformed.
+    #[error("malformed address")]
+    MalformedAddress,
 }

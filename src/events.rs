@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::factor::FactorKind;
 use crate::id::{AccountId, FlowId};
 use crate::limits::{BlockTarget, LimitScope};
 use crate::phone::MaskedPhone;
@@ -65,8 +66,39 @@ pub enum EventKind {
         /// Attempts the flow still allows.
         attempts_left: u32,
     },
-    /// A right code: a reset token was issued.
+    /// A right SMS code: a reset token was issued, or (followed by
+    /// [`EventKind::FactorRequired`]) the flow moved on to a second factor.
     Verified,
+    /// A right SMS code on a flow that needs a second factor.
+    FactorRequired,
+    /// A right SMS code, but the policy requires a second factor the
+    /// account does not have: the flow was cancelled; support takes over.
+    NoSecondFactor,
+    /// A second factor passed: a reset token was issued.
+    FactorVerified {
+        /// Which factor.
+        kind: FactorKind,
+    },
+    /// A wrong second-factor code.
+    FactorFailed {
+        /// Which factor.
+        kind: FactorKind,
+        /// Attempts of that kind the flow still allows.
+        attempts_left: u32,
+    },
+    /// A second-factor code that was already used (a TOTP code in its time
+    /// step, a recovery code): counted as wrong.
+    FactorReplayed {
+        /// Which factor.
+        kind: FactorKind,
+    },
+    /// A second-channel code was sent.
+    FactorCodeSent,
+    /// A second-channel code could not be sent; it was withdrawn.
+    FactorSendFailed {
+        /// The failure's kind.
+        kind: SendErrorKind,
+    },
     /// A flow used its last attempt.
     FlowLocked,
     /// An account reached its failure limit: recovery by SMS is locked.
@@ -310,6 +342,9 @@ impl EventSink for TracingSink {
             | EventKind::BlockedRequest { .. }
             | EventKind::DestinationRefused { .. }
             | EventKind::SendFailed { .. }
+            | EventKind::FactorReplayed { .. }
+            | EventKind::NoSecondFactor
+            | EventKind::FactorSendFailed { .. }
             | EventKind::NotificationFailed { .. } => emit!(tracing::Level::WARN),
             EventKind::Support { .. } | EventKind::ResetCompleted | EventKind::RateLimited { .. } => {
                 emit!(tracing::Level::INFO)

@@ -40,6 +40,7 @@ mod clock;
 mod code;
 mod error;
 pub mod events;
+pub mod factor;
 mod hex;
 mod id;
 pub mod limits;
@@ -49,6 +50,7 @@ mod phone;
 mod policy;
 mod record;
 mod recovery;
+mod second_factor;
 mod secret;
 pub mod sms;
 pub mod store;
@@ -66,8 +68,13 @@ pub use policy::{
     MAX_ATTEMPTS_CAP, MAX_TOKEN_TTL, NIST_MAX_ACCOUNT_FAILURES, NIST_MAX_CODE_TTL, Policy, PolicyBuilder,
     PolicyError,
 };
-pub use record::{DecodeError, DecoyId, EffectiveState, FlowRecord, FlowState, Subject, UnknownState};
-pub use recovery::{Account, Completed, Recovery, RequestContext, Requested, Verified};
+pub use record::{
+    DecodeError, DecoyId, EffectiveState, FactorProgress, FlowRecord, FlowState, Subject, UnknownState,
+};
+pub use recovery::{
+    Account, Completed, FactorChallenge, Progress, Recovery, RequestContext, Requested, Verified,
+};
+pub use second_factor::FactorCodeSent;
 pub use secret::{
     Code, MAX_CODE_DIGITS, MIN_CODE_DIGITS, MIN_KEY_LEN, RandomError, ResetToken, SecretString, ServerKey,
 };

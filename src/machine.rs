@@ -35,7 +35,8 @@ use crate::error::Error;
 use crate::id::FlowId;
 use crate::phone::PhoneNumber;
 use crate::policy::Policy;
-use crate::record::{EffectiveState, FlowRecord, FlowState, Subject};
+use crate::factor::{FactorKind, FactorSet};
+use crate::record::{EffectiveState, FactorProgress, FlowRecord, FlowState, Subject};
 
 /// What comparing the presented code with the stored MAC showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,30 @@ pub enum Evaluation {
         /// MAC of the new token's random part.
         token_mac: Mac,
     },
+    /// The code matched, and the account must now pass one of `offered`
+    /// before a reset token is issued.
+    RightAwaitingFactor {
+        /// The second factors the user may use.
+        offered: FactorSet,
+    },
+    /// The code matched, but the policy requires a second factor and the
+    /// account has none: the flow is cancelled (support takes over).
+    RightWithoutFactor,
     /// The code did not match.
+    Wrong,
+}
+
+/// What checking a second-factor code showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactorEvaluation {
+    /// The factor passed; this reset token (its key id and MAC) is issued.
+    Right {
+        /// Id of the key that made `token_mac`.
+        key_id: u32,
+        /// MAC of the new token's random part.
+        token_mac: Mac,
+    },
+    /// The factor's code was wrong (or already used).
     Wrong,
 }
 
@@ -57,6 +81,11 @@ pub enum Evaluation {
 pub enum Verdict {
     /// The code matched; the flow is now `Verified`.
     Right,
+    /// The code matched; the flow now awaits a second factor.
+    AwaitingFactor,
+    /// The code matched, but the account has no second factor the policy
+    /// requires; the flow is now `Cancelled`.
+    NoFactor,
     /// The code did not match. `attempts_left == 0` means the flow is now
     /// `Locked`; `account_locked` that it was the account's limit (over all
     /// its flows in the failure window) that was reached.
@@ -106,6 +135,7 @@ pub fn open(policy: &Policy, now: Timestamp, opening: Opening) -> FlowRecord {
         token_mac: None,
         token_expires_at: Timestamp::default(),
         purge_after: code_expires_at.saturating_add(policy.record_retention()),
+        factor: None,
     }
 }
 
@@ -121,9 +151,12 @@ fn flow_attempts_left(flow: &FlowRecord, policy: &Policy) -> u32 {
 }
 
 fn account_attempts_left(flow: &FlowRecord, policy: &Policy) -> u32 {
-    policy
-        .max_account_failures()
-        .saturating_sub(flow.prior_failures.saturating_add(flow.failed_attempts))
+    let factor_failures = flow.factor.as_ref().map_or(0, FactorProgress::total_failed);
+    policy.max_account_failures().saturating_sub(
+        flow.prior_failures
+            .saturating_add(flow.failed_attempts)
+            .saturating_add(factor_failures),
+    )
 }
 
 /// Whether a code may be evaluated against `flow` at `now`. Cheap; the driver
@@ -158,14 +191,21 @@ pub fn verify(
     let mut next = step(flow, now);
     match evaluation {
         Evaluation::Right { key_id, token_mac } => {
-            next.state = FlowState::Verified;
-            next.key_id = key_id;
-            next.token_mac = Some(token_mac);
-            next.token_expires_at = now.saturating_add(policy.token_ttl());
+            issue_token(&mut next, policy, now, key_id, token_mac);
+            Ok((next, Verdict::Right))
+        }
+        Evaluation::RightAwaitingFactor { offered } => {
+            next.state = FlowState::FactorPending;
+            let expires_at = now.saturating_add(policy.code_ttl());
+            next.factor = Some(FactorProgress::new(offered, expires_at));
             next.purge_after = next
                 .purge_after
-                .max(next.token_expires_at.saturating_add(policy.record_retention()));
-            Ok((next, Verdict::Right))
+                .max(expires_at.saturating_add(policy.record_retention()));
+            Ok((next, Verdict::AwaitingFactor))
+        }
+        Evaluation::RightWithoutFactor => {
+            next.state = FlowState::Cancelled;
+            Ok((next, Verdict::NoFactor))
         }
         Evaluation::Wrong => {
             next.failed_attempts += 1;
@@ -183,6 +223,177 @@ pub fn verify(
             ))
         }
     }
+}
+
+fn issue_token(next: &mut FlowRecord, policy: &Policy, now: Timestamp, key_id: u32, token_mac: Mac) {
+    next.state = FlowState::Verified;
+    next.key_id = key_id;
+    next.token_mac = Some(token_mac);
+    next.token_expires_at = now.saturating_add(policy.token_ttl());
+    next.purge_after = next
+        .purge_after
+        .max(next.token_expires_at.saturating_add(policy.record_retention()));
+}
+
+/// Wrong codes of `kind` the flow still allows: the lower of the kind's own
+/// limit and the account's; 0 for a kind not offered.
+pub fn factor_attempts_left(flow: &FlowRecord, policy: &Policy, kind: FactorKind) -> u32 {
+    match &flow.factor {
+        Some(f) if f.offered.contains(kind) => policy
+            .factor_attempts()
+            .saturating_sub(f.failed(kind))
+            .min(account_attempts_left(flow, policy)),
+        _ => 0,
+    }
+}
+
+/// The factors a user can still use on `flow`: offered, with attempts left.
+pub fn usable_factors(flow: &FlowRecord, policy: &Policy) -> FactorSet {
+    FactorKind::ALL
+        .into_iter()
+        .filter(|k| factor_attempts_left(flow, policy, *k) > 0)
+        .collect()
+}
+
+fn factor_step_gate(flow: &FlowRecord, now: Timestamp) -> Result<&FactorProgress, Error> {
+    match flow.state_at(now) {
+        EffectiveState::Stored(FlowState::FactorPending) => {
+            flow.factor.as_ref().ok_or(Error::Busy)
+        }
+        other => Err(refusal(other)),
+    }
+}
+
+/// Whether a code of `kind` may be checked against `flow` at `now`. Cheap;
+/// the driver calls it before any MAC or look-up.
+///
+/// # Errors
+/// The state refusals of [`verify_gate`] (a flow not awaiting a factor:
+/// `AlreadyUsed` once the token was issued); `FactorUnavailable` for a kind
+/// not offered or out of attempts; `Locked` when the account's limit is
+/// reached; `Expired` for a second-channel code never sent or past its
+/// lifetime (send another).
+pub fn factor_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp, kind: FactorKind) -> Result<(), Error> {
+    let f = factor_step_gate(flow, now)?;
+    if account_attempts_left(flow, policy) == 0 {
+        return Err(Error::flow_locked());
+    }
+    if factor_attempts_left(flow, policy, kind) == 0 {
+        return Err(Error::FactorUnavailable { kind });
+    }
+    if kind == FactorKind::Channel && (f.channel_mac.is_none() || now >= f.channel_expires_at) {
+        return Err(Error::Expired);
+    }
+    Ok(())
+}
+
+/// Evaluates one second-factor code: counts the attempt and records the
+/// verdict in the same new record, like [`verify`]. A right code issues the
+/// token; a wrong one costs an attempt of its kind and of the account, and
+/// locks the flow once no offered kind has attempts left.
+///
+/// # Errors
+/// As [`factor_gate`].
+pub fn verify_factor(
+    flow: &FlowRecord,
+    policy: &Policy,
+    now: Timestamp,
+    kind: FactorKind,
+    evaluation: FactorEvaluation,
+) -> Result<(FlowRecord, Verdict), Error> {
+    factor_gate(flow, policy, now, kind)?;
+    let mut next = step(flow, now);
+    match evaluation {
+        FactorEvaluation::Right { key_id, token_mac } => {
+            issue_token(&mut next, policy, now, key_id, token_mac);
+            Ok((next, Verdict::Right))
+        }
+        FactorEvaluation::Wrong => {
+            let f = next.factor.as_mut().expect("the gate checked the factor step");
+            f.failed[kind.index()] = f.failed[kind.index()].saturating_add(1);
+            let attempts_left = factor_attempts_left(&next, policy, kind);
+            if usable_factors(&next, policy).is_empty() {
+                next.state = FlowState::Locked;
+            }
+            let account_locked = account_attempts_left(&next, policy) == 0;
+            Ok((
+                next,
+                Verdict::Wrong {
+                    attempts_left,
+                    account_locked,
+                },
+            ))
+        }
+    }
+}
+
+/// Whether a second-channel code may be sent for `flow` at `now`.
+///
+/// # Errors
+/// As [`factor_gate`] (but an expired or missing code is what a send is
+/// for), `TooManySends` past the flow's allowance of sends, `TooSoon`
+/// within the cooldown.
+pub fn channel_send_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Error> {
+    let f = factor_step_gate(flow, now)?;
+    if account_attempts_left(flow, policy) == 0 {
+        return Err(Error::flow_locked());
+    }
+    if factor_attempts_left(flow, policy, FactorKind::Channel) == 0 {
+        return Err(Error::FactorUnavailable {
+            kind: FactorKind::Channel,
+        });
+    }
+    if f.channel_sends >= policy.max_sends_per_flow() {
+        return Err(Error::TooManySends);
+    }
+    if f.channel_sends > 0 {
+        let at = f
+            .channel_last_sent_at
+            .saturating_add(policy.cooldown_after(f.channel_sends));
+        if now < at {
+            return Err(Error::TooSoon {
+                retry_after: at.saturating_duration_since(now),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Records a new second-channel code (its key id and MAC), replacing any
+/// earlier one; valid for the policy's code lifetime, and never past the
+/// factor step's end.
+///
+/// # Errors
+/// As [`channel_send_gate`].
+pub fn channel_code_sent(
+    flow: &FlowRecord,
+    policy: &Policy,
+    now: Timestamp,
+    key_id: u32,
+    code_mac: Mac,
+) -> Result<FlowRecord, Error> {
+    channel_send_gate(flow, policy, now)?;
+    let mut next = step(flow, now);
+    next.key_id = key_id;
+    let f = next.factor.as_mut().expect("the gate checked the factor step");
+    f.channel_mac = Some(code_mac);
+    f.channel_expires_at = now.saturating_add(policy.code_ttl()).min(f.expires_at);
+    f.channel_sends += 1;
+    f.channel_last_sent_at = now;
+    Ok(next)
+}
+
+/// The second-channel message carrying the code whose MAC is `code_mac`
+/// could not be sent: the code is withdrawn (the user may send another
+/// after the cooldown). `None` if there is nothing to undo.
+pub fn channel_send_failed(flow: &FlowRecord, now: Timestamp, code_mac: &Mac) -> Option<FlowRecord> {
+    let f = factor_step_gate(flow, now).ok()?;
+    if !f.channel_mac.is_some_and(|m| m.ct_matches(code_mac)) {
+        return None;
+    }
+    let mut next = step(flow, now);
+    next.factor.as_mut().expect("checked above").channel_mac = None;
+    Some(next)
 }
 
 /// Whether a new code may be sent for `flow` at `now`.
@@ -317,7 +528,9 @@ fn refusal(state: EffectiveState) -> Error {
     match state {
         EffectiveState::Expired => Error::Expired,
         EffectiveState::Stored(FlowState::Locked) => Error::flow_locked(),
-        EffectiveState::Stored(FlowState::Verified | FlowState::Completed) => Error::AlreadyUsed,
+        EffectiveState::Stored(FlowState::Verified | FlowState::Completed | FlowState::FactorPending) => {
+            Error::AlreadyUsed
+        }
         EffectiveState::Stored(FlowState::Superseded) => Error::Superseded,
         EffectiveState::Stored(FlowState::Cancelled) => Error::Cancelled,
         // Only reached for a state the caller accepts; keep a safe answer.

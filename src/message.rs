@@ -209,6 +209,7 @@ impl Templates {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Code,
+    ChannelCode,
     PasswordChanged,
     Locked,
 }
@@ -302,6 +303,24 @@ impl Messages {
         self.render(Kind::Code, self.templates_for(locale), &values)
     }
 
+    /// The second-channel message carrying `code` (e.g. an email body): the
+    /// code template, without the WebOTP line, which is for SMS only.
+    pub fn channel_code_message(
+        &self,
+        code: &Code,
+        ttl: Duration,
+        flow: &FlowId,
+        locale: Option<Locale>,
+    ) -> SecretString {
+        let values = Values {
+            code: Some(code),
+            ttl,
+            flow: Some(flow),
+            ..Values::default()
+        };
+        self.render(Kind::ChannelCode, self.templates_for(locale), &values)
+    }
+
     /// The notice after a reset.
     pub fn password_changed_message(&self, locale: Option<Locale>) -> SecretString {
         self.render(
@@ -328,7 +347,7 @@ impl Messages {
 
     fn render(&self, kind: Kind, templates: &Templates, v: &Values<'_>) -> SecretString {
         let template = match kind {
-            Kind::Code => &templates.code,
+            Kind::Code | Kind::ChannelCode => &templates.code,
             Kind::PasswordChanged => &templates.password_changed,
             Kind::Locked => &templates.locked,
         };

@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use crate::secret::{MAX_CODE_DIGITS, MIN_CODE_DIGITS};
+use crate::factor::{FactorSet, SecondFactor};
 
 /// Longest code lifetime NIST SP 800-63B allows for an out-of-band (SMS)
 /// secret: 10 minutes.
@@ -49,6 +50,9 @@ pub struct Policy {
     account_failure_window: Duration,
     account_lockout: Duration,
     reveal_send_failures: bool,
+    second_factor: SecondFactor,
+    accepted_factors: FactorSet,
+    factor_attempts: u32,
 }
 
 impl Default for Policy {
@@ -66,6 +70,9 @@ impl Default for Policy {
             account_failure_window: Duration::from_secs(24 * 60 * 60),
             account_lockout: Duration::from_secs(60 * 60),
             reveal_send_failures: false,
+            second_factor: SecondFactor::Off,
+            accepted_factors: FactorSet::ALL,
+            factor_attempts: 5,
         }
     }
 }
@@ -144,6 +151,23 @@ impl Policy {
         self.reveal_send_failures
     }
 
+    /// When a second factor is required after the SMS code (default
+    /// [`SecondFactor::Off`]).
+    pub fn second_factor(&self) -> SecondFactor {
+        self.second_factor
+    }
+
+    /// The kinds of second factor the policy accepts (default: all).
+    pub fn accepted_factors(&self) -> FactorSet {
+        self.accepted_factors
+    }
+
+    /// Wrong codes allowed per second-factor kind in one flow (default 5).
+    /// Each also counts toward the account's failure limit.
+    pub fn factor_attempts(&self) -> u32 {
+        self.factor_attempts
+    }
+
     /// The wait required before the send that follows `sends` sends.
     pub(crate) fn cooldown_after(&self, sends: u32) -> Duration {
         let doublings = sends.saturating_sub(1).min(31);
@@ -217,6 +241,24 @@ impl PolicyBuilder {
         self
     }
 
+    /// Requires a second factor after the SMS code (see [`SecondFactor`]).
+    pub fn second_factor(mut self, requirement: SecondFactor) -> Self {
+        self.0.second_factor = requirement;
+        self
+    }
+
+    /// The kinds of second factor accepted (at least one).
+    pub fn accepted_factors(mut self, kinds: FactorSet) -> Self {
+        self.0.accepted_factors = kinds;
+        self
+    }
+
+    /// Wrong codes allowed per second-factor kind in one flow, 1 to 10.
+    pub fn factor_attempts(mut self, attempts: u32) -> Self {
+        self.0.factor_attempts = attempts;
+        self
+    }
+
     /// Checks every setting.
     ///
     /// # Errors
@@ -250,6 +292,12 @@ impl PolicyBuilder {
         }
         if !(Duration::from_secs(60)..=168 * hour).contains(&p.account_lockout) {
             return Err(PolicyError::AccountLockout(p.account_lockout));
+        }
+        if !(1..=MAX_ATTEMPTS_CAP).contains(&p.factor_attempts) {
+            return Err(PolicyError::FactorAttempts(p.factor_attempts));
+        }
+        if p.accepted_factors.is_empty() {
+            return Err(PolicyError::NoFactorAccepted);
         }
         Ok(p)
     }
@@ -288,6 +336,12 @@ pub enum PolicyError {
     /// The account failure window must be 1 hour to 7 days.
     #[error("account failure window {0:?} is outside 1 hour to 7 days")]
     AccountFailureWindow(Duration),
+    /// One to ten wrong codes per second-factor kind.
+    #[error("attempts per second factor must be 1 to 10, not {0}")]
+    FactorAttempts(u32),
+    /// The accepted second factors must name at least one kind.
+    #[error("no kind of second factor is accepted")]
+    NoFactorAccepted,
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use crate::clock::Timestamp;
 use crate::code::Mac;
+use crate::factor::{FactorKind, FactorSet};
 use crate::id::{AccountId, FlowId};
 use crate::phone::PhoneNumber;
 
@@ -27,6 +28,9 @@ pub enum FlowState {
     Superseded,
     /// Cancelled (by support, or by the host).
     Cancelled,
+    /// The SMS code was verified and a second factor is awaited before a
+    /// reset token is issued.
+    FactorPending,
 }
 
 impl FlowState {
@@ -38,12 +42,16 @@ impl FlowState {
         FlowState::Locked,
         FlowState::Superseded,
         FlowState::Cancelled,
+        FlowState::FactorPending,
     ];
 
     /// Whether a flow in this state can still lead to a reset (and so is
     /// superseded by a newer request of the same account).
     pub fn is_open(self) -> bool {
-        matches!(self, FlowState::CodeSent | FlowState::Verified)
+        matches!(
+            self,
+            FlowState::CodeSent | FlowState::Verified | FlowState::FactorPending
+        )
     }
 
     /// A stable one-byte code, for stores; never reused.
@@ -55,6 +63,7 @@ impl FlowState {
             FlowState::Locked => 4,
             FlowState::Superseded => 5,
             FlowState::Cancelled => 6,
+            FlowState::FactorPending => 7,
         }
     }
 
@@ -72,6 +81,7 @@ impl FlowState {
             FlowState::Locked => "locked",
             FlowState::Superseded => "superseded",
             FlowState::Cancelled => "cancelled",
+            FlowState::FactorPending => "factor_pending",
         }
     }
 }
@@ -216,6 +226,68 @@ pub struct FlowRecord {
     pub token_expires_at: Timestamp,
     /// The record may be deleted from this instant on.
     pub purge_after: Timestamp,
+    /// The second-factor step, once the SMS code was verified on a flow
+    /// that requires one.
+    pub factor: Option<FactorProgress>,
+}
+
+/// The second-factor step of a flow: what the user may use, and what each
+/// kind has cost so far. No secret: the channel code is kept as its MAC.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FactorProgress {
+    /// The kinds the user may use, fixed when the SMS code was verified.
+    pub offered: FactorSet,
+    /// Wrong codes so far, per kind, in [`FactorKind::ALL`] order.
+    pub failed: [u32; 3],
+    /// The factor step must be completed strictly before this instant.
+    pub expires_at: Timestamp,
+    /// MAC of the outstanding second-channel code, if one was sent.
+    pub channel_mac: Option<Mac>,
+    /// That code is valid strictly before this instant.
+    pub channel_expires_at: Timestamp,
+    /// Second-channel codes sent so far.
+    pub channel_sends: u32,
+    /// When the last second-channel code was sent.
+    pub channel_last_sent_at: Timestamp,
+}
+
+impl FactorProgress {
+    /// A factor step offering `offered`, open until `expires_at`.
+    pub fn new(offered: FactorSet, expires_at: Timestamp) -> Self {
+        FactorProgress {
+            offered,
+            failed: [0; 3],
+            expires_at,
+            channel_mac: None,
+            channel_expires_at: Timestamp::default(),
+            channel_sends: 0,
+            channel_last_sent_at: Timestamp::default(),
+        }
+    }
+
+    /// Wrong codes so far of `kind`.
+    pub fn failed(&self, kind: FactorKind) -> u32 {
+        self.failed[kind.index()]
+    }
+
+    /// Wrong factor codes so far, over every kind.
+    pub fn total_failed(&self) -> u32 {
+        self.failed.iter().fold(0u32, |sum, n| sum.saturating_add(*n))
+    }
+}
+
+impl fmt::Debug for FactorProgress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FactorProgress")
+            .field("offered", &self.offered)
+            .field("failed", &self.failed)
+            .field("expires_at", &self.expires_at)
+            .field("channel_expires_at", &self.channel_expires_at)
+            .field("channel_sends", &self.channel_sends)
+            .field("channel_last_sent_at", &self.channel_last_sent_at)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FlowRecord {
@@ -224,6 +296,9 @@ impl FlowRecord {
         match self.state {
             FlowState::CodeSent if now >= self.code_expires_at => EffectiveState::Expired,
             FlowState::Verified if now >= self.token_expires_at => EffectiveState::Expired,
+            FlowState::FactorPending if self.factor.as_ref().is_none_or(|f| now >= f.expires_at) => {
+                EffectiveState::Expired
+            }
             state => EffectiveState::Stored(state),
         }
     }
@@ -257,6 +332,7 @@ impl fmt::Debug for FlowRecord {
             .field("updated_at", &self.updated_at)
             .field("token_expires_at", &self.token_expires_at)
             .field("purge_after", &self.purge_after)
+            .field("factor", &self.factor)
             .finish_non_exhaustive()
     }
 }
@@ -267,7 +343,9 @@ impl fmt::Debug for FlowRecord {
 #[error("undecodable flow record: {0}")]
 pub struct DecodeError(pub &'static str);
 
-const MAGIC: &[u8; 3] = b"OR\x01";
+/// The first form, without the factor step; still read.
+const MAGIC_V1: &[u8; 3] = b"OR\x01";
+const MAGIC: &[u8; 3] = b"OR\x02";
 
 impl FlowRecord {
     /// Encodes the record in the crate's versioned binary form (at most
@@ -311,6 +389,27 @@ impl FlowRecord {
         }
         out.extend_from_slice(&self.token_expires_at.as_unix_millis().to_be_bytes());
         out.extend_from_slice(&self.purge_after.as_unix_millis().to_be_bytes());
+        match &self.factor {
+            None => out.push(0),
+            Some(f) => {
+                out.push(1);
+                out.push(f.offered.bits());
+                for n in f.failed {
+                    out.extend_from_slice(&n.to_be_bytes());
+                }
+                match &f.channel_mac {
+                    Some(mac) => {
+                        out.push(1);
+                        out.extend_from_slice(mac.as_bytes());
+                    }
+                    None => out.push(0),
+                }
+                for t in [f.expires_at, f.channel_expires_at, f.channel_last_sent_at] {
+                    out.extend_from_slice(&t.as_unix_millis().to_be_bytes());
+                }
+                out.extend_from_slice(&f.channel_sends.to_be_bytes());
+            }
+        }
         out
     }
 
@@ -320,9 +419,11 @@ impl FlowRecord {
     /// [`DecodeError`] for anything that is not a whole, valid record.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
-        if r.take(3)? != MAGIC {
-            return Err(DecodeError("unknown format or version"));
-        }
+        let format = match r.take(3)? {
+            m if m == MAGIC => 2,
+            m if m == MAGIC_V1 => 1,
+            _ => return Err(DecodeError("unknown format or version")),
+        };
         let id = FlowId::from_bytes(r.array()?);
         let subject = match r.byte()? {
             1 => {
@@ -357,6 +458,10 @@ impl FlowRecord {
         };
         let token_expires_at = r.timestamp()?;
         let purge_after = r.timestamp()?;
+        let factor = if format == 1 { None } else { r.factor()? };
+        if state == FlowState::FactorPending && factor.is_none() {
+            return Err(DecodeError("a flow awaiting a factor has no factor step"));
+        }
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
         }
@@ -378,6 +483,7 @@ impl FlowRecord {
             token_mac,
             token_expires_at,
             purge_after,
+            factor,
         })
     }
 }
@@ -417,6 +523,32 @@ impl<'a> Reader<'a> {
     pub(crate) fn timestamp(&mut self) -> Result<Timestamp, DecodeError> {
         Ok(Timestamp::from_unix_millis(u64::from_be_bytes(self.array()?)))
     }
+    fn factor(&mut self) -> Result<Option<FactorProgress>, DecodeError> {
+        match self.byte()? {
+            0 => return Ok(None),
+            1 => {}
+            _ => return Err(DecodeError("invalid factor flag")),
+        }
+        let offered = FactorSet::from_bits(self.byte()?).ok_or(DecodeError("unknown factor kind"))?;
+        let mut failed = [0u32; 3];
+        for n in &mut failed {
+            *n = u32::from_be_bytes(self.array()?);
+        }
+        let channel_mac = match self.byte()? {
+            0 => None,
+            1 => Some(Mac::from_bytes(self.array()?)),
+            _ => return Err(DecodeError("invalid channel code flag")),
+        };
+        Ok(Some(FactorProgress {
+            offered,
+            failed,
+            expires_at: self.timestamp()?,
+            channel_expires_at: self.timestamp()?,
+            channel_last_sent_at: self.timestamp()?,
+            channel_sends: u32::from_be_bytes(self.array()?),
+            channel_mac,
+        }))
+    }
     pub(crate) fn string(&mut self) -> Result<Option<&'a str>, DecodeError> {
         match self.byte()? {
             0xff => Ok(None),
@@ -450,6 +582,19 @@ mod tests {
             token_mac: Some(Mac::from_bytes([2; 32])),
             token_expires_at: Timestamp::from_unix_millis(14),
             purge_after: Timestamp::from_unix_millis(15),
+            factor: None,
+        }
+    }
+
+    fn factor_step() -> FactorProgress {
+        FactorProgress {
+            offered: FactorSet::ALL.without(FactorKind::RecoveryCode),
+            failed: [1, 0, 2],
+            expires_at: Timestamp::from_unix_millis(16),
+            channel_mac: Some(Mac::from_bytes([3; 32])),
+            channel_expires_at: Timestamp::from_unix_millis(17),
+            channel_sends: 2,
+            channel_last_sent_at: Timestamp::from_unix_millis(18),
         }
     }
 
@@ -462,13 +607,45 @@ mod tests {
         rec.token_mac = None;
         for &state in FlowState::ALL {
             rec.state = state;
+            rec.factor = (state == FlowState::FactorPending).then(factor_step);
             assert_eq!(FlowRecord::from_bytes(&rec.to_bytes()), Ok(rec.clone()));
         }
+        let mut step = factor_step();
+        step.channel_mac = None;
+        rec.factor = Some(step);
+        assert_eq!(FlowRecord::from_bytes(&rec.to_bytes()), Ok(rec));
+    }
+
+    #[test]
+    fn records_of_the_first_format_are_still_read() {
+        // Version 1 had no factor step: its bytes are version 2's without
+        // the trailing "no factor" flag.
+        let rec = sample();
+        let mut v1 = rec.to_bytes();
+        assert_eq!(v1.pop(), Some(0));
+        v1[2] = 1;
+        assert_eq!(FlowRecord::from_bytes(&v1), Ok(rec));
+    }
+
+    #[test]
+    fn a_flow_awaiting_a_factor_without_its_step_or_with_unknown_kinds_is_refused() {
+        let mut rec = sample();
+        rec.state = FlowState::FactorPending;
+        assert!(FlowRecord::from_bytes(&rec.to_bytes()).is_err());
+        rec.factor = Some(factor_step());
+        let mut bytes = rec.to_bytes();
+        let at = bytes.len() - (1 + 12 + 1 + 32 + 24 + 4);
+        assert_eq!(bytes[at], FactorSet::ALL.without(FactorKind::RecoveryCode).bits());
+        bytes[at] = 0b1000;
+        assert_eq!(FlowRecord::from_bytes(&bytes), Err(DecodeError("unknown factor kind")));
     }
 
     #[test]
     fn every_truncation_and_corruption_is_a_typed_error() {
-        let bytes = sample().to_bytes();
+        let mut full = sample();
+        full.state = FlowState::FactorPending;
+        full.factor = Some(factor_step());
+        let bytes = full.to_bytes();
         for len in 0..bytes.len() {
             assert!(FlowRecord::from_bytes(&bytes[..len]).is_err(), "prefix {len}");
         }
@@ -479,7 +656,7 @@ mod tests {
             Err(DecodeError("trailing bytes"))
         );
         let mut foreign = bytes.clone();
-        foreign[2] = 2;
+        foreign[2] = 3;
         assert!(FlowRecord::from_bytes(&foreign).is_err());
         let mut mismatched = sample();
         mismatched.phone = None;

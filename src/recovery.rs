@@ -18,6 +18,7 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
 use crate::error::{Error, InputError, Result};
 use crate::events::{Event, EventKind, EventSink, Suspicion, TracingSink};
+use crate::factor::{ChannelSender, FactorKind, FactorSet, FactorSource, SecondFactor};
 use crate::id::{AccountId, FlowId};
 use crate::limits::{self, BlockTarget, LimitScope, Limits, Plan, Refusal, Role};
 use crate::machine::{self, Evaluation, Opening, Verdict};
@@ -34,7 +35,7 @@ use crate::support::SupportCase;
 /// before it gives up with [`Error::Busy`]. Each loss means another call
 /// changed the flow, and a flow allows only a handful of changes, so this
 /// is reached only under pathological contention.
-const MAX_CAS_ROUNDS: usize = 64;
+pub(crate) const MAX_CAS_ROUNDS: usize = 64;
 /// The window in which repeated lockouts of one account are counted.
 const LOCKOUT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
@@ -119,6 +120,40 @@ pub struct Verified {
     pub token: ResetToken,
     /// The token is valid strictly before this instant.
     pub token_expires_at: Timestamp,
+    /// The second factor that passed, if one was required.
+    pub factor: Option<FactorKind>,
+    /// When a saved recovery code passed: its index in the account's
+    /// [`RecoveryCodeSet`](crate::factor::RecoveryCodeSet). The crate
+    /// already refuses it from now on; strike it from the stored set with
+    /// [`RecoveryCodeSet::without`](crate::factor::RecoveryCodeSet::without).
+    pub recovery_code_used: Option<usize>,
+}
+
+/// Where a right SMS code leads.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Progress {
+    /// The reset token: no second factor is needed.
+    Reset(Verified),
+    /// A second factor is needed: continue with
+    /// [`Recovery::verify_factor`] (and, for the second channel,
+    /// [`Recovery::send_factor_code`]).
+    SecondFactor(FactorChallenge),
+}
+
+/// What the user may prove next, after the right SMS code on a flow that
+/// needs a second factor. Safe to show: no secret, addresses masked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FactorChallenge {
+    /// The flow.
+    pub flow_id: FlowId,
+    /// The factors the user may use (offered, with attempts left).
+    pub kinds: Vec<FactorKind>,
+    /// The second channel's masked address, when it is offered.
+    pub channel: Option<String>,
+    /// The factor must be given strictly before this instant.
+    pub expires_at: Timestamp,
 }
 
 /// A consumed reset token: the host may now set the account's password.
@@ -163,9 +198,11 @@ pub struct Recovery<S, T, C = SystemClock> {
     pub(crate) clock: C,
     pub(crate) keys: KeyRing,
     pub(crate) policy: Policy,
-    messages: Messages,
+    pub(crate) messages: Messages,
     limits: Limits,
     pub(crate) events: Arc<dyn EventSink>,
+    pub(crate) factors: Option<Arc<dyn FactorSource>>,
+    pub(crate) channel: Option<Arc<dyn ChannelSender>>,
 }
 
 impl<S, T, C> fmt::Debug for Recovery<S, T, C> {
@@ -192,6 +229,8 @@ impl<S: CodeStore, T: SmsSender> Recovery<S, T, SystemClock> {
             messages: Messages::default(),
             limits: Limits::default(),
             events: Arc::new(TracingSink),
+            factors: None,
+            channel: None,
         }
     }
 }
@@ -235,6 +274,22 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self
     }
 
+    /// Asks `source` which second factors an account has (see
+    /// [`factor`](crate::factor)); without one, accounts have none.
+    #[must_use]
+    pub fn with_factors(mut self, source: impl FactorSource + 'static) -> Self {
+        self.factors = Some(Arc::new(source));
+        self
+    }
+
+    /// Sends second-channel codes through `sender` (e.g. the host's
+    /// mailer). Without one, the second channel is never offered.
+    #[must_use]
+    pub fn with_channel(mut self, sender: impl ChannelSender + 'static) -> Self {
+        self.channel = Some(Arc::new(sender));
+        self
+    }
+
     /// Replaces the clock (a [`ManualClock`](crate::ManualClock) in tests).
     pub fn with_clock<C2: Clock>(self, clock: C2) -> Recovery<S, T, C2> {
         Recovery {
@@ -246,6 +301,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             messages: self.messages,
             limits: self.limits,
             events: self.events,
+            factors: self.factors,
+            channel: self.channel,
         }
     }
 
@@ -387,8 +444,26 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         Ok(self.requested(&flow, destination.masked()))
     }
 
-    /// Checks a code the user typed. One attempt is consumed and stored
-    /// before the verdict is returned; the comparison is constant time.
+    /// Checks a code the user typed, on a flow that needs no second factor:
+    /// the shorthand of [`Recovery::verify_code`] for hosts whose policy is
+    /// [`SecondFactor::Off`](crate::factor::SecondFactor::Off).
+    ///
+    /// # Errors
+    /// As [`Recovery::verify_code`], and [`Error::SecondFactorRequired`]
+    /// when the right code was given on a flow that needs a second factor
+    /// (the code is used up; continue with [`Recovery::verify_factor`]).
+    pub async fn verify(&self, flow_id: &FlowId, code: &str, ctx: &RequestContext) -> Result<Verified> {
+        match self.verify_code(flow_id, code, ctx).await? {
+            Progress::Reset(verified) => Ok(verified),
+            Progress::SecondFactor(challenge) => Err(Error::SecondFactorRequired(challenge)),
+        }
+    }
+
+    /// Checks the SMS code the user typed. One attempt is consumed and
+    /// stored before the verdict is returned; the comparison is constant
+    /// time. The right code issues the reset token, or, when the policy
+    /// requires a second factor and the account has one, moves the flow on
+    /// to [`Recovery::verify_factor`].
     ///
     /// # Errors
     /// [`Error::InvalidCode`] with the attempts left (0: the flow is now
@@ -398,55 +473,43 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// IP has had too many codes checked, [`Error::Blocked`] while it is
     /// blocked; [`Error::Input`] for a code that is not exactly the
     /// policy's number of digits (no attempt is consumed);
+    /// [`Error::NoSecondFactor`] for the right code on an account without
+    /// the second factor the policy requires (the flow is cancelled);
     /// [`Error::Expired`], [`Error::AlreadyUsed`], [`Error::Superseded`],
     /// [`Error::Cancelled`], [`Error::NotFound`]; [`Error::Store`],
-    /// [`Error::Random`], [`Error::Busy`], [`Error::UnknownKey`].
-    pub async fn verify(&self, flow_id: &FlowId, code: &str, ctx: &RequestContext) -> Result<Verified> {
+    /// [`Error::Factors`], [`Error::Random`], [`Error::Busy`],
+    /// [`Error::UnknownKey`].
+    pub async fn verify_code(&self, flow_id: &FlowId, code: &str, ctx: &RequestContext) -> Result<Progress> {
         let code = Code::parse(code)?;
         if code.len() != usize::from(self.policy.code_digits()) {
             return Err(InputError::MalformedCode.into());
         }
-        let ip = ctx.ip_key();
-        let ip_rule = ip.as_ref().and(self.limits.ip_verify_rule());
-        let mut checks = Plan::default();
-        if let Some(ip) = &ip {
-            self.plan_block(&mut checks, BlockTarget::Ip(ip.clone()));
-            if let Some(rule) = &ip_rule {
-                // Counted before the code is checked, so racing guesses
-                // cannot pass a read together.
-                checks.limit(rule, &self.keys.pseudonym(ip), 1);
-            }
-        }
+        let checks = self.verify_checks(ctx);
+        // The account's factors, read once, on the right code only.
+        let mut offered: Option<(FactorSet, Option<String>)> = None;
         for round in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
-            // The first round reads the client's block and limit with the
-            // flow, in one store call.
-            let (flow, values) = if round == 0 {
-                self.store.load_counting(flow_id, &checks.counters, now).await?
-            } else {
-                (self.store.get_flow(flow_id).await?, Vec::new())
-            };
-            let flow = flow.ok_or(Error::NotFound)?;
+            let flow = self.load_checked(flow_id, &checks, round, now, ctx).await?;
             let event = |kind| flow_event(now, kind, &flow, ctx);
-            if round == 0
-                && let Some(refusal) = checks.refusal(&values, now)
-            {
-                return Err(self.refuse(refusal, now, &event));
-            }
             machine::verify_gate(&flow, &self.policy, now)?;
             let expected = self
                 .keys
                 .code_mac(flow.key_id, flow_id, &code)
                 .ok_or(Error::UnknownKey(flow.key_id))?;
             if flow.code_mac.ct_matches(&expected) {
-                let token = ResetToken::generate(*flow_id)?;
-                let key_id = self.keys.current_id();
-                let token_mac = self
-                    .keys
-                    .token_mac(key_id, flow_id, token.secret_bytes())
-                    .ok_or(Error::UnknownKey(key_id))?;
-                let (next, _) =
-                    machine::verify(&flow, &self.policy, now, Evaluation::Right { key_id, token_mac })?;
+                let (offered, channel) = match &offered {
+                    Some(found) => found.clone(),
+                    None => offered.insert(self.offered_factors(&flow).await?).clone(),
+                };
+                let (evaluation, token) = match (self.policy.second_factor(), offered.is_empty()) {
+                    (SecondFactor::Off, _) | (SecondFactor::IfEnrolled, true) => {
+                        let (key_id, token_mac, token) = self.new_token(flow_id)?;
+                        (Evaluation::Right { key_id, token_mac }, Some(token))
+                    }
+                    (SecondFactor::Required, true) => (Evaluation::RightWithoutFactor, None),
+                    (_, false) => (Evaluation::RightAwaitingFactor { offered }, None),
+                };
+                let (next, verdict) = machine::verify(&flow, &self.policy, now, evaluation)?;
                 // Verified codes feed the SMS-pumping detector.
                 let verified: Vec<Counter> = flow
                     .phone
@@ -468,10 +531,24 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     continue;
                 }
                 self.emit(event(EventKind::Verified));
-                return Ok(Verified {
-                    token,
-                    token_expires_at: next.token_expires_at,
-                });
+                return match (verdict, token) {
+                    (Verdict::Right, Some(token)) => Ok(Progress::Reset(Verified {
+                        token,
+                        token_expires_at: next.token_expires_at,
+                        factor: None,
+                        recovery_code_used: None,
+                    })),
+                    (Verdict::NoFactor, _) => {
+                        self.emit(event(EventKind::NoSecondFactor));
+                        Err(Error::NoSecondFactor {
+                            support: self.messages.support_contact().map(str::to_owned),
+                        })
+                    }
+                    _ => {
+                        self.emit(event(EventKind::FactorRequired));
+                        Ok(Progress::SecondFactor(self.challenge(&next, channel)))
+                    }
+                };
             }
             let (next, verdict) = machine::verify(&flow, &self.policy, now, Evaluation::Wrong)?;
             let Verdict::Wrong {
@@ -481,45 +558,125 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             else {
                 unreachable!("a wrong evaluation has a wrong verdict")
             };
-            // The flow's attempt, the subject's failure and (if this locks
-            // the account) the lockout count are written in one store call;
-            // the flow locks in the same write. (The flow's own snapshot of
-            // the account's failures decides the account limit, so no lock
-            // needs reading here: a locked account has no open flow.)
-            let mut counters = vec![self.failure_counter(&flow.subject, 1)];
-            if account_locked {
-                let subject = self.keys.pseudonym(&flow.subject.key());
-                counters.push(Counter::new(format!("lockouts:{subject}"), LOCKOUT_WINDOW, 1));
-            }
-            let Some(counts) = self
-                .store
-                .compare_and_swap_counting(flow.version, &next, &counters, now)
-                .await?
-            else {
+            let Some(counted) = self.count_failure(&flow, &next, account_locked, now).await? else {
                 continue;
             };
             self.emit(event(EventKind::VerifyFailed { attempts_left }));
-            if next.state == FlowState::Locked {
-                self.emit(event(EventKind::FlowLocked));
-            }
-            if account_locked {
-                // The lock lasts until the later of the minimum lockout and
-                // the end of the failure window; one more store call, made
-                // only when an account locks.
-                let failures_end = counts[0].resets_at.unwrap_or(now);
-                let until = failures_end.max(now.saturating_add(self.policy.account_lockout()));
-                let lock = self.lock_counter(&flow.subject, until.saturating_duration_since(now), 1);
-                let set = self
-                    .store
-                    .increment_counters(std::slice::from_ref(&lock), now)
-                    .await?;
-                let until = set[0].resets_at.unwrap_or(until);
-                let lockouts = counts.last().map_or(0, |c| c.count);
-                return Err(self.lock_account(&next, until, lockouts, now, ctx).await);
-            }
-            return Err(Error::InvalidCode { attempts_left });
+            return Err(self
+                .after_failure(&next, counted, account_locked, now, ctx)
+                .await?
+                .unwrap_or(Error::InvalidCode { attempts_left }));
         }
         Err(Error::Busy)
+    }
+
+    /// The blocks and limits read (and, for the IP's verify limit, counted)
+    /// before any code of a flow is checked.
+    pub(crate) fn verify_checks(&self, ctx: &RequestContext) -> Plan {
+        let ip = ctx.ip_key();
+        let ip_rule = ip.as_ref().and(self.limits.ip_verify_rule());
+        let mut checks = Plan::default();
+        if let Some(ip) = &ip {
+            self.plan_block(&mut checks, BlockTarget::Ip(ip.clone()));
+            if let Some(rule) = &ip_rule {
+                // Counted before the code is checked, so racing guesses
+                // cannot pass a read together.
+                checks.limit(rule, &self.keys.pseudonym(ip), 1);
+            }
+        }
+        checks
+    }
+
+    /// Loads a flow to check a code against. The first round reads (and
+    /// counts) the client's block and limit with the flow, in one store
+    /// call, and refuses if they say so.
+    pub(crate) async fn load_checked(
+        &self,
+        flow_id: &FlowId,
+        checks: &Plan,
+        round: usize,
+        now: Timestamp,
+        ctx: &RequestContext,
+    ) -> Result<FlowRecord> {
+        let (flow, values) = if round == 0 {
+            self.store.load_counting(flow_id, &checks.counters, now).await?
+        } else {
+            (self.store.get_flow(flow_id).await?, Vec::new())
+        };
+        let flow = flow.ok_or(Error::NotFound)?;
+        if round == 0
+            && let Some(refusal) = checks.refusal(&values, now)
+        {
+            return Err(self.refuse(refusal, now, &|kind| flow_event(now, kind, &flow, ctx)));
+        }
+        Ok(flow)
+    }
+
+    /// A fresh reset token for `flow_id`, and the evaluation that stores
+    /// its MAC under the current key.
+    pub(crate) fn new_token(&self, flow_id: &FlowId) -> Result<(u32, Mac, ResetToken)> {
+        let token = ResetToken::generate(*flow_id)?;
+        let key_id = self.keys.current_id();
+        let token_mac = self
+            .keys
+            .token_mac(key_id, flow_id, token.secret_bytes())
+            .ok_or(Error::UnknownKey(key_id))?;
+        Ok((key_id, token_mac, token))
+    }
+
+    /// Stores a wrong code's record with the subject's failure (and, if
+    /// this locks the account, its lockout count) in one store call; the
+    /// flow locks in the same write. `None` when the compare-and-swap lost
+    /// (decide again). (The flow's own snapshot of the account's failures
+    /// decides the account limit, so no lock needs reading here: a locked
+    /// account has no open flow.)
+    pub(crate) async fn count_failure(
+        &self,
+        flow: &FlowRecord,
+        next: &FlowRecord,
+        account_locked: bool,
+        now: Timestamp,
+    ) -> Result<Option<Vec<CounterValue>>> {
+        let mut counters = vec![self.failure_counter(&flow.subject, 1)];
+        if account_locked {
+            let subject = self.keys.pseudonym(&flow.subject.key());
+            counters.push(Counter::new(format!("lockouts:{subject}"), LOCKOUT_WINDOW, 1));
+        }
+        Ok(self
+            .store
+            .compare_and_swap_counting(flow.version, next, &counters, now)
+            .await?)
+    }
+
+    /// After a counted failure: reports a locked flow and, when the account
+    /// reached its limit, locks it and returns the error to answer with.
+    pub(crate) async fn after_failure(
+        &self,
+        next: &FlowRecord,
+        counted: Vec<CounterValue>,
+        account_locked: bool,
+        now: Timestamp,
+        ctx: &RequestContext,
+    ) -> Result<Option<Error>> {
+        if next.state == FlowState::Locked {
+            self.emit(flow_event(now, EventKind::FlowLocked, next, ctx));
+        }
+        if !account_locked {
+            return Ok(None);
+        }
+        // The lock lasts until the later of the minimum lockout and the end
+        // of the failure window; one more store call, made only when an
+        // account locks.
+        let failures_end = counted[0].resets_at.unwrap_or(now);
+        let until = failures_end.max(now.saturating_add(self.policy.account_lockout()));
+        let lock = self.lock_counter(&next.subject, until.saturating_duration_since(now), 1);
+        let set = self
+            .store
+            .increment_counters(std::slice::from_ref(&lock), now)
+            .await?;
+        let until = set[0].resets_at.unwrap_or(until);
+        let lockouts = counted.last().map_or(0, |c| c.count);
+        Ok(Some(self.lock_account(next, until, lockouts, now, ctx).await))
     }
 
     /// Consumes a reset token and returns the account whose password the
@@ -997,7 +1154,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
 /// An event about `flow` at `now`: its id, account, masked phone (real
 /// numbers only) and the client's IP.
-fn flow_event(now: Timestamp, kind: EventKind, flow: &FlowRecord, ctx: &RequestContext) -> Event {
+pub(crate) fn flow_event(now: Timestamp, kind: EventKind, flow: &FlowRecord, ctx: &RequestContext) -> Event {
     Event::new(now, kind)
         .flow(flow.id)
         .account(flow.account().cloned())

@@ -27,7 +27,7 @@ pub const MIN_CODE_DIGITS: u8 = 6;
 /// Most digits a code may have.
 pub const MAX_CODE_DIGITS: u8 = 10;
 
-const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[redacted]";
 
 /// A one-time code of 6 to 10 ASCII digits.
 ///

@@ -38,7 +38,7 @@ use crate::store::{CodeStore, Counter, CounterValue};
 
 /// Crockford's base-32 alphabet: no I, L, O or U, so a reference read out
 /// over the phone is not misheard.
-const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+pub(crate) const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// A short reference for a locked case, `ABCD-1234`: 40 bits in Crockford
 /// base 32. Not a secret: it only lets support find the case.

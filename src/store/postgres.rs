@@ -106,7 +106,7 @@ BEGIN
     -- Creates of one subject run one at a time, so exactly one stays open.
     PERFORM pg_advisory_xact_lock(hashtextextended('otp:' || p_subject, 0));
     UPDATE otp_flows SET state = 5, version = version + 1, updated_at = p_created
-        WHERE subject = p_subject AND state IN (1, 2);
+        WHERE subject = p_subject AND state IN (1, 2, 7);
     INSERT INTO otp_flows (id, subject, state, version, updated_at, purge_after, data)
         VALUES (p_id, p_subject, p_state, p_version, p_updated, p_purge, p_data);
 END $$;

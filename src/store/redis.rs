@@ -726,7 +726,7 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   local key = base .. 'flow:' .. id
   if redis.call('EXISTS', key) == 1 then
     local state = redis.call('HGET', key, 's')
-    if state == '1' or state == '2' then
+    if state == '1' or state == '2' or state == '7' then
       redis.call('HSET', key, 's', '5', 'u', ARGV[9])
       redis.call('HINCRBY', key, 'v', 1)
     end
