@@ -32,10 +32,10 @@
 use crate::clock::Timestamp;
 use crate::code::Mac;
 use crate::error::Error;
+use crate::factor::{FactorKind, FactorSet};
 use crate::id::FlowId;
 use crate::phone::PhoneNumber;
 use crate::policy::Policy;
-use crate::factor::{FactorKind, FactorSet};
 use crate::record::{EffectiveState, FactorProgress, FlowRecord, FlowState, Subject};
 
 /// What comparing the presented code with the stored MAC showed.
@@ -257,9 +257,7 @@ pub fn usable_factors(flow: &FlowRecord, policy: &Policy) -> FactorSet {
 
 fn factor_step_gate(flow: &FlowRecord, now: Timestamp) -> Result<&FactorProgress, Error> {
     match flow.state_at(now) {
-        EffectiveState::Stored(FlowState::FactorPending) => {
-            flow.factor.as_ref().ok_or(Error::Busy)
-        }
+        EffectiveState::Stored(FlowState::FactorPending) => flow.factor.as_ref().ok_or(Error::Busy),
         other => Err(refusal(other)),
     }
 }
@@ -273,7 +271,12 @@ fn factor_step_gate(flow: &FlowRecord, now: Timestamp) -> Result<&FactorProgress
 /// not offered or out of attempts; `Locked` when the account's limit is
 /// reached; `Expired` for a second-channel code never sent or past its
 /// lifetime (send another).
-pub fn factor_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp, kind: FactorKind) -> Result<(), Error> {
+pub fn factor_gate(
+    flow: &FlowRecord,
+    policy: &Policy,
+    now: Timestamp,
+    kind: FactorKind,
+) -> Result<(), Error> {
     let f = factor_step_gate(flow, now)?;
     if account_attempts_left(flow, policy) == 0 {
         return Err(Error::flow_locked());

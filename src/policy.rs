@@ -17,8 +17,8 @@
 
 use std::time::Duration;
 
-use crate::secret::{MAX_CODE_DIGITS, MIN_CODE_DIGITS};
 use crate::factor::{FactorSet, SecondFactor};
+use crate::secret::{MAX_CODE_DIGITS, MIN_CODE_DIGITS};
 
 /// Longest code lifetime NIST SP 800-63B allows for an out-of-band (SMS)
 /// secret: 10 minutes.

@@ -637,7 +637,10 @@ mod tests {
         let at = bytes.len() - (1 + 12 + 1 + 32 + 24 + 4);
         assert_eq!(bytes[at], FactorSet::ALL.without(FactorKind::RecoveryCode).bits());
         bytes[at] = 0b1000;
-        assert_eq!(FlowRecord::from_bytes(&bytes), Err(DecodeError("unknown factor kind")));
+        assert_eq!(
+            FlowRecord::from_bytes(&bytes),
+            Err(DecodeError("unknown factor kind"))
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@ pub struct FactorCodeSent {
 /// What checking one factor code showed.
 enum Check {
     /// Right; claim this counter (if any) before issuing the token.
-    Right { claim: Option<Counter>, index: Option<usize> },
+    Right {
+        claim: Option<Counter>,
+        index: Option<usize>,
+    },
     Wrong,
 }
 
@@ -96,7 +99,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 None => factors.insert(self.account_factors(account).await?),
             };
             let mut check = self.check(&flow, account, factors, kind, code, now)?;
-            if let Check::Right { claim: Some(claim), .. } = &check
+            if let Check::Right {
+                claim: Some(claim), ..
+            } = &check
                 && !claimed
             {
                 let values = self
@@ -178,7 +183,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             machine::channel_send_gate(&flow, &self.policy, now)?;
             if address.is_none() {
                 let account = flow.account().ok_or(Error::NotFound)?;
-                address = Some(self.account_factors(account).await?.channel.ok_or_else(unavailable)?);
+                address = Some(
+                    self.account_factors(account)
+                        .await?
+                        .channel
+                        .ok_or_else(unavailable)?,
+                );
             }
             let next = machine::channel_code_sent(&flow, &self.policy, now, key_id, code_mac)?;
             if !self.store.compare_and_swap(flow.version, &next).await? {
@@ -305,7 +315,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 Ok(match set.find(&self.keys, account, code)? {
                     Some(index) => {
                         let name = self.keys.pseudonym(&set.claim_name(index));
-                        let claim = Counter::new(format!("used:rc:{name}"), RECOVERY_CODE_CLAIM, 1).with_max(1);
+                        let claim =
+                            Counter::new(format!("used:rc:{name}"), RECOVERY_CODE_CLAIM, 1).with_max(1);
                         Check::Right {
                             claim: Some(claim),
                             index: Some(index),

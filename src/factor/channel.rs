@@ -191,8 +191,21 @@ mod tests {
         assert_eq!(a.as_str(), "alice@example.com");
         assert_eq!(a.masked(), "a***@example.com");
         assert_eq!(format!("{a:?}"), "ChannelAddress(\"a***@example.com\")");
-        for bad in ["", "alice", "@example.com", "alice@", "alice@example", "a@b@c.d", "al ice@x.io", "a@.x.io"] {
-            assert_eq!(ChannelAddress::email(bad), Err(InputError::MalformedAddress), "{bad:?}");
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@example",
+            "a@b@c.d",
+            "al ice@x.io",
+            "a@.x.io",
+        ] {
+            assert_eq!(
+                ChannelAddress::email(bad),
+                Err(InputError::MalformedAddress),
+                "{bad:?}"
+            );
         }
         assert!(ChannelAddress::other("", "x").is_err());
         assert_eq!(ChannelAddress::other("U123", "U***").unwrap().masked(), "U***");

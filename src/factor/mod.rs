@@ -169,7 +169,10 @@ impl FactorSet {
 
     /// The kinds in the set, in [`FactorKind::ALL`] order.
     pub fn kinds(self) -> Vec<FactorKind> {
-        FactorKind::ALL.into_iter().filter(|k| self.contains(*k)).collect()
+        FactorKind::ALL
+            .into_iter()
+            .filter(|k| self.contains(*k))
+            .collect()
     }
 
     /// The set's byte, for stores.
@@ -285,6 +288,9 @@ mod tests {
         assert!(!set.contains(FactorKind::RecoveryCode));
         assert_eq!(FactorSet::from_bits(set.bits()), Some(set));
         assert_eq!(FactorSet::from_bits(0b1000), None);
-        assert!(set.intersect(FactorSet::EMPTY.with(FactorKind::RecoveryCode)).is_empty());
+        assert!(
+            set.intersect(FactorSet::EMPTY.with(FactorKind::RecoveryCode))
+                .is_empty()
+        );
     }
 }

@@ -177,7 +177,8 @@ impl RecoveryCodeSet {
     /// [`Error::UnknownKey`] if the ring no longer holds the set's key.
     pub fn find(&self, keys: &KeyRing, account: &AccountId, input: &str) -> Result<Option<usize>, Error> {
         let chars = normalize(input)?;
-        let presented = mac(keys, self.key_id, &self.id, account, &*chars).ok_or(Error::UnknownKey(self.key_id))?;
+        let presented =
+            mac(keys, self.key_id, &self.id, account, &*chars).ok_or(Error::UnknownKey(self.key_id))?;
         let mut found = None;
         for (i, stored) in self.macs.iter().enumerate() {
             if stored.ct_matches(&presented) && found.is_none() {
@@ -231,7 +232,9 @@ impl RecoveryCodeSet {
         if n > MAX_RECOVERY_CODES {
             return Err(DecodeError("too many recovery codes"));
         }
-        let macs = (0..n).map(|_| r.array().map(Mac::from_bytes)).collect::<Result<_, _>>()?;
+        let macs = (0..n)
+            .map(|_| r.array().map(Mac::from_bytes))
+            .collect::<Result<_, _>>()?;
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
         }
@@ -318,7 +321,13 @@ mod tests {
         for (i, code) in issued.codes().iter().enumerate() {
             let s = code.expose_secret();
             assert_eq!(set.find(&keys(), &account, s).unwrap(), Some(i));
-            let loose = format!(" {} ", s.replace('-', " ").to_lowercase().replace('0', "o").replace('1', "l"));
+            let loose = format!(
+                " {} ",
+                s.replace('-', " ")
+                    .to_lowercase()
+                    .replace('0', "o")
+                    .replace('1', "l")
+            );
             assert_eq!(set.find(&keys(), &account, &loose).unwrap(), Some(i), "{loose:?}");
         }
     }
@@ -335,16 +344,28 @@ mod tests {
         let other_key = KeyRing::new(1, ServerKey::from_bytes(vec![8; 32]).unwrap());
         assert_eq!(issued.set().find(&other_key, &account, code).unwrap(), None);
         let rotated = KeyRing::new(2, ServerKey::from_bytes(vec![8; 32]).unwrap());
-        assert!(matches!(issued.set().find(&rotated, &account, code), Err(Error::UnknownKey(1))));
+        assert!(matches!(
+            issued.set().find(&rotated, &account, code),
+            Err(Error::UnknownKey(1))
+        ));
     }
 
     #[test]
     fn malformed_input_is_a_typed_error() {
         let account = AccountId::new("a").unwrap();
         let set = RecoveryCodes::issue(&keys(), &account, 1).unwrap().into_set();
-        for bad in ["", "ABCD", "ABCD-EFGH-JKMN-PQRSX", "ABCD-EFGH-JKMN-PQR!", "ABCD-EFGH-JKMN-PQRU"] {
+        for bad in [
+            "",
+            "ABCD",
+            "ABCD-EFGH-JKMN-PQRSX",
+            "ABCD-EFGH-JKMN-PQR!",
+            "ABCD-EFGH-JKMN-PQRU",
+        ] {
             assert!(
-                matches!(set.find(&keys(), &account, bad), Err(Error::Input(InputError::MalformedRecoveryCode))),
+                matches!(
+                    set.find(&keys(), &account, bad),
+                    Err(Error::Input(InputError::MalformedRecoveryCode))
+                ),
                 "{bad:?}"
             );
         }
@@ -364,8 +385,18 @@ mod tests {
         assert!(RecoveryCodeSet::from_bytes(&long).is_err());
         let struck = issued.set().without(1);
         assert_eq!(struck.len(), 3);
-        assert_eq!(struck.find(&keys(), &account, issued.codes()[1].expose_secret()).unwrap(), None);
-        assert_eq!(struck.find(&keys(), &account, issued.codes()[2].expose_secret()).unwrap(), Some(1));
+        assert_eq!(
+            struck
+                .find(&keys(), &account, issued.codes()[1].expose_secret())
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            struck
+                .find(&keys(), &account, issued.codes()[2].expose_secret())
+                .unwrap(),
+            Some(1)
+        );
         let shown = format!("{:?} {:?}", issued, issued.set());
         for code in issued.codes() {
             assert!(!shown.contains(code.expose_secret()));

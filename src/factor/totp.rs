@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use hmac::Hmac;
 use hmac::digest::KeyInit;
-use subtle::{ConstantTimeEq, ConditionallySelectable};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::clock::Timestamp;
@@ -142,7 +142,9 @@ impl Totp {
     /// of seconds from 1 s to 10 minutes.
     pub fn with_step(mut self, step: Duration) -> Result<Self, InputError> {
         if step.subsec_nanos() != 0 || step.as_secs() == 0 || step.as_secs() > 600 {
-            return Err(InputError::TotpParameters("the step must be 1 to 600 whole seconds"));
+            return Err(InputError::TotpParameters(
+                "the step must be 1 to 600 whole seconds",
+            ));
         }
         self.step = step;
         Ok(self)
@@ -281,7 +283,11 @@ mod tests {
             755224, 287082, 359152, 969429, 338314, 254676, 287922, 162583, 399871, 520489,
         ];
         for (counter, want) in expected.into_iter().enumerate() {
-            assert_eq!(hotp(&secret, TotpAlgorithm::Sha1, counter as u64, 6), want, "count {counter}");
+            assert_eq!(
+                hotp(&secret, TotpAlgorithm::Sha1, counter as u64, 6),
+                want,
+                "count {counter}"
+            );
         }
     }
 
@@ -303,9 +309,17 @@ mod tests {
                 (SHA512_SEED, TotpAlgorithm::Sha512, sha512),
             ] {
                 let t = totp(seed, algorithm, 8);
-                assert_eq!(t.code_at(at(time)).expose_secret(), want, "{algorithm:?} at {time}");
+                assert_eq!(
+                    t.code_at(at(time)).expose_secret(),
+                    want,
+                    "{algorithm:?} at {time}"
+                );
                 let step = t.step_at(at(time));
-                assert_eq!(t.matching_step(want, at(time)), Some(step), "{algorithm:?} at {time}");
+                assert_eq!(
+                    t.matching_step(want, at(time)),
+                    Some(step),
+                    "{algorithm:?} at {time}"
+                );
             }
         }
     }
@@ -317,13 +331,31 @@ mod tests {
         let code = t.code_at(at(1200));
         let code = code.expose_secret();
         // Valid from the first instant of step 39 to the last of step 41.
-        assert_eq!(t.matching_step(code, Timestamp::from_unix_millis(1_170_000)), Some(40));
-        assert_eq!(t.matching_step(code, Timestamp::from_unix_millis(1_169_999)), None);
-        assert_eq!(t.matching_step(code, Timestamp::from_unix_millis(1_259_999)), Some(40));
-        assert_eq!(t.matching_step(code, Timestamp::from_unix_millis(1_260_000)), None);
+        assert_eq!(
+            t.matching_step(code, Timestamp::from_unix_millis(1_170_000)),
+            Some(40)
+        );
+        assert_eq!(
+            t.matching_step(code, Timestamp::from_unix_millis(1_169_999)),
+            None
+        );
+        assert_eq!(
+            t.matching_step(code, Timestamp::from_unix_millis(1_259_999)),
+            Some(40)
+        );
+        assert_eq!(
+            t.matching_step(code, Timestamp::from_unix_millis(1_260_000)),
+            None
+        );
         let strict = t.clone().with_skew(0).unwrap();
-        assert_eq!(strict.matching_step(code, Timestamp::from_unix_millis(1_229_999)), Some(40));
-        assert_eq!(strict.matching_step(code, Timestamp::from_unix_millis(1_230_000)), None);
+        assert_eq!(
+            strict.matching_step(code, Timestamp::from_unix_millis(1_229_999)),
+            Some(40)
+        );
+        assert_eq!(
+            strict.matching_step(code, Timestamp::from_unix_millis(1_230_000)),
+            None
+        );
     }
 
     #[test]

@@ -434,20 +434,44 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
     store.create_flow(&third).await.expect("create");
     assert_eq!(get(&*store, &second.id).await.state, FlowState::Superseded);
 
+    // So is a flow awaiting a second factor.
+    let mut pending = third.clone();
+    pending.state = FlowState::FactorPending;
+    pending.factor = Some(crate::FactorProgress::new(
+        crate::factor::FactorSet::ALL,
+        later.saturating_add(Duration::from_secs(600)),
+    ));
+    pending.version += 1;
+    assert!(
+        store
+            .compare_and_swap(third.version, &pending)
+            .await
+            .expect("cas")
+    );
+    let after_pending = flow_at(later, of(&alice));
+    store.create_flow(&after_pending).await.expect("create");
+    let superseded = get(&*store, &third.id).await;
+    assert_eq!(
+        superseded.state,
+        FlowState::Superseded,
+        "a flow awaiting a second factor must be superseded"
+    );
+    assert_eq!(superseded.factor, pending.factor, "its factor step must be kept");
+
     // A completed flow is closed: it stays as it is.
-    let mut completed = third.clone();
+    let mut completed = after_pending.clone();
     completed.state = FlowState::Completed;
     completed.version += 1;
     assert!(
         store
-            .compare_and_swap(third.version, &completed)
+            .compare_and_swap(after_pending.version, &completed)
             .await
             .expect("cas")
     );
     let fourth = flow_at(later, of(&alice));
     store.create_flow(&fourth).await.expect("create");
     assert_eq!(
-        get(&*store, &third.id).await,
+        get(&*store, &after_pending.id).await,
         completed,
         "a closed flow must not be touched"
     );
