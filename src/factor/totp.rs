@@ -31,7 +31,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::clock::Timestamp;
 use crate::error::InputError;
-use crate::secret::{Code, REDACTED};
+use crate::secret::{Code, REDACTED, RandomError, fill_random};
 
 /// Fewest bytes an authenticator secret may have (RFC 4226 requires 128
 /// bits and recommends 160).
@@ -71,6 +71,25 @@ impl TotpSecret {
             });
         }
         Ok(TotpSecret(bytes))
+    }
+}
+
+impl TotpSecret {
+    /// A fresh 20-byte secret (160 bits, what RFC 4226 recommends and
+    /// authenticator apps expect) from the OS CSPRNG, for enrolment.
+    ///
+    /// # Errors
+    /// [`RandomError`] if the operating system cannot supply randomness.
+    pub fn generate() -> Result<Self, RandomError> {
+        let mut bytes = vec![0u8; 20];
+        fill_random(&mut bytes)?;
+        Ok(TotpSecret(bytes))
+    }
+
+    /// The secret's bytes, to store (encrypted) or to show once at
+    /// enrolment (base-32 encoded in an `otpauth://` URI).
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -385,5 +404,11 @@ mod tests {
         assert!(!shown.contains("1234567890"), "{shown}");
         assert!(shown.contains("[redacted]"));
         assert_eq!(t.replay_window(), Duration::from_secs(120));
+        let fresh = TotpSecret::generate().unwrap();
+        assert_eq!(fresh.expose_secret().len(), 20);
+        assert_ne!(
+            fresh.expose_secret(),
+            TotpSecret::generate().unwrap().expose_secret()
+        );
     }
 }
