@@ -67,8 +67,8 @@ fn problem(error: &Error) -> Response {
     Problem::from_error(error).into_response()
 }
 
-fn flow_id(flow: &str) -> Result<FlowId, Response> {
-    FlowId::parse(flow).map_err(|_| problem(&Error::Input(InputError::MalformedFlowId)))
+fn malformed_flow() -> Response {
+    problem(&Error::Input(InputError::MalformedFlowId))
 }
 
 async fn request(
@@ -91,9 +91,8 @@ async fn resend(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(flow): Path<String>,
 ) -> Response {
-    let flow = match flow_id(&flow) {
-        Ok(flow) => flow,
-        Err(response) => return response,
+    let Ok(flow) = FlowId::parse(&flow) else {
+        return malformed_flow();
     };
     match app.resend(&flow, peer).await {
         Ok(requested) => sent(&app, &requested),
@@ -118,9 +117,8 @@ async fn verify(
     Path(flow): Path<String>,
     Json(body): Json<VerifyBody>,
 ) -> Response {
-    let flow = match flow_id(&flow) {
-        Ok(flow) => flow,
-        Err(response) => return response,
+    let Ok(flow) = FlowId::parse(&flow) else {
+        return malformed_flow();
     };
     match app.verify(&flow, &body.code, peer).await {
         Ok(verified) => Json(Token {

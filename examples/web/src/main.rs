@@ -1,8 +1,9 @@
 //! `cargo run -p otp-recovery-web -- [--port 3000] [--database PATH] [--dev]`
 //!
-//! Serves the example on 127.0.0.1. `--dev` (or `OTP_WEB_DEV=1`) turns on
-//! development mode: every SMS is listed at `/dev/messages`. Never in
-//! production. The server key comes from `OTP_WEB_SERVER_KEY` (hex, at
+//! Serves the example on 127.0.0.1, keeping its data in `--database`
+//! (default: `otp-recovery-web.db` in the temporary directory). `--dev`
+//! (or `OTP_WEB_DEV=1`) turns on development mode: every SMS is listed at
+//! `/dev/messages`. Never in production. The server key comes from `OTP_WEB_SERVER_KEY` (hex, at
 //! least 32 bytes); without it a random key is drawn, and open recoveries
 //! do not survive a restart.
 
@@ -22,7 +23,7 @@ struct Args {
 fn args() -> Result<Args, String> {
     let mut args = Args {
         port: 3000,
-        database: PathBuf::from("otp-recovery-web.db"),
+        database: std::env::temp_dir().join("otp-recovery-web.db"),
         dev: std::env::var("OTP_WEB_DEV").is_ok_and(|v| v == "1"),
     };
     if let Ok(port) = std::env::var("PORT") {
