@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use otp_recovery::{Error, FlowId, InputError, Requested};
 use serde::{Deserialize, Serialize};
 
-use crate::app::{App, ResetError};
+use crate::app::{App, MAX_IDENTIFIER_LEN, ResetError};
 use crate::problem::{Problem, whole_seconds};
 use crate::users::PasswordError;
 
@@ -77,7 +77,7 @@ async fn request(
     Json(body): Json<RequestBody>,
 ) -> Response {
     let identifier = body.identifier.trim();
-    if identifier.is_empty() || identifier.len() > 254 {
+    if identifier.is_empty() || identifier.len() > MAX_IDENTIFIER_LEN {
         return Problem::bad_request("identifier: 1 to 254 characters").into_response();
     }
     match app.request(identifier, peer).await {

@@ -16,6 +16,10 @@ use crate::csrf::CsrfKey;
 use crate::outbox::Outbox;
 use crate::users::{PasswordError, Users};
 
+/// The longest identifier accepted (the longest email address); the
+/// handlers refuse longer ones, known or not, before any lookup.
+pub const MAX_IDENTIFIER_LEN: usize = 254;
+
 /// How the application is set up.
 #[derive(Debug)]
 pub struct Config {
@@ -147,6 +151,8 @@ impl App {
         let account = match self.users.find_account(identifier).await {
             Ok(account) => account,
             Err(e) => {
+                // Reported like the recovery's own transient failures: the
+                // user is told to try again (503), the log gets the cause.
                 tracing::error!(error = %e, "user lookup failed");
                 return Err(Error::Busy);
             }

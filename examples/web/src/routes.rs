@@ -26,15 +26,13 @@ use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use otp_recovery::{Error, FlowId, InputError, Requested};
 use serde::Deserialize;
 
-use crate::app::{App, ResetError};
+use crate::app::{App, MAX_IDENTIFIER_LEN, ResetError};
 use crate::pages::{self, CodeNotice};
 use crate::problem::Problem;
 use crate::users::PasswordError;
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "session";
-/// The longest identifier accepted (the longest email address).
-const MAX_IDENTIFIER_LEN: usize = 254;
 
 type AppState = State<Arc<App>>;
 
