@@ -44,6 +44,9 @@ pub const DEMO_USERS: [(&str, &str, &str, &str); 3] = [
     ),
 ];
 
+/// How long a session lasts after sign-in (12 hours).
+pub const SESSION_LIFETIME_SECS: i64 = 12 * 3600;
+
 /// Shortest password accepted (NIST SP 800-63B: at least 8).
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest password accepted (NIST: allow at least 64).
@@ -220,6 +223,11 @@ impl Users {
         let mut id = [0u8; 32];
         getrandom::fill(&mut id).map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?;
         let id = hex(&id);
+        // Expired sessions go as new ones come.
+        sqlx::query("DELETE FROM sessions WHERE created_at <= ?")
+            .bind(unix_seconds().saturating_sub(SESSION_LIFETIME_SECS))
+            .execute(&self.pool)
+            .await?;
         sqlx::query("INSERT INTO sessions (id_hash, user_id, created_at) VALUES (?, ?, ?)")
             .bind(session_key(&id))
             .bind(user)
@@ -230,16 +238,17 @@ impl Users {
     }
 
     /// The email of the user a session cookie belongs to, if the session
-    /// is open.
+    /// is open and younger than [`SESSION_LIFETIME_SECS`].
     ///
     /// # Errors
     /// A database error.
     pub async fn session_user(&self, session: &str) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT users.email FROM sessions JOIN users ON users.id = sessions.user_id
-             WHERE sessions.id_hash = ?",
+             WHERE sessions.id_hash = ? AND sessions.created_at > ?",
         )
         .bind(session_key(session))
+        .bind(unix_seconds().saturating_sub(SESSION_LIFETIME_SECS))
         .fetch_optional(&self.pool)
         .await
     }
