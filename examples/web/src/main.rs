@@ -69,8 +69,13 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     config.dev_mode = args.dev;
     let app = App::new(config).await?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, args.port))).await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    println!("serving on {url} (database {})", args.database.display());
+    // Open it as localhost: the SMS's WebOTP line names that host, and
+    // browsers offer the code only to the page of the host it names.
+    let url = format!("http://localhost:{}", listener.local_addr()?.port());
+    println!(
+        "serving on {url} (127.0.0.1; database {})",
+        args.database.display()
+    );
     println!("demo users (email / password / phone):");
     for (_, email, phone, password) in users::DEMO_USERS {
         println!("  {email} / {password} / {phone}");
