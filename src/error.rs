@@ -134,6 +134,10 @@ pub enum Error {
         /// Which factor.
         kind: FactorKind,
     },
+    /// A second factor was given on a flow whose SMS code has not been
+    /// verified yet: verify the SMS code first.
+    #[error("enter the code sent by SMS first")]
+    CodeNotVerified,
     /// The host's [`FactorSource`](crate::factor::FactorSource) failed;
     /// nothing was counted for the code.
     #[error(transparent)]

@@ -257,7 +257,10 @@ pub fn usable_factors(flow: &FlowRecord, policy: &Policy) -> FactorSet {
 
 fn factor_step_gate(flow: &FlowRecord, now: Timestamp) -> Result<&FactorProgress, Error> {
     match flow.state_at(now) {
-        EffectiveState::Stored(FlowState::FactorPending) => flow.factor.as_ref().ok_or(Error::Busy),
+        EffectiveState::Stored(FlowState::FactorPending) => {
+            flow.factor.as_ref().ok_or(Error::CodeNotVerified)
+        }
+        EffectiveState::Stored(FlowState::CodeSent) => Err(Error::CodeNotVerified),
         other => Err(refusal(other)),
     }
 }

@@ -18,7 +18,7 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
 use crate::error::{Error, InputError, Result};
 use crate::events::{Event, EventKind, EventSink, Suspicion, TracingSink};
-use crate::factor::{ChannelSender, FactorKind, FactorSet, FactorSource, SecondFactor};
+use crate::factor::{ChannelSender, FactorKind, FactorSource};
 use crate::id::{AccountId, FlowId};
 use crate::limits::{self, BlockTarget, LimitScope, Limits, Plan, Refusal, Role};
 use crate::machine::{self, Evaluation, Opening, Verdict};
@@ -26,6 +26,7 @@ use crate::message::{Locale, Messages};
 use crate::phone::{MaskedPhone, PhoneNumber};
 use crate::policy::Policy;
 use crate::record::{DecoyId, FlowRecord, FlowState, Subject};
+use crate::second_factor::Requirement;
 use crate::secret::{Code, ResetToken, SecretString};
 use crate::sms::{MessageKind, SendError, SendErrorKind, SmsMessage, SmsSender};
 use crate::store::{CodeStore, Counter, CounterValue};
@@ -89,7 +90,7 @@ impl RequestContext {
         self
     }
 
-    fn ip_key(&self) -> Option<String> {
+    pub(crate) fn ip_key(&self) -> Option<String> {
         self.client_ip.map(limits::ip_key)
     }
 }
@@ -486,7 +487,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         }
         let checks = self.verify_checks(ctx);
         // The account's factors, read once, on the right code only.
-        let mut offered: Option<(FactorSet, Option<String>)> = None;
+        let mut requirement: Option<Requirement> = None;
         for round in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
             let flow = self.load_checked(flow_id, &checks, round, now, ctx).await?;
@@ -497,17 +498,19 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 .code_mac(flow.key_id, flow_id, &code)
                 .ok_or(Error::UnknownKey(flow.key_id))?;
             if flow.code_mac.ct_matches(&expected) {
-                let (offered, channel) = match &offered {
+                let required = match &requirement {
                     Some(found) => found.clone(),
-                    None => offered.insert(self.offered_factors(&flow).await?).clone(),
+                    None => requirement.insert(self.factor_requirement(&flow).await?).clone(),
                 };
-                let (evaluation, token) = match (self.policy.second_factor(), offered.is_empty()) {
-                    (SecondFactor::Off, _) | (SecondFactor::IfEnrolled, true) => {
+                let (evaluation, token, channel) = match required {
+                    Requirement::None => {
                         let (key_id, token_mac, token) = self.new_token(flow_id)?;
-                        (Evaluation::Right { key_id, token_mac }, Some(token))
+                        (Evaluation::Right { key_id, token_mac }, Some(token), None)
                     }
-                    (SecondFactor::Required, true) => (Evaluation::RightWithoutFactor, None),
-                    (_, false) => (Evaluation::RightAwaitingFactor { offered }, None),
+                    Requirement::Missing => (Evaluation::RightWithoutFactor, None, None),
+                    Requirement::One(offered, channel) => {
+                        (Evaluation::RightAwaitingFactor { offered }, None, channel)
+                    }
                 };
                 let (next, verdict) = machine::verify(&flow, &self.policy, now, evaluation)?;
                 // Verified codes feed the SMS-pumping detector.
@@ -830,7 +833,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 
     /// Adds a read of the block of `target` to `plan`.
-    fn plan_block(&self, plan: &mut Plan, target: BlockTarget) {
+    pub(crate) fn plan_block(&self, plan: &mut Plan, target: BlockTarget) {
         let key = self.block_key(&target);
         plan.block(target, key);
     }

@@ -19,6 +19,7 @@ use crate::error::{Error, InputError, Result};
 use crate::events::EventKind;
 use crate::factor::{ChannelMessage, FactorKind, FactorSet, Factors, RecoveryCodeSet, SecondFactor};
 use crate::id::{AccountId, FlowId};
+use crate::limits::{BlockTarget, Plan};
 use crate::machine::{self, FactorEvaluation, Verdict};
 use crate::record::FlowRecord;
 use crate::recovery::{FactorChallenge, MAX_CAS_ROUNDS, Recovery, RequestContext, Verified, flow_event};
@@ -41,6 +42,17 @@ pub struct FactorCodeSent {
     /// When another code may be sent; `None` once the flow has sent all the
     /// codes it may.
     pub next_send_at: Option<Timestamp>,
+}
+
+/// What a right SMS code leads to.
+#[derive(Debug, Clone)]
+pub(crate) enum Requirement {
+    /// The reset token.
+    None,
+    /// One of these factors (with the channel's masked address).
+    One(FactorSet, Option<String>),
+    /// A factor is required and the account has none it can use.
+    Missing,
 }
 
 /// What checking one factor code showed.
@@ -98,7 +110,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 Some(f) => f,
                 None => factors.insert(self.account_factors(account).await?),
             };
-            let mut check = self.check(&flow, account, factors, kind, code, now)?;
+            let check = self.check(&flow, account, factors, kind, code, now)?;
             if let Check::Right {
                 claim: Some(claim), ..
             } = &check
@@ -109,9 +121,20 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     .increment_counters(std::slice::from_ref(claim), now)
                     .await?;
                 if Counter::refused(std::slice::from_ref(claim), &values) {
-                    // Used before (on this flow or any other): wrong.
+                    // A code that matched but was used before (on this
+                    // flow or another): refused, but without costing an
+                    // attempt. Only a matching code can get here, so this
+                    // gives a guesser nothing, and copies of a right code
+                    // racing it cannot lock its flow. A flow that got its
+                    // token meanwhile answers `AlreadyUsed`.
                     self.emit(event(EventKind::FactorReplayed { kind }));
-                    check = Check::Wrong;
+                    let now = self.clock.now();
+                    let current = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
+                    machine::factor_gate(&current, &self.policy, now, kind)?;
+                    return Err(Error::InvalidFactorCode {
+                        kind,
+                        attempts_left: machine::factor_attempts_left(&current, &self.policy, kind),
+                    });
                 } else {
                     // Ours for the rest of this call, whatever races.
                     claimed = true;
@@ -176,10 +199,16 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             .keys
             .channel_code_mac(key_id, flow_id, &code)
             .ok_or(Error::UnknownKey(key_id))?;
+        // A blocked client IP gets no message sent, as it gets no code
+        // checked.
+        let mut checks = Plan::default();
+        if let Some(ip) = ctx.ip_key() {
+            self.plan_block(&mut checks, BlockTarget::Ip(ip));
+        }
         let mut address = None;
-        for _ in 0..MAX_CAS_ROUNDS {
+        for round in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
-            let flow = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
+            let flow = self.load_checked(flow_id, &checks, round, now, ctx).await?;
             machine::channel_send_gate(&flow, &self.policy, now)?;
             if address.is_none() {
                 let account = flow.account().ok_or(Error::NotFound)?;
@@ -220,23 +249,28 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         Err(Error::Busy)
     }
 
-    /// The factors a right SMS code on `flow` may lead to: the account's,
-    /// those the policy accepts, and the second channel only with a sender;
-    /// with the channel's masked address. Empty when the policy asks for
-    /// none.
-    pub(crate) async fn offered_factors(&self, flow: &FlowRecord) -> Result<(FactorSet, Option<String>)> {
+    /// What a right SMS code on `flow` leads to under the policy.
+    pub(crate) async fn factor_requirement(&self, flow: &FlowRecord) -> Result<Requirement> {
         let Some(account) = flow.account() else {
-            return Ok((FactorSet::EMPTY, None));
+            return Ok(Requirement::None);
         };
-        if self.policy.second_factor() == SecondFactor::Off {
-            return Ok((FactorSet::EMPTY, None));
+        let rule = self.policy.second_factor();
+        if rule == SecondFactor::Off {
+            return Ok(Requirement::None);
         }
         let factors = self.account_factors(account).await?;
-        let mut kinds = factors.kinds().intersect(self.policy.accepted_factors());
-        if self.channel.is_none() {
-            kinds = kinds.without(FactorKind::Channel);
-        }
-        Ok((kinds, factors.channel.map(|c| c.masked().to_owned())))
+        let enrolled = factors.kinds().intersect(self.policy.accepted_factors());
+        // A channel the host has no sender for cannot be used, but the
+        // account still has it: `IfEnrolled` does not fall back to SMS alone.
+        let usable = match self.channel {
+            Some(_) => enrolled,
+            None => enrolled.without(FactorKind::Channel),
+        };
+        Ok(match (rule, enrolled.is_empty(), usable.is_empty()) {
+            (SecondFactor::IfEnrolled, true, _) => Requirement::None,
+            (_, _, true) => Requirement::Missing,
+            (_, _, false) => Requirement::One(usable, factors.channel.map(|c| c.masked().to_owned())),
+        })
     }
 
     /// What the user of a flow awaiting a factor may do next.
@@ -314,9 +348,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     .ok_or(unavailable)?;
                 Ok(match set.find(&self.keys, account, code)? {
                     Some(index) => {
-                        let name = self.keys.pseudonym(&set.claim_name(index));
-                        let claim =
-                            Counter::new(format!("used:rc:{name}"), RECOVERY_CODE_CLAIM, 1).with_max(1);
+                        let claim = Counter::new(
+                            format!("used:rc:{}", set.claim_name(index)),
+                            RECOVERY_CODE_CLAIM,
+                            1,
+                        )
+                        .with_max(1);
                         Check::Right {
                             claim: Some(claim),
                             index: Some(index),

@@ -324,12 +324,14 @@ async fn a_totp_code_is_accepted_once_per_step_across_flows() {
     let (first, _) = h.challenged().await;
     h.factor(&first, FactorKind::Totp, &code).await.unwrap();
 
-    // A new recovery in the same step: the same code is a replay (wrong,
-    // and counted), even though it is still in its window.
+    // A new recovery in the same step: the same code is a replay, refused
+    // even though it is still in its window. It costs no attempt: only a
+    // code that matched can be a replay, so that helps no guesser, and
+    // copies of a right code racing it cannot lock its flow.
     let (second, _) = h.challenged().await;
     let err = h.factor(&second, FactorKind::Totp, &code).await.unwrap_err();
     assert!(
-        matches!(err, Error::InvalidFactorCode { attempts_left: 4, .. }),
+        matches!(err, Error::InvalidFactorCode { attempts_left: 5, .. }),
         "{err:?}"
     );
     assert!(h.events.events().iter().any(|e| e.kind
@@ -340,7 +342,12 @@ async fn a_totp_code_is_accepted_once_per_step_across_flows() {
     h.clock.set(T0.saturating_add(STEP - MS));
     assert!(matches!(
         h.factor(&second, FactorKind::Totp, &code).await,
-        Err(Error::InvalidFactorCode { attempts_left: 3, .. })
+        Err(Error::InvalidFactorCode { attempts_left: 5, .. })
+    ));
+    // A wrong code still costs one.
+    assert!(matches!(
+        h.factor(&second, FactorKind::Totp, &wrong_totp(&code)).await,
+        Err(Error::InvalidFactorCode { attempts_left: 4, .. })
     ));
     // ...and the next step's code is accepted.
     h.clock.set(T0.saturating_add(STEP));
@@ -459,7 +466,7 @@ async fn a_recovery_code_is_single_use_and_its_index_is_reported() {
     let (second, _) = h.challenged().await;
     assert!(matches!(
         h.factor(&second, FactorKind::RecoveryCode, &code).await,
-        Err(Error::InvalidFactorCode { attempts_left: 4, .. })
+        Err(Error::InvalidFactorCode { attempts_left: 5, .. })
     ));
     let other = h.codes.codes()[2].expose_secret().to_owned();
     assert_eq!(
@@ -675,7 +682,9 @@ async fn racing_right_factor_codes_issue_exactly_one_token() {
         for t in tasks {
             match t.await.unwrap() {
                 Ok(_) => tokens += 1,
-                Err(Error::AlreadyUsed) => {}
+                // A copy that found the code claimed, before or after the
+                // token was stored.
+                Err(Error::AlreadyUsed | Error::InvalidFactorCode { attempts_left: 5, .. }) => {}
                 other => panic!("{kind}: unexpected {other:?}"),
             }
         }
@@ -741,5 +750,87 @@ async fn no_secret_reaches_debug_errors_or_events() {
         "alice@example.com",
     ] {
         assert!(!shown.contains(secret), "{secret} leaked");
+    }
+}
+
+#[tokio::test]
+async fn if_enrolled_does_not_fall_back_to_sms_alone_for_a_channel_it_cannot_send_on() {
+    let policy = Policy::builder()
+        .second_factor(SecondFactor::IfEnrolled)
+        .build()
+        .unwrap();
+    let h = harness(policy.clone(), &[FactorKind::Channel]);
+    let without_sender = Recovery::new(h.store.clone(), h.sender.clone(), h.keys.clone())
+        .with_policy(policy)
+        .with_clock(h.clock.clone())
+        .with_factors(HashMap::from([(
+            alice_id(),
+            Factors::none().with_channel(ChannelAddress::email("a@example.com").unwrap()),
+        )]));
+    let requested = without_sender
+        .request("alice", Some(alice()), &ctx())
+        .await
+        .unwrap();
+    let sms = h.sender.last_code().unwrap();
+    assert!(matches!(
+        without_sender
+            .verify_code(&requested.flow_id, sms.expose_secret(), &ctx())
+            .await,
+        Err(Error::NoSecondFactor { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_factor_before_the_sms_code_is_refused_as_such() {
+    let h = harness(required(), &[FactorKind::Totp, FactorKind::Channel]);
+    let requested = h.recovery.request("alice", Some(alice()), &ctx()).await.unwrap();
+    assert!(matches!(
+        h.factor(&requested.flow_id, FactorKind::Totp, &h.totp_now())
+            .await,
+        Err(Error::CodeNotVerified)
+    ));
+    assert!(matches!(
+        h.recovery.send_factor_code(&requested.flow_id, &ctx()).await,
+        Err(Error::CodeNotVerified)
+    ));
+    assert_eq!(h.channel.count(), 0);
+}
+
+#[tokio::test]
+async fn a_used_recovery_code_stays_used_when_the_oldest_key_is_retired() {
+    // Key 1 (the oldest, which derives pseudonyms by default) is retired
+    // after a code of a set made under key 2 was used: the claim must hold.
+    let (k1, k2) = (
+        ServerKey::from_bytes(vec![1; 32]).unwrap(),
+        ServerKey::from_bytes(vec![2; 32]).unwrap(),
+    );
+    let before = KeyRing::new(2, k2.clone()).with_previous(1, k1).unwrap();
+    let after = KeyRing::new(2, k2);
+    let codes = RecoveryCodes::issue(&before, &alice_id(), 3).unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let sender = RecordingSender::new();
+    let clock = ManualClock::new(T0);
+    let build = |keys: KeyRing| {
+        Recovery::new(store.clone(), sender.clone(), keys)
+            .with_policy(required())
+            .with_clock(clock.clone())
+            .with_factors(HashMap::from([(
+                alice_id(),
+                Factors::none().with_recovery_codes(codes.set().clone()),
+            )]))
+    };
+    let code = codes.codes()[0].expose_secret();
+    for (keys, accepted) in [(before.clone(), true), (after, false)] {
+        let recovery = build(keys);
+        let requested = recovery.request("alice", Some(alice()), &ctx()).await.unwrap();
+        let sms = sender.last_code().unwrap();
+        recovery
+            .verify_code(&requested.flow_id, sms.expose_secret(), &ctx())
+            .await
+            .unwrap();
+        let answer = recovery
+            .verify_factor(&requested.flow_id, FactorKind::RecoveryCode, code, &ctx())
+            .await;
+        assert_eq!(answer.is_ok(), accepted, "{answer:?}");
     }
 }

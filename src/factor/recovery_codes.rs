@@ -70,18 +70,23 @@ impl fmt::Debug for RecoveryCode {
 
 /// A set of recovery codes as the host stores it: the MACs of its codes,
 /// the id of the key that made them and the set's random id. Holds no code.
+///
+/// A code keeps its index for the life of the set: striking one leaves an
+/// empty slot, so indexes reported by
+/// [`Verified::recovery_code_used`](crate::Verified::recovery_code_used)
+/// stay right whatever order strikes are applied in.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RecoveryCodeSet {
     id: [u8; 16],
     key_id: u32,
-    macs: Vec<Mac>,
+    macs: Vec<Option<Mac>>,
 }
 
 impl fmt::Debug for RecoveryCodeSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RecoveryCodeSet")
             .field("key_id", &self.key_id)
-            .field("codes", &self.macs.len())
+            .field("codes", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -112,7 +117,9 @@ impl RecoveryCodes {
             let mut raw = Zeroizing::new([0u8; CODE_BYTES]);
             fill_random(&mut *raw)?;
             let chars = encode(&raw);
-            macs.push(mac(keys, key_id, &id, account, &*chars).ok_or(Error::UnknownKey(key_id))?);
+            macs.push(Some(
+                mac(keys, key_id, &id, account, &*chars).ok_or(Error::UnknownKey(key_id))?,
+            ));
             let mut shown = String::with_capacity(CODE_CHARS + 3);
             for (i, c) in chars.iter().enumerate() {
                 if i > 0 && i % 4 == 0 {
@@ -145,23 +152,30 @@ impl RecoveryCodes {
 }
 
 impl RecoveryCodeSet {
-    /// How many codes the set holds.
+    /// How many codes the set still holds (not struck).
     pub fn len(&self) -> usize {
-        self.macs.len()
+        self.macs.iter().flatten().count()
     }
 
     /// Whether the set holds no code (every one struck).
     pub fn is_empty(&self) -> bool {
-        self.macs.is_empty()
+        self.len() == 0
     }
 
-    /// The set without the code at `index` (after it was used), for the
-    /// host to store.
+    /// The id of the key the set was made under: keep that key in the
+    /// [`KeyRing`] while the set is in use, or issue a fresh set before
+    /// retiring it (its codes answer [`Error::UnknownKey`] after).
+    pub fn key_id(&self) -> u32 {
+        self.key_id
+    }
+
+    /// The set with the code at `index` struck (after it was used), for the
+    /// host to store; the other codes keep their indexes.
     #[must_use]
     pub fn without(&self, index: usize) -> RecoveryCodeSet {
         let mut set = self.clone();
-        if index < set.macs.len() {
-            set.macs.remove(index);
+        if let Some(slot) = set.macs.get_mut(index) {
+            *slot = None;
         }
         set
     }
@@ -181,9 +195,8 @@ impl RecoveryCodeSet {
             mac(keys, self.key_id, &self.id, account, &*chars).ok_or(Error::UnknownKey(self.key_id))?;
         let mut found = None;
         for (i, stored) in self.macs.iter().enumerate() {
-            if stored.ct_matches(&presented) && found.is_none() {
-                found = Some(i);
-            }
+            let hit = stored.is_some_and(|m| m.ct_matches(&presented));
+            found = if hit && found.is_none() { Some(i) } else { found };
         }
         Ok(found)
     }
@@ -195,24 +208,38 @@ impl RecoveryCodeSet {
     }
 
     /// A stable name of the code at `index`, for the store's single-use
-    /// claim: the set id and the code's MAC, never the code.
+    /// claim: 128 bits of SHA-256 over the set id and the code's MAC, never
+    /// the code. Not keyed on purpose: a claim must outlive key rotations
+    /// (the MAC is already keyed, and the set id is random), or a used code
+    /// the host never struck would work again once the key ring changes.
     pub(crate) fn claim_name(&self, index: usize) -> String {
-        let mut out = String::with_capacity(32 + 65);
-        crate::hex::encode_into(&self.id, &mut out);
-        out.push(':');
-        crate::hex::encode_into(self.macs[index].as_bytes(), &mut out);
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"otp-recovery/v1/recovery-code-claim\0");
+        h.update(self.id);
+        if let Some(Some(m)) = self.macs.get(index) {
+            h.update(m.as_bytes());
+        }
+        let mut out = String::with_capacity(32);
+        crate::hex::encode_into(&h.finalize()[..16], &mut out);
         out
     }
 
     /// The set's binary form, to store.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + 16 + 4 + 1 + 32 * self.macs.len());
+        let mut out = Vec::with_capacity(4 + 16 + 4 + 1 + 33 * self.macs.len());
         out.extend_from_slice(SET_MAGIC);
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.key_id.to_be_bytes());
         out.push(self.macs.len() as u8);
         for m in &self.macs {
-            out.extend_from_slice(m.as_bytes());
+            match m {
+                Some(m) => {
+                    out.push(1);
+                    out.extend_from_slice(m.as_bytes());
+                }
+                None => out.push(0),
+            }
         }
         out
     }
@@ -233,7 +260,11 @@ impl RecoveryCodeSet {
             return Err(DecodeError("too many recovery codes"));
         }
         let macs = (0..n)
-            .map(|_| r.array().map(Mac::from_bytes))
+            .map(|_| match r.byte()? {
+                0 => Ok(None),
+                1 => r.array().map(|b| Some(Mac::from_bytes(b))),
+                _ => Err(DecodeError("invalid recovery code slot")),
+            })
             .collect::<Result<_, _>>()?;
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -385,18 +416,19 @@ mod tests {
         assert!(RecoveryCodeSet::from_bytes(&long).is_err());
         let struck = issued.set().without(1);
         assert_eq!(struck.len(), 3);
-        assert_eq!(
-            struck
-                .find(&keys(), &account, issued.codes()[1].expose_secret())
-                .unwrap(),
-            None
-        );
-        assert_eq!(
-            struck
-                .find(&keys(), &account, issued.codes()[2].expose_secret())
-                .unwrap(),
-            Some(1)
-        );
+        let find = |set: &RecoveryCodeSet, i: usize| {
+            set.find(&keys(), &account, issued.codes()[i].expose_secret())
+                .unwrap()
+        };
+        assert_eq!(find(&struck, 1), None);
+        // Indexes are stable: strikes apply in any order.
+        assert_eq!(find(&struck, 2), Some(2));
+        let both = struck.without(3).without(1);
+        assert_eq!(both, issued.set().without(3).without(1));
+        assert_eq!(both.len(), 2);
+        assert_eq!(RecoveryCodeSet::from_bytes(&both.to_bytes()).unwrap(), both);
+        assert_ne!(both.claim_name(0), both.claim_name(2));
+        assert_eq!(issued.set().key_id(), 1);
         let shown = format!("{:?} {:?}", issued, issued.set());
         for code in issued.codes() {
             assert!(!shown.contains(code.expose_secret()));

@@ -6,7 +6,10 @@
 //! [`FactorSource`](crate::factor::FactorSource)); the crate never stores
 //! it. A code is accepted once per time step: the step a code matched is
 //! claimed in the store, so a code seen over a shoulder cannot be replayed
-//! on another instance of the host within its window.
+//! on another instance of the host within its window. (The claim is keyed
+//! by the account's pseudonym, so retiring the key ring's decoy key forgets
+//! the claims of the last two minutes or so; retire it when that matters
+//! not, or set [`KeyRing::with_decoy_key`](crate::KeyRing::with_decoy_key).)
 //!
 //! ```
 //! use std::time::Duration;

@@ -1,7 +1,6 @@
-//! Second-reader tests for the second factor: boundaries the first tests
-//! left open (each kills a mutant that survived them), and a deterministic
-//! replay of the race in which a right code, raced by copies of itself,
-//! locks its own flow.
+//! The second factor's edges, from a second reader: boundaries the first
+//! tests left open (each kills a mutant that survived them), and a
+//! deterministic replay of a right code raced by copies of itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
