@@ -335,7 +335,14 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             prior_failures: u32::try_from(values[locks.0].count).unwrap_or(u32::MAX),
         };
         let flow = machine::open(&self.policy, now, opening);
-        self.store.create_flow(&flow).await?;
+        if let Err(e) = self.store.create_flow(&flow).await {
+            // The write may have applied with its answer lost: void the
+            // code, which will never be sent.
+            if flow.phone.is_some() {
+                let _ = self.void_unsent(&flow).await;
+            }
+            return Err(e.into());
+        }
         self.emit(
             event(EventKind::Requested {
                 known: flow.phone.is_some(),
@@ -375,13 +382,29 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let code = Code::generate(self.policy.code_digits())?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(flow_id, &code);
-        let flow = self
+        let resent = self
             .update(flow_id, |flow, now| {
                 // A decoy keeps its decoy MAC, which no code can match.
                 let mac = if flow.is_decoy() { flow.code_mac } else { code_mac };
                 machine::resend(flow, &self.policy, now, key_id, mac)
             })
-            .await?;
+            .await;
+        let flow = match resent {
+            Ok(flow) => flow,
+            Err(e) => {
+                // A store failure may hide an applied write: void the new
+                // code, which will never be sent (a decoy's MAC never
+                // matches it).
+                if matches!(e, Error::Store(_)) {
+                    let unsent = FlowRecord {
+                        code_mac,
+                        ..flow.clone()
+                    };
+                    let _ = self.void_unsent(&unsent).await;
+                }
+                return Err(e);
+            }
+        };
         self.emit(event(EventKind::Resent));
         self.send_code(&flow, &code, ctx).await?;
         Ok(self.requested(&flow, destination.masked()))
