@@ -380,6 +380,7 @@ fn every_store_operation_may_fail_time_out_or_lose_its_answer() {
         clean.script().await;
         let total = clean.store.operations();
         assert!(total >= 10, "a full flow makes {total} store operations");
+        eprintln!("a full flow makes {total} store operations");
         let mut runs = 0;
         for fault in [StoreFault::Fail, StoreFault::Timeout, StoreFault::LostAnswer] {
             for n in 1..=total + 1 {
