@@ -27,7 +27,8 @@
 //! See [`Recovery`] for the whole flow in a few lines.
 //!
 //! # Cargo features
-//! - `conformance`: the `store::conformance` suite for testing a store.
+//! - `conformance`: the `store::conformance` suite for testing a store, and
+//!   the fault-injecting wrappers of `testing`.
 //! - `sqlite`, `postgres`, `redis`: the stores in [`store`].
 //! - `twilio`, `vonage`, `webhook`: the gateway senders in [`sms`], over
 //!   one HTTPS client (feature `http`, which also brings `sms::retry`).
@@ -55,6 +56,9 @@ mod secret;
 pub mod sms;
 pub mod store;
 pub mod support;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use code::{KeyRing, Mac};

@@ -1,0 +1,518 @@
+//! Fault injection: a whole recovery (request, wrong code, resend, wrong
+//! code, right code, reset) is run once for every store operation N, with
+//! the Nth operation failing, timing out, or applied with its answer lost,
+//! and once for every send N, with the Nth send failing or delivered but
+//! reported failed. Every call must end in success or a typed error, and
+//! afterwards the store must hold:
+//!
+//! - every flow decodes, and only the account's newest flow may be open;
+//! - every wrong code the caller was told about is counted on its flow and
+//!   on the account, and no more wrong codes are counted than were tried;
+//! - a token handed out belongs to a stored `Verified` (or, once reset,
+//!   `Completed`) flow;
+//! - no live flow holds a code that was never delivered (a failed send, or
+//!   a write whose answer was lost, voids the code);
+//! - a failed send consumes no attempt.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use otp_recovery::sms::{RecordingSender, SendErrorKind};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result as StoreResult};
+use otp_recovery::support::{Agent, SupportCase, SupportReference};
+use otp_recovery::testing::{FaultySender, FaultyStore, SendFault, StoreFault};
+use otp_recovery::{
+    Account, AccountId, Code, Error, FlowId, FlowRecord, FlowState, KeyRing, Mac, ManualClock, PhoneNumber,
+    Policy, Recovery, RequestContext, ServerKey, Subject, Timestamp,
+};
+
+const T0: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
+
+/// A memory store that remembers every code MAC a new flow or a resend
+/// asked it to write (whether or not the write applied), so the checks can
+/// tell a live code from a voided one.
+#[derive(Default)]
+struct Journal {
+    inner: MemoryStore,
+    code_macs: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl Journal {
+    fn is_code_mac(&self, mac: &Mac) -> bool {
+        self.code_macs.lock().unwrap().contains(mac.as_bytes())
+    }
+
+    async fn note(&self, flow: &FlowRecord) {
+        // A resend writes a new code and counts a send; a voided code keeps
+        // the count.
+        let stored = self.inner.get_flow(&flow.id).await.unwrap();
+        if stored.is_none_or(|s| flow.sends > s.sends) {
+            self.code_macs.lock().unwrap().insert(*flow.code_mac.as_bytes());
+        }
+    }
+}
+
+#[async_trait]
+impl CodeStore for Journal {
+    async fn create_flow(&self, flow: &FlowRecord) -> StoreResult<()> {
+        self.note(flow).await;
+        self.inner.create_flow(flow).await
+    }
+    async fn get_flow(&self, id: &FlowId) -> StoreResult<Option<FlowRecord>> {
+        self.inner.get_flow(id).await
+    }
+    async fn compare_and_swap(&self, expected: u64, flow: &FlowRecord) -> StoreResult<bool> {
+        self.note(flow).await;
+        self.inner.compare_and_swap(expected, flow).await
+    }
+    async fn increment_counters(
+        &self,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> StoreResult<Vec<CounterValue>> {
+        self.inner.increment_counters(counters, now).await
+    }
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> StoreResult<Vec<FlowRecord>> {
+        self.inner.find_flows(subject_key, limit).await
+    }
+    async fn put_case(&self, case: &SupportCase) -> StoreResult<()> {
+        self.inner.put_case(case).await
+    }
+    async fn get_case(&self, reference: &SupportReference) -> StoreResult<Option<SupportCase>> {
+        self.inner.get_case(reference).await
+    }
+    async fn delete_counters(&self, keys: &[String]) -> StoreResult<()> {
+        self.inner.delete_counters(keys).await
+    }
+    async fn purge_expired(&self, now: Timestamp) -> StoreResult<u64> {
+        self.inner.purge_expired(now).await
+    }
+}
+
+type Store = Arc<FaultyStore<Journal>>;
+type Sender = Arc<FaultySender<RecordingSender>>;
+type Rec = Recovery<Store, Sender, ManualClock>;
+
+fn keys() -> KeyRing {
+    KeyRing::new(1, ServerKey::from_bytes(vec![7; 32]).unwrap())
+}
+
+fn alice() -> Account {
+    Account::new(
+        AccountId::new("alice").unwrap(),
+        PhoneNumber::parse("+14155550123").unwrap(),
+    )
+}
+
+/// A code that is certainly not `code`.
+fn wrong(code: &str) -> String {
+    let n: u64 = code.parse().unwrap();
+    format!("{:06}", (n + 1) % 1_000_000)
+}
+
+/// What the calls of one run told their caller.
+#[derive(Default, Debug)]
+struct Told {
+    /// Per flow: wrong codes reported (`InvalidCode`, or `Locked` on the
+    /// attempt that locked) and wrong codes tried.
+    wrong: HashMap<FlowId, (u32, u32)>,
+    /// Tokens handed out, by flow.
+    tokens: Vec<FlowId>,
+    /// Flows whose reset succeeded.
+    completed: Vec<FlowId>,
+    /// Every error seen, for the report of a failing run.
+    errors: Vec<String>,
+}
+
+struct Run {
+    recovery: Rec,
+    store: Store,
+    sender: Sender,
+    clock: ManualClock,
+    told: Told,
+}
+
+impl Run {
+    fn new(reveal: bool) -> Self {
+        let store = Arc::new(FaultyStore::new(Journal::default()));
+        let sender = Arc::new(FaultySender::new(RecordingSender::new()));
+        let clock = ManualClock::new(T0);
+        let policy = Policy::builder().reveal_send_failures(reveal).build().unwrap();
+        let recovery = Recovery::new(store.clone(), sender.clone(), keys())
+            .with_policy(policy)
+            .with_clock(clock.clone());
+        Run {
+            recovery,
+            store,
+            sender,
+            clock,
+            told: Told::default(),
+        }
+    }
+
+    /// An error must be typed and one this step can have; `Store` and
+    /// `Send` only come from an injected fault.
+    fn check_error(&mut self, step: &str, e: &Error) {
+        let expected = matches!(
+            e,
+            Error::Store(_)
+                | Error::Send(_)
+                | Error::InvalidCode { .. }
+                | Error::Locked { .. }
+                | Error::NotFound
+                | Error::InvalidToken
+                | Error::AlreadyUsed
+                | Error::Superseded
+        );
+        assert!(expected, "{step}: unexpected error {e:?}");
+        self.told.errors.push(format!("{step}: {e}"));
+    }
+
+    fn last_code(&self) -> Option<Code> {
+        self.sender.inner().last_code()
+    }
+
+    async fn request(&mut self, ctx: &RequestContext) -> Option<FlowId> {
+        match self
+            .recovery
+            .request("alice@example.com", Some(alice()), ctx)
+            .await
+        {
+            Ok(r) => Some(r.flow_id),
+            Err(e) => {
+                self.check_error("request", &e);
+                None
+            }
+        }
+    }
+
+    async fn verify(&mut self, flow: FlowId, code: &str, ctx: &RequestContext) {
+        let right = self.last_code().is_some_and(|c| c.expose_secret() == code);
+        let entry = self.told.wrong.entry(flow).or_default();
+        if !right {
+            entry.1 += 1;
+        }
+        match self.recovery.verify(&flow, code, ctx).await {
+            Ok(verified) => {
+                assert!(right, "a wrong code verified");
+                self.told.tokens.push(flow);
+                let token = verified.token.expose_secret();
+                match self.recovery.reset(&token, ctx).await {
+                    Ok(done) => {
+                        assert_eq!(done.flow_id, flow);
+                        self.told.completed.push(flow);
+                    }
+                    Err(e) => self.check_error("reset", &e),
+                }
+            }
+            Err(e) => {
+                if matches!(e, Error::InvalidCode { .. } | Error::Locked { .. }) {
+                    // Either a wrong code, or a right one whose send was
+                    // reported failed (voided): wrong either way.
+                    let entry = self.told.wrong.entry(flow).or_default();
+                    entry.0 += 1;
+                    if right {
+                        entry.1 += 1;
+                    }
+                }
+                self.check_error("verify", &e);
+            }
+        }
+    }
+
+    /// The whole flow a user goes through, continuing past failures the
+    /// way a user would (asking again when a request failed).
+    async fn script(&mut self) {
+        let ctx = RequestContext::from_ip("203.0.113.7".parse().unwrap());
+        let mut flow = self.request(&ctx).await;
+        if flow.is_none() {
+            self.clock.advance(Duration::from_secs(1));
+            flow = self.request(&ctx).await;
+        }
+        let Some(flow) = flow else { return };
+        let code = self.last_code().map(|c| c.expose_secret().to_owned());
+        let guess = wrong(code.as_deref().unwrap_or("000000"));
+        self.verify(flow, &guess, &ctx).await;
+        self.clock.advance(Duration::from_secs(31));
+        if let Err(e) = self.recovery.resend(&flow, &ctx).await {
+            self.check_error("resend", &e);
+        }
+        let code = self.last_code().map(|c| c.expose_secret().to_owned());
+        let guess = wrong(code.as_deref().unwrap_or("000000"));
+        self.verify(flow, &guess, &ctx).await;
+        self.clock.advance(Duration::from_secs(1));
+        let code = self.last_code().map(|c| c.expose_secret().to_owned());
+        self.verify(flow, code.as_deref().unwrap_or("000000"), &ctx).await;
+    }
+
+    /// Checks the store against what the calls told, with every fault
+    /// disarmed.
+    async fn check_invariants(&self, label: &str) {
+        self.store.disarm();
+        self.sender.disarm();
+        let journal = self.store.inner();
+        let now = T0.saturating_add(Duration::from_secs(60));
+        let subject = Subject::Account(alice().id);
+        // Newest first; every one decodes.
+        let flows = journal.find_flows(&subject.key(), 100).await.unwrap();
+        let open: Vec<_> = flows.iter().filter(|f| f.state.is_open()).collect();
+        assert!(open.len() <= 1, "{label}: two open flows: {flows:#?}");
+        if let Some(open) = open.first() {
+            assert_eq!(open.id, flows[0].id, "{label}: an older flow is open");
+        }
+        let delivered: Vec<Code> = self
+            .sender
+            .inner()
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let body = m.body.expose_secret();
+                body.split(|c: char| !c.is_ascii_digit())
+                    .find(|run| run.len() == 6)
+                    .and_then(|run| Code::parse(run).ok())
+            })
+            .collect();
+        let mut counted = 0u64;
+        for flow in &flows {
+            let again = journal.get_flow(&flow.id).await.unwrap().unwrap();
+            assert_eq!(&again, flow, "{label}: flow reads back differently");
+            counted += u64::from(flow.failed_attempts);
+            let (reported, tried) = self.told.wrong.get(&flow.id).copied().unwrap_or_default();
+            assert!(
+                flow.failed_attempts >= reported,
+                "{label}: {reported} wrong codes reported, {} counted; {:?}",
+                flow.failed_attempts,
+                self.told
+            );
+            assert!(
+                flow.failed_attempts <= tried,
+                "{label}: {tried} wrong codes tried, {} counted (a failed send cost an attempt?); {:?}",
+                flow.failed_attempts,
+                self.told
+            );
+            if self.told.tokens.contains(&flow.id) {
+                assert!(
+                    matches!(flow.state, FlowState::Verified | FlowState::Completed)
+                        && flow.token_mac.is_some(),
+                    "{label}: a token was handed out for a flow in {:?}",
+                    flow.state
+                );
+            }
+            if self.told.completed.contains(&flow.id) {
+                assert_eq!(flow.state, FlowState::Completed, "{label}");
+            }
+            if flow.state == FlowState::CodeSent && journal.is_code_mac(&flow.code_mac) {
+                // A live code: it must be one the user received.
+                let mut received = false;
+                for code in &delivered {
+                    received |= verifies(flow, code, now).await;
+                }
+                assert!(
+                    received,
+                    "{label}: a live code was never delivered; {:?}",
+                    self.told
+                );
+            }
+        }
+        // The account's failures are exactly the flows' (each wrong code
+        // is written with its flow in one store call).
+        let agent = Agent::new("test").unwrap();
+        let case = self
+            .recovery
+            .support()
+            .lookup_account(&agent, "fault test", &alice().id)
+            .await
+            .unwrap();
+        assert_eq!(
+            case.failures, counted,
+            "{label}: account failures differ from the flows'"
+        );
+    }
+}
+
+/// Whether `code` is the live code of `flow`, checked on a copy of it so
+/// the real one spends no attempt.
+async fn verifies(flow: &FlowRecord, code: &Code, now: Timestamp) -> bool {
+    let scratch = Recovery::new(MemoryStore::new(), RecordingSender::new(), keys())
+        .with_limits(otp_recovery::limits::Limits::none())
+        .with_clock(ManualClock::new(now));
+    let mut copy = flow.clone();
+    copy.code_expires_at = now.saturating_add(Duration::from_secs(1));
+    scratch.store().create_flow(&copy).await.unwrap();
+    scratch
+        .verify(&flow.id, code.expose_secret(), &RequestContext::none())
+        .await
+        .is_ok()
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+#[test]
+fn a_clean_run_completes_and_passes_the_checks() {
+    block_on(async {
+        let mut run = Run::new(false);
+        run.script().await;
+        assert_eq!(run.told.completed.len(), 1, "{:?}", run.told);
+        assert!(
+            run.told
+                .errors
+                .iter()
+                .all(|e| e.starts_with("verify: wrong code")),
+            "{:?}",
+            run.told
+        );
+        run.check_invariants("clean").await;
+    });
+}
+
+#[test]
+fn every_store_operation_may_fail_time_out_or_lose_its_answer() {
+    block_on(async {
+        let mut clean = Run::new(false);
+        clean.script().await;
+        let total = clean.store.operations();
+        assert!(total >= 10, "a full flow makes {total} store operations");
+        eprintln!("a full flow makes {total} store operations");
+        let mut runs = 0;
+        for fault in [StoreFault::Fail, StoreFault::Timeout, StoreFault::LostAnswer] {
+            for n in 1..=total + 1 {
+                let mut run = Run::new(false);
+                run.store.fail_nth(n, fault);
+                run.script().await;
+                run.check_invariants(&format!("{fault:?} at store operation {n}"))
+                    .await;
+                runs += 1;
+            }
+        }
+        assert_eq!(runs, 3 * (total + 1));
+    });
+}
+
+#[test]
+fn every_send_may_fail_or_be_delivered_but_reported_failed() {
+    block_on(async {
+        let mut clean = Run::new(false);
+        clean.script().await;
+        let total = clean.sender.sends();
+        // Two codes and the "password changed" notice.
+        assert_eq!(total, 3);
+        for reveal in [false, true] {
+            for fault in [
+                SendFault::Fail(SendErrorKind::Unavailable),
+                SendFault::Fail(SendErrorKind::InvalidNumber),
+                SendFault::Delivered(SendErrorKind::Timeout),
+            ] {
+                for n in 1..=total {
+                    let mut run = Run::new(reveal);
+                    run.sender.fail_nth(n, fault);
+                    run.script().await;
+                    run.check_invariants(&format!("{fault:?} at send {n}, reveal {reveal}"))
+                        .await;
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn a_failed_send_voids_the_code_and_costs_no_attempt() {
+    block_on(async {
+        let run = Run::new(true);
+        run.sender
+            .fail_nth(1, SendFault::Delivered(SendErrorKind::Timeout));
+        let ctx = RequestContext::none();
+        let e = run
+            .recovery
+            .request("alice@example.com", Some(alice()), &ctx)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Send(_)), "{e:?}");
+        // The message did go out (the gateway lost its answer), but the code
+        // in it no longer works, and the flow has all its attempts.
+        let code = run.last_code().unwrap();
+        let flows = run
+            .store
+            .inner()
+            .find_flows(&Subject::Account(alice().id).key(), 10)
+            .await
+            .unwrap();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(flows[0].failed_attempts, 0);
+        assert_eq!(flows[0].state, FlowState::CodeSent);
+        assert!(!run.store.inner().is_code_mac(&flows[0].code_mac));
+        assert!(!verifies(&flows[0], &code, T0).await);
+    });
+}
+
+#[test]
+fn a_hanging_store_is_bounded_by_the_hosts_timeout() {
+    block_on(async {
+        let run = Run::new(false);
+        run.store.fail_nth(1, StoreFault::Hang);
+        let ctx = RequestContext::none();
+        let call = run.recovery.request("alice@example.com", Some(alice()), &ctx);
+        let timed = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(timed.is_err(), "a hung store operation completed");
+        // Nothing was applied, and the next call works.
+        assert_eq!(run.store.inner().inner.flow_count(), 0);
+        run.recovery
+            .request("alice@example.com", Some(alice()), &RequestContext::none())
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_code_write_whose_answer_was_lost_leaves_no_unsent_code_valid() {
+    block_on(async {
+        let ctx = RequestContext::none();
+        let subject = Subject::Account(alice().id).key();
+        // A request: counters (1), then the flow's creation (2) applies but
+        // its answer is lost. The code is never sent, so it must not work.
+        let run = Run::new(false);
+        run.store.fail_nth(2, StoreFault::LostAnswer);
+        let e = run
+            .recovery
+            .request("alice@example.com", Some(alice()), &ctx)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Store(_)), "{e:?}");
+        let flows = run.store.inner().find_flows(&subject, 10).await.unwrap();
+        assert_eq!(flows.len(), 1);
+        assert_eq!(run.sender.sends(), 0);
+        assert!(
+            !run.store.inner().is_code_mac(&flows[0].code_mac),
+            "the unsent code is live"
+        );
+        run.check_invariants("lost creation").await;
+
+        // A resend: load (1), counters (2), load (3), then the swap (4)
+        // applies but its answer is lost.
+        let run = Run::new(false);
+        let flow = run
+            .recovery
+            .request("alice@example.com", Some(alice()), &ctx)
+            .await
+            .unwrap()
+            .flow_id;
+        run.clock.advance(Duration::from_secs(30));
+        run.store.fail_nth(4, StoreFault::LostAnswer);
+        let e = run.recovery.resend(&flow, &ctx).await.unwrap_err();
+        assert!(matches!(e, Error::Store(_)), "{e:?}");
+        let stored = run.store.inner().get_flow(&flow).await.unwrap().unwrap();
+        assert_eq!(stored.sends, 2, "the resend applied");
+        assert!(
+            !run.store.inner().is_code_mac(&stored.code_mac),
+            "the unsent code is live"
+        );
+        run.check_invariants("lost resend").await;
+    });
+}

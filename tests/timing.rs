@@ -1,0 +1,241 @@
+//! Timing leaks, tested in the style of dudect (Reparaz, Balasch and
+//! Verbauwhede, "Dude, is my code constant time?", 2017): run an operation
+//! on inputs of two classes, interleaved in a random order so that drift
+//! and the noise of other processes fall on both alike, time every call,
+//! and compare the two distributions with Welch's t-test, on all samples
+//! and again with the slow tail cropped at a range of percentiles (the
+//! tail is mostly interrupts and scheduling).
+//!
+//! It fails when |t| passes 10. That is dudect's own threshold for a
+//! definite leak (4.5 is its "probably"): a real difference of a few
+//! percent on tens of thousands of samples gives |t| far above it, while a
+//! busy CI machine's noise, which falls on both classes, stays below it.
+//!
+//! Timing is only meaningful in an optimized build (an unoptimized one
+//! weighs each path's code differently from what ships), so the test is
+//! ignored in debug builds; run it with
+//!
+//! ```sh
+//! cargo test --release --test timing -- --nocapture
+//! ```
+//!
+//! on a machine that is not busy with other work: interleaving spreads
+//! noise over both classes, but a loaded machine amplifies small real
+//! differences (a larger working set suffers more from other processes).
+//!
+//! Two comparisons, in one `#[test]` so that nothing else in this binary
+//! runs beside it:
+//! 1. comparing a MAC with an equal one, and with one that differs in its
+//!    first byte (an early-exit comparison would be fastest there);
+//! 2. a request for a known account and for an unknown identifier, on the
+//!    in-memory store with a sender that does nothing and the default
+//!    limit rules (with budgets no call reaches): the crate's own work
+//!    must not tell them apart. (With a real gateway the send's latency
+//!    dominates; see the docs of `Recovery::request`.) The account id has
+//!    32 characters, as many as the hex form of an unknown identifier's
+//!    decoy id: subject keys are hashed and copied in time linear in their
+//!    length, so ids much longer or shorter than that differ by a few
+//!    nanoseconds per character, which is the host's data, not the path.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use otp_recovery::limits::{Limits, Rule};
+use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
+use otp_recovery::store::MemoryStore;
+use otp_recovery::{
+    Account, AccountId, KeyRing, Mac, ManualClock, PhoneNumber, Recovery, RequestContext, ServerKey,
+    Timestamp,
+};
+
+/// dudect's threshold for a definite leak.
+const T_THRESHOLD: f64 = 10.0;
+
+/// Drives a future that never waits (the in-memory store and the null
+/// sender never do), without the cost of an async runtime.
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("the measured future waited"),
+    }
+}
+
+/// Sends nothing: measures the crate, not a gateway.
+struct NullSender;
+
+#[async_trait]
+impl SmsSender for NullSender {
+    async fn send(&self, _: &SmsMessage) -> Result<SendReceipt, SendError> {
+        Ok(SendReceipt::default())
+    }
+}
+
+/// SplitMix64: the random order of the classes (statistical quality is
+/// all that matters here).
+struct Order(u64);
+
+impl Order {
+    fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(7, |d| d.as_nanos() as u64);
+        Order(seed)
+    }
+
+    fn class(&mut self) -> usize {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) & 1) as usize
+    }
+}
+
+/// Welch's t statistic of two samples.
+fn welch_t(a: &[f64], b: &[f64]) -> f64 {
+    let stats = |x: &[f64]| {
+        let n = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / n;
+        let var = x.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (n, mean, var)
+    };
+    let (na, ma, va) = stats(a);
+    let (nb, mb, vb) = stats(b);
+    (ma - mb) / (va / na + vb / nb).sqrt()
+}
+
+/// The result of one comparison.
+struct Verdict {
+    /// The largest |t| over the raw and the cropped tests.
+    max_t: f64,
+    /// |t| of the raw samples.
+    raw_t: f64,
+    /// Medians of the two classes, in nanoseconds.
+    medians: [f64; 2],
+}
+
+/// Times `samples` calls of `op` per class (about), in random order, and
+/// compares the classes: raw, and cropped at dudect's percentiles of the
+/// pooled samples. `prepare` makes a call's input, outside the clock.
+fn compare<I>(samples: usize, mut prepare: impl FnMut(usize) -> I, mut op: impl FnMut(I)) -> Verdict {
+    let mut order = Order::new();
+    // Warm up caches, allocators and the branch predictor on both classes.
+    for _ in 0..samples / 10 {
+        op(prepare(order.class()));
+    }
+    let mut times: [Vec<f64>; 2] = [Vec::with_capacity(samples), Vec::with_capacity(samples)];
+    for _ in 0..2 * samples {
+        let class = order.class();
+        let input = prepare(class);
+        let start = Instant::now();
+        op(input);
+        let elapsed = start.elapsed();
+        times[class].push(elapsed.as_nanos() as f64);
+    }
+    let mut pooled: Vec<f64> = times.iter().flatten().copied().collect();
+    pooled.sort_by(f64::total_cmp);
+    let median = |x: &[f64]| {
+        let mut x = x.to_vec();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let raw_t = welch_t(&times[0], &times[1]);
+    let mut max_t = raw_t.abs();
+    // dudect's crops: keep what lies below the percentile
+    // 1 - 0.5^(10 (k + 1) / 100) of the pooled samples, k = 0..100.
+    for k in (0..100).step_by(5) {
+        let p = 1.0 - 0.5f64.powf(10.0 * (k as f64 + 1.0) / 100.0);
+        let cut = pooled[((pooled.len() as f64 * p) as usize).min(pooled.len() - 1)];
+        let a: Vec<f64> = times[0].iter().copied().filter(|&t| t < cut).collect();
+        let b: Vec<f64> = times[1].iter().copied().filter(|&t| t < cut).collect();
+        if a.len() > 100 && b.len() > 100 {
+            max_t = max_t.max(welch_t(&a, &b).abs());
+        }
+    }
+    Verdict {
+        max_t,
+        raw_t: raw_t.abs(),
+        medians: [median(&times[0]), median(&times[1])],
+    }
+}
+
+/// The default send rules, each with a budget no test reaches: every rule
+/// is still counted, none refuses.
+fn roomy_limits() -> Limits {
+    let mut builder = Limits::builder().clear_send_rules();
+    for rule in Limits::default().send_rules() {
+        builder = builder.add_send_rule(Rule::new(rule.scope, u32::MAX, rule.window));
+    }
+    builder.build().unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "timing is measured in optimized builds: cargo test --release --test timing"
+)]
+fn code_comparison_and_request_paths_show_no_timing_difference() {
+    // 1. MAC comparison: equal, or different in the first byte.
+    let stored = Mac::from_bytes([0x5a; 32]);
+    let mut first = [0x5a; 32];
+    first[0] ^= 1;
+    let presented = [Mac::from_bytes([0x5a; 32]), Mac::from_bytes(first)];
+    let macs = compare(
+        100_000,
+        |class| &presented[class],
+        |presented| {
+            // A batch per sample, so the comparisons outweigh the clock read.
+            for _ in 0..32 {
+                black_box(black_box(&stored) == black_box(presented));
+            }
+        },
+    );
+    eprintln!(
+        "MAC comparison: max |t| {:.2} (raw {:.2}); medians of 32 comparisons {:.0} ns (equal), {:.0} ns (differing)",
+        macs.max_t, macs.raw_t, macs.medians[0], macs.medians[1]
+    );
+
+    // 2. A request for a known account, and for an unknown identifier.
+    let keys = KeyRing::new(1, ServerKey::from_bytes(vec![9; 32]).unwrap());
+    let recovery = Recovery::new(MemoryStore::new(), NullSender, keys)
+        .with_limits(roomy_limits())
+        .with_clock(ManualClock::new(Timestamp::from_unix_millis(1_800_000_000_000)));
+    let account = Account::new(
+        AccountId::new("5f0c3c1e9b8a4d2f8e7a6b5c4d3e2f1a").unwrap(),
+        PhoneNumber::parse("+14155550123").unwrap(),
+    );
+    let ctx = RequestContext::none();
+    // One identifier per class, asked again and again: each request
+    // supersedes the flow of the one before, on both paths.
+    let requests = compare(
+        20_000,
+        |class| match class {
+            0 => ("alice@example.com", Some(account.clone())),
+            _ => ("nobody@example.com", None),
+        },
+        |(identifier, who)| {
+            black_box(ready(recovery.request(identifier, who, &ctx)).unwrap());
+        },
+    );
+    let gap = Duration::from_nanos((requests.medians[0] - requests.medians[1]).abs() as u64);
+    eprintln!(
+        "request: max |t| {:.2} (raw {:.2}); medians {:.0} ns (known), {:.0} ns (unknown), gap {gap:?}",
+        requests.max_t, requests.raw_t, requests.medians[0], requests.medians[1]
+    );
+
+    assert!(
+        macs.max_t < T_THRESHOLD,
+        "the MAC comparison's time depends on where the MACs differ (|t| = {:.2})",
+        macs.max_t
+    );
+    assert!(
+        requests.max_t < T_THRESHOLD,
+        "a request's time tells a known account from an unknown identifier (|t| = {:.2})",
+        requests.max_t
+    );
+}
