@@ -174,12 +174,41 @@ fn roomy_limits() -> Limits {
     builder.build().unwrap()
 }
 
+/// Rounds of measurement. A real difference shows in every round (before
+/// the decoy path did a send's work, |t| was about 170 in each); a burst of
+/// load from other processes rarely lasts through three. A comparison
+/// fails only when every round finds a difference.
+const ROUNDS: usize = 3;
+
 #[test]
 #[cfg_attr(
     debug_assertions,
     ignore = "timing is measured in optimized builds: cargo test --release --test timing"
 )]
 fn code_comparison_and_request_paths_show_no_timing_difference() {
+    let mut macs_t = Vec::new();
+    let mut requests_t = Vec::new();
+    for round in 1..=ROUNDS {
+        let (macs, requests) = measure();
+        eprintln!("round {round}: MAC comparison |t| {macs:.2}, requests |t| {requests:.2}");
+        macs_t.push(macs);
+        requests_t.push(requests);
+        if macs < T_THRESHOLD && requests < T_THRESHOLD {
+            return;
+        }
+    }
+    assert!(
+        macs_t.iter().any(|t| *t < T_THRESHOLD),
+        "the MAC comparison's time depends on where the MACs differ (|t| = {macs_t:.2?})"
+    );
+    assert!(
+        requests_t.iter().any(|t| *t < T_THRESHOLD),
+        "a request's time tells a known account from an unknown identifier (|t| = {requests_t:.2?})"
+    );
+}
+
+/// One round of both comparisons: their largest |t|.
+fn measure() -> (f64, f64) {
     // 1. MAC comparison: equal, or different in the first byte.
     let stored = Mac::from_bytes([0x5a; 32]);
     let mut first = [0x5a; 32];
@@ -228,14 +257,5 @@ fn code_comparison_and_request_paths_show_no_timing_difference() {
         requests.max_t, requests.raw_t, requests.medians[0], requests.medians[1]
     );
 
-    assert!(
-        macs.max_t < T_THRESHOLD,
-        "the MAC comparison's time depends on where the MACs differ (|t| = {:.2})",
-        macs.max_t
-    );
-    assert!(
-        requests.max_t < T_THRESHOLD,
-        "a request's time tells a known account from an unknown identifier (|t| = {:.2})",
-        requests.max_t
-    );
+    (macs.max_t, requests.max_t)
 }
