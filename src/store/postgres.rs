@@ -373,15 +373,29 @@ fn bind_swap<'q>(query: PgQuery<'q>, expected_version: u64, flow: &'q FlowRecord
 /// A query being built.
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// The counter values of a row's `o_counts` and `o_resets` columns (none
-/// when they are null: a swap that did not write).
-fn counter_row(row: &PgRow) -> Result<Option<Vec<CounterValue>>> {
+/// The counter values of a row's `o_counts` and `o_resets` columns, one
+/// per counter asked for (`n`); null arrays read as empty.
+fn counter_row(row: &PgRow, n: usize) -> Result<Vec<CounterValue>> {
     let counts: Option<Vec<Option<i64>>> = row.try_get("o_counts").map_err(backend)?;
     let resets: Option<Vec<Option<i64>>> = row.try_get("o_resets").map_err(backend)?;
-    counts.zip(resets).map(|(c, r)| counter_values(c, r)).transpose()
+    counter_values(counts.unwrap_or_default(), resets.unwrap_or_default(), n)
 }
 
-fn counter_values(counts: Vec<Option<i64>>, resets: Vec<Option<i64>>) -> Result<Vec<CounterValue>> {
+/// Decodes the `o_counts` and `o_resets` arrays of `n` counters. Arrays of
+/// another length are a decode error, never fewer values than counters
+/// (the caller reads one value per counter).
+pub(crate) fn counter_values(
+    counts: Vec<Option<i64>>,
+    resets: Vec<Option<i64>>,
+    n: usize,
+) -> Result<Vec<CounterValue>> {
+    if counts.len() != n || resets.len() != n {
+        return Err(StoreError::Decode(format!(
+            "{} counts and {} window ends for {n} counters",
+            counts.len(),
+            resets.len()
+        )));
+    }
     counts
         .into_iter()
         .zip(resets)
@@ -451,7 +465,7 @@ impl CodeStore for PostgresStore {
             Some(_) => Some(flow_from_row(&row)?),
             None => None,
         };
-        Ok((flow, counter_row(&row)?.unwrap_or_default()))
+        Ok((flow, counter_row(&row, counters.len())?))
     }
 
     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
@@ -484,7 +498,7 @@ impl CodeStore for PostgresStore {
         if !swapped {
             return Ok(None);
         }
-        Ok(Some(counter_row(&row)?.unwrap_or_default()))
+        Ok(Some(counter_row(&row, counters.len())?))
     }
 
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
@@ -498,7 +512,7 @@ impl CodeStore for PostgresStore {
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(counter_row(&row)?.unwrap_or_default())
+        counter_row(&row, counters.len())
     }
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
@@ -561,5 +575,46 @@ impl CodeStore for PostgresStore {
         .await
         .map_err(backend)?;
         Ok(u64::try_from(purged).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_replies_of_the_wrong_length_are_decode_errors() {
+        let one = || vec![Some(3)];
+        let ends = || vec![Some(1_000)];
+        assert_eq!(
+            counter_values(one(), ends(), 1),
+            Ok(vec![CounterValue::new(
+                3,
+                Some(Timestamp::from_unix_millis(1_000))
+            )])
+        );
+        assert_eq!(counter_values(vec![], vec![], 0), Ok(vec![]));
+        // Fewer values than counters would make the caller index past the end.
+        for (counts, resets, n) in [
+            (one(), ends(), 2),
+            (one(), vec![], 1),
+            (vec![], ends(), 1),
+            (vec![], vec![], 1),
+            (vec![Some(1), Some(2)], ends(), 2),
+            (one(), ends(), 0),
+        ] {
+            assert!(
+                matches!(counter_values(counts, resets, n), Err(StoreError::Decode(_))),
+                "{n}"
+            );
+        }
+        assert!(matches!(
+            counter_values(vec![Some(-1)], vec![None], 1),
+            Err(StoreError::Decode(_))
+        ));
+        assert!(matches!(
+            counter_values(vec![None], vec![Some(-1)], 1),
+            Err(StoreError::Decode(_))
+        ));
     }
 }
