@@ -40,6 +40,9 @@ mod clock;
 mod code;
 mod error;
 pub mod events;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hex;
 mod id;
 pub mod limits;

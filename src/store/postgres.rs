@@ -280,15 +280,27 @@ fn version(v: u64) -> i64 {
 fn flow_from_row(row: &PgRow) -> Result<FlowRecord> {
     let data: Vec<u8> = row.try_get("data").map_err(backend)?;
     let id: Vec<u8> = row.try_get("id").map_err(backend)?;
-    let mut flow = FlowRecord::from_bytes(&data)?;
-    if flow.id.as_bytes().as_slice() != id.as_slice() {
+    let state: i16 = row.try_get("state").map_err(backend)?;
+    let v: i64 = row.try_get("version").map_err(backend)?;
+    let updated: i64 = row.try_get("updated_at").map_err(backend)?;
+    flow_from_columns(&id, &data, state, v, updated)
+}
+
+/// Decodes a flow row's columns `id`, `data`, `state`, `version` and
+/// `updated_at`: the record, with the authoritative columns applied.
+pub(crate) fn flow_from_columns(
+    id: &[u8],
+    data: &[u8],
+    state: i16,
+    v: i64,
+    updated: i64,
+) -> Result<FlowRecord> {
+    let mut flow = FlowRecord::from_bytes(data)?;
+    if flow.id.as_bytes().as_slice() != id {
         return Err(StoreError::Decode(
             "a record stored under another flow's id".into(),
         ));
     }
-    let state: i16 = row.try_get("state").map_err(backend)?;
-    let v: i64 = row.try_get("version").map_err(backend)?;
-    let updated: i64 = row.try_get("updated_at").map_err(backend)?;
     flow.state = u8::try_from(state)
         .ok()
         .and_then(FlowState::from_code)
