@@ -49,10 +49,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(state.as_str(), text);
         assert_eq!(FlowState::from_code(state.code()), Some(state));
     }
-    if let Ok(code) = text.parse::<u8>() {
-        if let Some(state) = FlowState::from_code(code) {
-            assert_eq!(state.code(), code);
-        }
+    if let Ok(code) = text.parse::<u8>()
+        && let Some(state) = FlowState::from_code(code)
+    {
+        assert_eq!(state.code(), code);
     }
 
     if let Some(locale) = Locale::from_tag(text) {
