@@ -42,6 +42,9 @@ mod code;
 mod error;
 pub mod events;
 pub mod factor;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hex;
 mod id;
 pub mod limits;

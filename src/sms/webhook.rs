@@ -76,22 +76,23 @@
 //!    after the signature checked out, so forged requests cannot fill the
 //!    list.
 //!
-//! A complete verifier, checked by `cargo test`:
+//! [`verify_request`] does steps 1 and 2: it checks the timestamp header
+//! against your clock and the signature header against the raw body, in
+//! constant time, and returns the signed timestamp. Steps 3 and 4 need your
+//! JSON parser and your replay memory; a complete receiver, checked by
+//! `cargo test`:
 //!
 //! ```
 //! use std::collections::HashMap;
+//! use std::time::{Duration, SystemTime};
 //!
-//! use hmac::{Hmac, KeyInit, Mac};
-//! use sha2::Sha256;
-//! use subtle::ConstantTimeEq;
-//!
-//! const TOLERANCE_SECS: u64 = 300;
+//! use otp_recovery::sms::webhook::{self, TOLERANCE, VerifyError, WebhookSecret};
+//! use otp_recovery::SecretString;
 //!
 //! #[derive(Debug, PartialEq)]
 //! enum Refused {
+//!     Unverified(VerifyError),
 //!     Malformed,
-//!     Stale,
-//!     BadSignature,
 //!     Replay,
 //! }
 //!
@@ -99,41 +100,18 @@
 //! #[derive(Default)]
 //! struct SeenIds(HashMap<String, u64>);
 //!
-//! fn hex(bytes: &[u8]) -> String {
-//!     bytes.iter().map(|b| format!("{b:02x}")).collect()
-//! }
-//!
-//! fn signature(secret: &[u8], timestamp: &str, raw_body: &[u8]) -> String {
-//!     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-//!     mac.update(b"v1.");
-//!     mac.update(timestamp.as_bytes());
-//!     mac.update(b".");
-//!     mac.update(raw_body);
-//!     format!("v1={}", hex(&mac.finalize().into_bytes()))
-//! }
-//!
 //! /// Checks one request; returns the parsed message if it is authentic and new.
-//! fn verify(
-//!     secret: &[u8],
+//! fn receive(
+//!     secret: &WebhookSecret,
 //!     timestamp_header: &str,
 //!     signature_header: &str,
 //!     raw_body: &[u8],
-//!     now_unix: u64,
+//!     now: SystemTime,
 //!     seen: &mut SeenIds,
 //! ) -> Result<serde_json::Value, Refused> {
-//!     // 1. A fresh timestamp.
-//!     if timestamp_header.is_empty() || !timestamp_header.bytes().all(|b| b.is_ascii_digit()) {
-//!         return Err(Refused::Malformed);
-//!     }
-//!     let timestamp: u64 = timestamp_header.parse().map_err(|_| Refused::Malformed)?;
-//!     if timestamp.abs_diff(now_unix) > TOLERANCE_SECS {
-//!         return Err(Refused::Stale);
-//!     }
-//!     // 2. The signature over the raw bytes, compared in constant time.
-//!     let expected = signature(secret, timestamp_header, raw_body);
-//!     if !bool::from(expected.as_bytes().ct_eq(signature_header.as_bytes())) {
-//!         return Err(Refused::BadSignature);
-//!     }
+//!     // 1 and 2. A fresh timestamp and a valid signature over the raw bytes.
+//!     let timestamp = webhook::verify_request(secret, signature_header, timestamp_header, raw_body, now, TOLERANCE)
+//!         .map_err(Refused::Unverified)?;
 //!     // 3. Parse only authentic bytes; the signed header must match the body.
 //!     let message: serde_json::Value = serde_json::from_slice(raw_body).map_err(|_| Refused::Malformed)?;
 //!     if message["timestamp"].as_u64() != Some(timestamp) {
@@ -141,7 +119,8 @@
 //!     }
 //!     let id = message["id"].as_str().ok_or(Refused::Malformed)?.to_owned();
 //!     // 4. A new id: forget ids past the window, refuse one seen within it.
-//!     seen.0.retain(|_, &mut seen_at| seen_at.saturating_add(TOLERANCE_SECS) >= now_unix);
+//!     let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+//!     seen.0.retain(|_, &mut seen_at| seen_at.saturating_add(TOLERANCE.as_secs()) >= now_secs);
 //!     if seen.0.contains_key(&id) {
 //!         return Err(Refused::Replay);
 //!     }
@@ -150,28 +129,36 @@
 //! }
 //!
 //! // A request as the sender signs it.
-//! let secret = b"an example secret of at least 32 bytes, from the secret manager";
+//! let secret = WebhookSecret::from(SecretString::new(
+//!     "an example secret of at least 32 bytes, from the secret manager".into(),
+//! ));
 //! let timestamp = "1700000000";
 //! let body = br#"{"id":"6f1c0e2a9b8d4c7e5a3f1b2d4c6e8a0b","to":"+14155550123","body":"123456 is your code","kind":"code","timestamp":1700000000}"#;
-//! let signed = signature(secret, timestamp, body);
-//! let now = 1_700_000_042;
+//! let signed = webhook::sign_request(&secret, timestamp, body);
+//! let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_042);
 //! let mut seen = SeenIds::default();
 //!
-//! let message = verify(secret, timestamp, &signed, body, now, &mut seen).unwrap();
+//! let message = receive(&secret, timestamp, &signed, body, now, &mut seen).unwrap();
 //! assert_eq!(message["to"], "+14155550123");
 //!
 //! // The same request again is a replay.
-//! assert_eq!(verify(secret, timestamp, &signed, body, now + 1, &mut seen), Err(Refused::Replay));
+//! let later = now + Duration::from_secs(1);
+//! assert_eq!(receive(&secret, timestamp, &signed, body, later, &mut seen), Err(Refused::Replay));
 //! // A changed body or timestamp breaks the signature.
+//! let bad = Err(Refused::Unverified(VerifyError::BadSignature));
 //! let tampered = String::from_utf8_lossy(body).replace("123456", "654321");
 //! let mut fresh = SeenIds::default();
-//! assert_eq!(verify(secret, timestamp, &signed, tampered.as_bytes(), now, &mut fresh), Err(Refused::BadSignature));
-//! assert_eq!(verify(secret, "1700000001", &signed, body, now, &mut fresh), Err(Refused::BadSignature));
+//! assert_eq!(receive(&secret, timestamp, &signed, tampered.as_bytes(), now, &mut fresh), bad);
+//! assert_eq!(receive(&secret, "1700000001", &signed, body, now, &mut fresh), bad);
 //! // A request older than the tolerance is refused, even correctly signed.
-//! assert_eq!(verify(secret, timestamp, &signed, body, now + 600, &mut fresh), Err(Refused::Stale));
+//! let stale = now + Duration::from_secs(600);
+//! assert_eq!(
+//!     receive(&secret, timestamp, &signed, body, stale, &mut fresh),
+//!     Err(Refused::Unverified(VerifyError::Stale))
+//! );
 //! // Another secret does not verify.
-//! let other = b"another secret, also at least 32 bytes long......";
-//! assert_eq!(verify(other, timestamp, &signed, body, now, &mut fresh), Err(Refused::BadSignature));
+//! let other = WebhookSecret::from(SecretString::new("another secret, also at least 32 bytes long......".into()));
+//! assert_eq!(receive(&other, timestamp, &signed, body, now, &mut fresh), bad);
 //! ```
 
 use std::fmt;
@@ -284,21 +271,6 @@ impl WebhookSender {
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
-
-    /// `v1=` and the hex HMAC of `"v1." + timestamp + "." + body`.
-    fn sign(&self, timestamp: &str, body: &[u8]) -> Result<String, SendError> {
-        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(&self.secret.0)
-            .map_err(|_| SendError::new(SendErrorKind::Configuration, "webhook: unusable secret"))?;
-        mac.update(b"v1.");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        let tag = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(3 + 2 * tag.len());
-        out.push_str("v1=");
-        hex::encode_into(&tag, &mut out);
-        Ok(out)
-    }
 }
 
 /// Prints the endpoint's origin and the timeout; never the secret, the
@@ -311,6 +283,109 @@ impl fmt::Debug for WebhookSender {
             .field("secret", &self.secret)
             .finish()
     }
+}
+
+/// Why [`verify_request`] refused a request. Names the check that failed,
+/// never the secret or the expected signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The timestamp header is not a decimal number of Unix seconds.
+    #[error("the webhook timestamp header is not a number of seconds")]
+    MalformedTimestamp,
+    /// The timestamp is further from the receiver's clock than the
+    /// tolerance: a delayed or replayed request.
+    #[error("the webhook request is older or newer than the tolerance allows")]
+    Stale,
+    /// The signature header is not `v1=` and 64 lowercase hex digits.
+    #[error("the webhook signature header is malformed")]
+    MalformedSignature,
+    /// The signature does not match the timestamp and body under the secret.
+    #[error("the webhook signature does not match")]
+    BadSignature,
+}
+
+/// Longest timestamp header accepted: `u64::MAX` has 20 digits.
+const MAX_TIMESTAMP_DIGITS: usize = 20;
+/// `v1=` and the hex of an HMAC-SHA256 tag.
+const SIGNATURE_PREFIX: &str = "v1=";
+const TAG_LEN: usize = 32;
+
+/// The HMAC of `"v1." + timestamp + "." + body` under `secret`, not yet
+/// finalized.
+fn request_mac(secret: &WebhookSecret, timestamp: &str, body: &[u8]) -> HmacSha256 {
+    // HMAC hashes long keys and pads short ones: every length is accepted.
+    let mut mac =
+        <HmacSha256 as KeyInit>::new_from_slice(&secret.0).expect("HMAC accepts keys of any length");
+    mac.update(b"v1.");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac
+}
+
+/// The `X-Otp-Signature` value of a request: `v1=` and the lowercase hex of
+/// `HMAC-SHA256(secret, "v1." + timestamp + "." + body)`.
+///
+/// [`WebhookSender`] signs every request with it; a receiver needs it only
+/// to build requests in its own tests (it verifies with [`verify_request`]).
+pub fn sign_request(secret: &WebhookSecret, timestamp: &str, body: &[u8]) -> String {
+    let tag = request_mac(secret, timestamp, body).finalize().into_bytes();
+    let mut out = String::with_capacity(SIGNATURE_PREFIX.len() + 2 * TAG_LEN);
+    out.push_str(SIGNATURE_PREFIX);
+    hex::encode_into(&tag, &mut out);
+    out
+}
+
+/// Verifies a request on the receiving side: steps 1 and 2 of the
+/// [module documentation](self#verifying-a-request-the-receiver).
+///
+/// - `timestamp_header` (`X-Otp-Timestamp`) must be 1 to 20 ASCII digits,
+///   and at most `tolerance` ([`TOLERANCE`] is the documented value) before
+///   or after `now`, the receiver's clock; exactly `tolerance` apart is
+///   accepted.
+/// - `signature_header` (`X-Otp-Signature`) must be `v1=` and 64 lowercase
+///   hex digits, and equal the HMAC-SHA256 under `secret` of the timestamp
+///   header and `raw_body`, **the body bytes as received**, before any
+///   parsing. The tags are compared in constant time.
+///
+/// Returns the signed timestamp, in Unix seconds, which the body's
+/// `timestamp` must equal. Replays within the tolerance are the caller's to
+/// refuse, by the request's `id` (step 4).
+///
+/// # Errors
+/// A [`VerifyError`] naming the first check that failed; the timestamp is
+/// checked before the signature.
+pub fn verify_request(
+    secret: &WebhookSecret,
+    signature_header: &str,
+    timestamp_header: &str,
+    raw_body: &[u8],
+    now: SystemTime,
+    tolerance: Duration,
+) -> Result<u64, VerifyError> {
+    let digits_ok = (1..=MAX_TIMESTAMP_DIGITS).contains(&timestamp_header.len())
+        && timestamp_header.bytes().all(|b| b.is_ascii_digit());
+    if !digits_ok {
+        return Err(VerifyError::MalformedTimestamp);
+    }
+    let timestamp: u64 = timestamp_header
+        .parse()
+        .map_err(|_| VerifyError::MalformedTimestamp)?;
+    let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if timestamp.abs_diff(now_secs) > tolerance.as_secs() {
+        return Err(VerifyError::Stale);
+    }
+    let mut tag = [0u8; TAG_LEN];
+    signature_header
+        .strip_prefix(SIGNATURE_PREFIX)
+        .ok_or(())
+        .and_then(|text| hex::decode_into(text.as_bytes(), &mut tag))
+        .map_err(|()| VerifyError::MalformedSignature)?;
+    request_mac(secret, timestamp_header, raw_body)
+        .verify_slice(&tag)
+        .map_err(|_| VerifyError::BadSignature)?;
+    Ok(timestamp)
 }
 
 #[derive(Serialize)]
@@ -369,7 +444,7 @@ impl SmsSender for WebhookSender {
         let mut body = Zeroizing::new(Vec::with_capacity(capacity));
         serde_json::to_writer(&mut *body, &payload)
             .map_err(|_| SendError::new(SendErrorKind::Rejected, "webhook: the message cannot be encoded"))?;
-        let signature = self.sign(&timestamp_text, &body)?;
+        let signature = sign_request(&self.secret, &timestamp_text, &body);
 
         // reqwest takes the buffer itself (moved, not copied) and wipes it
         // when it drops it.
@@ -426,6 +501,148 @@ mod tests {
                 .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         );
         assert_ne!(a, b);
+    }
+
+    fn secret() -> WebhookSecret {
+        WebhookSecret::from(ServerKey::from_bytes(vec![b'k'; 32]).unwrap())
+    }
+
+    const TS: &str = "1700000000";
+    const BODY: &[u8] = br#"{"a":1}"#;
+    /// HMAC-SHA256(b"k" * 32, b"v1.1700000000.{\"a\":1}"), computed with
+    /// another implementation (Python's hmac module).
+    const VECTOR: &str = "v1=c93f83482288474def74f5fa2e8c5109d721cca819b5489586655c5864e171be";
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn signatures_match_an_independent_hmac_and_verify() {
+        assert_eq!(sign_request(&secret(), TS, BODY), VECTOR);
+        assert_eq!(
+            verify_request(&secret(), VECTOR, TS, BODY, at(1_700_000_000), TOLERANCE),
+            Ok(1_700_000_000)
+        );
+    }
+
+    #[test]
+    fn timestamps_exactly_the_tolerance_away_pass_and_one_second_more_is_stale() {
+        let t = 1_700_000_000;
+        for now in [t - 300, t + 300] {
+            assert_eq!(
+                verify_request(&secret(), VECTOR, TS, BODY, at(now), TOLERANCE),
+                Ok(t)
+            );
+        }
+        for now in [t - 301, t + 301] {
+            assert_eq!(
+                verify_request(&secret(), VECTOR, TS, BODY, at(now), TOLERANCE),
+                Err(VerifyError::Stale)
+            );
+        }
+        // A zero tolerance accepts the same second only.
+        assert_eq!(
+            verify_request(&secret(), VECTOR, TS, BODY, at(t), Duration::ZERO),
+            Ok(t)
+        );
+        assert_eq!(
+            verify_request(&secret(), VECTOR, TS, BODY, at(t + 1), Duration::ZERO),
+            Err(VerifyError::Stale)
+        );
+    }
+
+    #[test]
+    fn malformed_timestamps_are_refused_before_the_signature() {
+        for bad in [
+            "",
+            "+1700000000",
+            " 1700000000",
+            "1700000000 ",
+            "1.7e9",
+            "-1",
+            "18446744073709551616",
+            "000000000001700000000",
+            "１７００００００００",
+        ] {
+            assert_eq!(
+                verify_request(&secret(), VECTOR, bad, BODY, at(1_700_000_000), TOLERANCE),
+                Err(VerifyError::MalformedTimestamp),
+                "{bad:?}"
+            );
+        }
+        // Twenty digits are read (and then judged stale here).
+        assert_eq!(
+            verify_request(&secret(), VECTOR, "18446744073709551615", BODY, at(0), TOLERANCE),
+            Err(VerifyError::Stale)
+        );
+    }
+
+    #[test]
+    fn malformed_signatures_are_told_apart_from_wrong_ones() {
+        let now = at(1_700_000_000);
+        let hex = &VECTOR[3..];
+        for bad in [
+            String::new(),
+            hex.to_owned(),
+            format!("v2={hex}"),
+            format!("V1={hex}"),
+            format!("v1={}", &hex[..63]),
+            format!("v1={hex}0"),
+            format!("v1={}", hex.to_uppercase()),
+            format!(" {VECTOR}"),
+        ] {
+            assert_eq!(
+                verify_request(&secret(), &bad, TS, BODY, now, TOLERANCE),
+                Err(VerifyError::MalformedSignature),
+                "{bad:?}"
+            );
+        }
+        // Each changed hex digit of the tag is a wrong signature.
+        for i in 3..VECTOR.len() {
+            let mut flipped = VECTOR.as_bytes().to_vec();
+            flipped[i] = if flipped[i] == b'0' { b'1' } else { b'0' };
+            let flipped = String::from_utf8(flipped).unwrap();
+            assert_eq!(
+                verify_request(&secret(), &flipped, TS, BODY, now, TOLERANCE),
+                Err(VerifyError::BadSignature),
+                "digit {i}"
+            );
+        }
+        let other = WebhookSecret::from(ServerKey::from_bytes(vec![b'j'; 32]).unwrap());
+        let leading_zero = sign_request(&secret(), "01700000000", BODY);
+        for (secret, signature, timestamp, body) in [
+            (&secret(), VECTOR, TS, &br#"{"a":2}"#[..]),
+            (&secret(), VECTOR, TS, &br#"{"a":1} "#[..]),
+            (&secret(), VECTOR, "1700000001", BODY),
+            (&secret(), VECTOR, "01700000000", BODY),
+            (&secret(), leading_zero.as_str(), TS, BODY),
+            (&other, VECTOR, TS, BODY),
+        ] {
+            assert_eq!(
+                verify_request(secret, signature, timestamp, body, now, TOLERANCE),
+                Err(VerifyError::BadSignature)
+            );
+        }
+    }
+
+    #[test]
+    fn the_sender_signs_what_the_receiver_verifies() {
+        let body = br#"{"id":"00","to":"+14155550123","body":"123456","kind":"code","timestamp":5}"#;
+        let signature = sign_request(&secret(), "5", body);
+        assert_eq!(
+            verify_request(&secret(), &signature, "5", body, at(5), TOLERANCE),
+            Ok(5)
+        );
+        for err in [
+            VerifyError::MalformedTimestamp,
+            VerifyError::Stale,
+            VerifyError::MalformedSignature,
+            VerifyError::BadSignature,
+        ] {
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains(&signature[3..13]), "{text}");
+        }
     }
 
     #[test]

@@ -280,15 +280,27 @@ fn version(v: u64) -> i64 {
 fn flow_from_row(row: &PgRow) -> Result<FlowRecord> {
     let data: Vec<u8> = row.try_get("data").map_err(backend)?;
     let id: Vec<u8> = row.try_get("id").map_err(backend)?;
-    let mut flow = FlowRecord::from_bytes(&data)?;
-    if flow.id.as_bytes().as_slice() != id.as_slice() {
+    let state: i16 = row.try_get("state").map_err(backend)?;
+    let v: i64 = row.try_get("version").map_err(backend)?;
+    let updated: i64 = row.try_get("updated_at").map_err(backend)?;
+    flow_from_columns(&id, &data, state, v, updated)
+}
+
+/// Decodes a flow row's columns `id`, `data`, `state`, `version` and
+/// `updated_at`: the record, with the authoritative columns applied.
+pub(crate) fn flow_from_columns(
+    id: &[u8],
+    data: &[u8],
+    state: i16,
+    v: i64,
+    updated: i64,
+) -> Result<FlowRecord> {
+    let mut flow = FlowRecord::from_bytes(data)?;
+    if flow.id.as_bytes().as_slice() != id {
         return Err(StoreError::Decode(
             "a record stored under another flow's id".into(),
         ));
     }
-    let state: i16 = row.try_get("state").map_err(backend)?;
-    let v: i64 = row.try_get("version").map_err(backend)?;
-    let updated: i64 = row.try_get("updated_at").map_err(backend)?;
     flow.state = u8::try_from(state)
         .ok()
         .and_then(FlowState::from_code)
@@ -373,15 +385,29 @@ fn bind_swap<'q>(query: PgQuery<'q>, expected_version: u64, flow: &'q FlowRecord
 /// A query being built.
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// The counter values of a row's `o_counts` and `o_resets` columns (none
-/// when they are null: a swap that did not write).
-fn counter_row(row: &PgRow) -> Result<Option<Vec<CounterValue>>> {
+/// The counter values of a row's `o_counts` and `o_resets` columns, one
+/// per counter asked for (`n`); null arrays read as empty.
+fn counter_row(row: &PgRow, n: usize) -> Result<Vec<CounterValue>> {
     let counts: Option<Vec<Option<i64>>> = row.try_get("o_counts").map_err(backend)?;
     let resets: Option<Vec<Option<i64>>> = row.try_get("o_resets").map_err(backend)?;
-    counts.zip(resets).map(|(c, r)| counter_values(c, r)).transpose()
+    counter_values(counts.unwrap_or_default(), resets.unwrap_or_default(), n)
 }
 
-fn counter_values(counts: Vec<Option<i64>>, resets: Vec<Option<i64>>) -> Result<Vec<CounterValue>> {
+/// Decodes the `o_counts` and `o_resets` arrays of `n` counters. Arrays of
+/// another length are a decode error, never fewer values than counters
+/// (the caller reads one value per counter).
+pub(crate) fn counter_values(
+    counts: Vec<Option<i64>>,
+    resets: Vec<Option<i64>>,
+    n: usize,
+) -> Result<Vec<CounterValue>> {
+    if counts.len() != n || resets.len() != n {
+        return Err(StoreError::Decode(format!(
+            "{} counts and {} window ends for {n} counters",
+            counts.len(),
+            resets.len()
+        )));
+    }
     counts
         .into_iter()
         .zip(resets)
@@ -451,7 +477,7 @@ impl CodeStore for PostgresStore {
             Some(_) => Some(flow_from_row(&row)?),
             None => None,
         };
-        Ok((flow, counter_row(&row)?.unwrap_or_default()))
+        Ok((flow, counter_row(&row, counters.len())?))
     }
 
     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
@@ -484,7 +510,7 @@ impl CodeStore for PostgresStore {
         if !swapped {
             return Ok(None);
         }
-        Ok(Some(counter_row(&row)?.unwrap_or_default()))
+        Ok(Some(counter_row(&row, counters.len())?))
     }
 
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
@@ -498,7 +524,7 @@ impl CodeStore for PostgresStore {
             .fetch_one(&self.pool)
             .await
             .map_err(backend)?;
-        Ok(counter_row(&row)?.unwrap_or_default())
+        counter_row(&row, counters.len())
     }
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
@@ -561,5 +587,46 @@ impl CodeStore for PostgresStore {
         .await
         .map_err(backend)?;
         Ok(u64::try_from(purged).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_replies_of_the_wrong_length_are_decode_errors() {
+        let one = || vec![Some(3)];
+        let ends = || vec![Some(1_000)];
+        assert_eq!(
+            counter_values(one(), ends(), 1),
+            Ok(vec![CounterValue::new(
+                3,
+                Some(Timestamp::from_unix_millis(1_000))
+            )])
+        );
+        assert_eq!(counter_values(vec![], vec![], 0), Ok(vec![]));
+        // Fewer values than counters would make the caller index past the end.
+        for (counts, resets, n) in [
+            (one(), ends(), 2),
+            (one(), vec![], 1),
+            (vec![], ends(), 1),
+            (vec![], vec![], 1),
+            (vec![Some(1), Some(2)], ends(), 2),
+            (one(), ends(), 0),
+        ] {
+            assert!(
+                matches!(counter_values(counts, resets, n), Err(StoreError::Decode(_))),
+                "{n}"
+            );
+        }
+        assert!(matches!(
+            counter_values(vec![Some(-1)], vec![None], 1),
+            Err(StoreError::Decode(_))
+        ));
+        assert!(matches!(
+            counter_values(vec![None], vec![Some(-1)], 1),
+            Err(StoreError::Decode(_))
+        ));
     }
 }

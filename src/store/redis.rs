@@ -506,7 +506,7 @@ fn as_u64(value: &Value) -> Option<u64> {
 
 /// A flow from its fields `d`, `v`, `s`, `u` (`HMGET` order; nil or empty
 /// when missing): `None` when the flow does not exist.
-fn flow_from_fields(op: &str, id: &FlowId, fields: Value) -> Result<Option<FlowRecord>> {
+pub(crate) fn flow_from_fields(op: &str, id: &FlowId, fields: Value) -> Result<Option<FlowRecord>> {
     let fields = array(op, fields)?;
     if fields.iter().all(|f| matches!(f, Value::Nil)) {
         return Ok(None);
@@ -542,7 +542,7 @@ fn incomplete() -> StoreError {
 }
 
 /// Counter values from `count, window end` pairs (an empty end: no window).
-fn counter_values(op: &str, value: &Value, n: usize) -> Result<Vec<CounterValue>> {
+pub(crate) fn counter_values(op: &str, value: &Value, n: usize) -> Result<Vec<CounterValue>> {
     let Value::Array(items) = value else {
         return Err(unexpected(op));
     };

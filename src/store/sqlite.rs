@@ -614,19 +614,28 @@ async fn read_counter(conn: &mut SqliteConnection, key: &str) -> Result<Option<C
     let Some(row) = row else {
         return Ok(None);
     };
-    let count = unsigned(column(&row, "count")?, "a negative count")?;
-    let resets_at = unsigned(column(&row, "resets_at")?, "a negative window end")?;
-    Ok(Some(CounterValue::new(
+    counter_from_columns(column(&row, "count")?, column(&row, "resets_at")?).map(Some)
+}
+
+/// Decodes a counter row's columns `count` and `resets_at`.
+pub(crate) fn counter_from_columns(count: i64, resets_at: i64) -> Result<CounterValue> {
+    let count = unsigned(count, "a negative count")?;
+    let resets_at = unsigned(resets_at, "a negative window end")?;
+    Ok(CounterValue::new(
         count,
         Some(Timestamp::from_unix_millis(resets_at)),
-    )))
+    ))
 }
 
 /// Decodes a flow row (columns `id` and `data`), checking that the record
 /// is the row's.
 fn flow_from_row(row: &SqliteRow) -> Result<FlowRecord> {
-    let id: &[u8] = column(row, "id")?;
-    let flow = FlowRecord::from_bytes(column(row, "data")?)?;
+    flow_from_columns(column(row, "id")?, column(row, "data")?)
+}
+
+/// Decodes a flow row's columns `id` and `data`.
+pub(crate) fn flow_from_columns(id: &[u8], data: &[u8]) -> Result<FlowRecord> {
+    let flow = FlowRecord::from_bytes(data)?;
     if flow.id.as_bytes().as_slice() != id {
         return Err(StoreError::Decode(
             "a flow record is stored under another flow's id".into(),
