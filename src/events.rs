@@ -282,23 +282,21 @@ pub struct TracingSink;
 
 impl EventSink for TracingSink {
     fn emit(&self, event: &Event) {
-        let kind = format!("{:?}", event.kind);
-        let flow = event.flow.map(|f| f.to_string());
-        let account = event.account.as_ref().map(AccountId::as_str);
-        let phone = event.masked_phone.map(|p| p.to_string());
-        let ip = event.ip.map(|ip| ip.to_string());
-        let at = event.at.as_unix_millis();
+        // The fields are formatted lazily, by the subscriber that records
+        // them: with none listening (or one filtering the level out), an
+        // event costs a level check and no allocation.
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
                     target: "otp_recovery",
                     $level,
-                    at,
-                    flow = flow.as_deref(),
-                    account,
-                    phone = phone.as_deref(),
-                    ip = ip.as_deref(),
-                    "{kind}"
+                    at = event.at.as_unix_millis(),
+                    flow = event.flow.as_ref().map(tracing::field::display),
+                    account = event.account.as_ref().map(AccountId::as_str),
+                    phone = event.masked_phone.as_ref().map(tracing::field::display),
+                    ip = event.ip.as_ref().map(tracing::field::display),
+                    "{:?}",
+                    event.kind
                 )
             };
         }

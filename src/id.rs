@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::error::InputError;
 use crate::hex;
@@ -75,7 +76,7 @@ impl fmt::Debug for FlowId {
 /// The host's id for an account: any non-empty string of at most 128 bytes
 /// without control characters (a database key, a UUID, a username).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct AccountId(Box<str>);
+pub struct AccountId(Arc<str>);
 
 impl AccountId {
     /// Longest accepted id, in bytes; it bounds the memory of a flow record.
@@ -91,7 +92,7 @@ impl AccountId {
         if id.is_empty() || id.len() > Self::MAX_LEN || id.chars().any(char::is_control) {
             return Err(InputError::MalformedAccountId);
         }
-        Ok(AccountId(id.into_boxed_str()))
+        Ok(AccountId(Arc::from(id)))
     }
 
     /// The id as the host gave it.

@@ -20,6 +20,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::error::InputError;
 
@@ -57,7 +58,7 @@ pub fn is_country_code(code: u16) -> bool {
 /// A phone number in E.164 form, with a known country calling code.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PhoneNumber {
-    e164: Box<str>,
+    e164: Arc<str>,
     code_len: u8,
 }
 

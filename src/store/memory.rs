@@ -263,12 +263,19 @@ impl CodeStore for MemoryStore {
             now,
             |c| {
                 let mut shard = lock(&self.counters[self.shard_of(&c.key)]);
-                let value = c.apply(shard.map.get(&c.key).copied(), now);
+                // A stored counter is updated in place (one look-up); only a
+                // new window inserts, cloning the key.
+                if let Some(stored) = shard.map.get_mut(&c.key) {
+                    let value = c.apply(Some(*stored), now);
+                    if value.resets_at.is_some() {
+                        *stored = value;
+                    }
+                    return value;
+                }
+                let value = c.apply(None, now);
                 if value.resets_at.is_some() {
                     // Only an increment opens a window: reads store nothing.
-                    if !shard.map.contains_key(&c.key) {
-                        shard.sweep(false, live);
-                    }
+                    shard.sweep(false, live);
                     shard.map.insert(c.key.clone(), value);
                 }
                 value
