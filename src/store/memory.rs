@@ -230,7 +230,11 @@ impl CodeStore for MemoryStore {
             }
         }
         new_guard.map.insert(flow.id, flow.clone());
-        let recent = subjects.entry(subject).or_default();
+        // Most subjects only ever have one flow: room for one to start
+        // with (16 bytes) rather than the default first growth (four).
+        let recent = subjects
+            .entry(subject)
+            .or_insert_with(|| VecDeque::with_capacity(1));
         recent.push_front(flow.id);
         recent.truncate(RECENT_PER_SUBJECT);
         drop((new_guard, old_guard, subjects));
