@@ -314,18 +314,17 @@ pub struct TracingSink;
 
 impl EventSink for TracingSink {
     fn emit(&self, event: &Event) {
-        let account = event.account.as_ref().map(AccountId::as_str);
-        let at = event.at.as_unix_millis();
-        // The fields are formatted only when a subscriber takes the event:
-        // an event nobody logs costs next to nothing, whatever it carries.
+        // The fields are formatted lazily, by the subscriber that records
+        // them: with none listening (or one filtering the level out), an
+        // event costs a level check and no allocation.
         macro_rules! emit {
             ($level:expr) => {
                 tracing::event!(
                     target: "otp_recovery",
                     $level,
-                    at,
+                    at = event.at.as_unix_millis(),
                     flow = event.flow.as_ref().map(tracing::field::display),
-                    account,
+                    account = event.account.as_ref().map(AccountId::as_str),
                     phone = event.masked_phone.as_ref().map(tracing::field::display),
                     ip = event.ip.as_ref().map(tracing::field::display),
                     "{:?}",

@@ -616,11 +616,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let ip_rule = ip.as_ref().and(self.limits.ip_verify_rule());
         let mut checks = Plan::default();
         if let Some(ip) = &ip {
-            self.plan_block(&mut checks, BlockTarget::Ip(ip.clone()));
+            // One pseudonym serves the block and the limit.
+            let p_ip = self.keys.pseudonym(ip);
+            let target = BlockTarget::Ip(ip.clone());
+            let key = target.key(|_| p_ip.clone());
+            checks.block(target, key);
             if let Some(rule) = &ip_rule {
                 // Counted before the code is checked, so racing guesses
                 // cannot pass a read together.
-                checks.limit(rule, &self.keys.pseudonym(ip), 1);
+                checks.limit(rule, &p_ip, 1);
             }
         }
         checks
@@ -805,8 +809,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let p_ip = ip.as_deref().map(|ip| self.keys.pseudonym(ip));
         let cc = destination.country_code();
         let p_block = self.keys.pseudonym(&limits::number_block(destination));
-        if let Some(ip) = &ip {
-            self.plan_block(plan, BlockTarget::Ip(ip.clone()));
+        if let (Some(ip), Some(p_ip)) = (&ip, &p_ip) {
+            let target = BlockTarget::Ip(ip.clone());
+            let key = target.key(|_| p_ip.clone());
+            plan.block(target, key);
         }
         self.plan_block(plan, BlockTarget::CountryCode(cc));
         self.plan_block(plan, BlockTarget::NumberBlock(p_block.clone()));
@@ -863,8 +869,13 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// refusals; returns their indexes.
     fn plan_locks(&self, plan: &mut Plan, subject: &Subject) -> (usize, usize) {
         let max = u64::from(self.policy.max_account_failures());
-        let failures = plan.lock(self.failure_counter(subject, 0), max - 1);
-        let lock = plan.lock(self.lock_counter(subject, Duration::from_secs(1), 0), 0);
+        // One pseudonym serves both counters.
+        let pseudonym = self.keys.pseudonym(&subject.key());
+        let failures = plan.lock(self.failure_counter_of(&pseudonym, 0), max - 1);
+        let lock = plan.lock(
+            Counter::new(format!("lock:{pseudonym}"), Duration::from_secs(1), 0),
+            0,
+        );
         (failures, lock)
     }
 
@@ -1193,8 +1204,13 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
     /// The counter of a subject's wrong codes.
     pub(crate) fn failure_counter(&self, subject: &Subject, by: u32) -> Counter {
+        self.failure_counter_of(&self.keys.pseudonym(&subject.key()), by)
+    }
+
+    /// [`Recovery::failure_counter`] from the subject's pseudonym.
+    fn failure_counter_of(&self, pseudonym: &str, by: u32) -> Counter {
         Counter::new(
-            format!("fail:{}", self.keys.pseudonym(&subject.key())),
+            format!("fail:{pseudonym}"),
             self.policy.account_failure_window(),
             by,
         )

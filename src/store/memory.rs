@@ -230,7 +230,11 @@ impl CodeStore for MemoryStore {
             }
         }
         new_guard.map.insert(flow.id, flow.clone());
-        let recent = subjects.entry(subject).or_default();
+        // Most subjects only ever have one flow: room for one to start
+        // with (16 bytes) rather than the default first growth (four).
+        let recent = subjects
+            .entry(subject)
+            .or_insert_with(|| VecDeque::with_capacity(1));
         recent.push_front(flow.id);
         recent.truncate(RECENT_PER_SUBJECT);
         drop((new_guard, old_guard, subjects));
@@ -263,12 +267,19 @@ impl CodeStore for MemoryStore {
             now,
             |c| {
                 let mut shard = lock(&self.counters[self.shard_of(&c.key)]);
-                let value = c.apply(shard.map.get(&c.key).copied(), now);
+                // A stored counter is updated in place (one look-up); only a
+                // new window inserts, cloning the key.
+                if let Some(stored) = shard.map.get_mut(&c.key) {
+                    let value = c.apply(Some(*stored), now);
+                    if value.resets_at.is_some() {
+                        *stored = value;
+                    }
+                    return value;
+                }
+                let value = c.apply(None, now);
                 if value.resets_at.is_some() {
                     // Only an increment opens a window: reads store nothing.
-                    if !shard.map.contains_key(&c.key) {
-                        shard.sweep(false, live);
-                    }
+                    shard.sweep(false, live);
                     shard.map.insert(c.key.clone(), value);
                 }
                 value

@@ -153,6 +153,7 @@ pub mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -307,26 +308,44 @@ impl Counter {
         mut undo: impl FnMut(&Counter),
     ) -> Vec<CounterValue> {
         let mut values = Vec::with_capacity(counters.len());
-        let mut effective = Vec::with_capacity(counters.len());
+        // Per counter: whether this call opened its window, and whether
+        // its increment held (a conditional one may have become a read).
         let mut opened = Vec::with_capacity(counters.len());
+        let mut held = Vec::with_capacity(counters.len());
+        // A counter is handed on as it is unless it is conditional: only
+        // then is the effective counter a copy (a read when its condition
+        // fails), so the common call clones no key.
+        fn effective(c: &Counter, holds: bool) -> Cow<'_, Counter> {
+            match (c.only_if_opened, holds) {
+                (None, _) => Cow::Borrowed(c),
+                (Some(_), holds) => {
+                    let mut e = c.clone();
+                    e.only_if_opened = None;
+                    if !holds {
+                        e.by = 0;
+                    }
+                    Cow::Owned(e)
+                }
+            }
+        }
+        let mut refused = false;
         for c in counters {
             let holds = c
                 .only_if_opened
                 .is_none_or(|i| opened.get(i).copied().unwrap_or(false));
-            let mut e = c.clone();
-            e.only_if_opened = None;
-            if !holds {
-                e.by = 0;
-            }
+            let e = effective(c, holds);
             let value = step(&e);
             opened.push(value.opened(&e, now));
+            refused |= e.refuses(&value);
             values.push(value);
-            effective.push(e);
+            held.push(holds);
         }
-        let refused = effective.iter().zip(&values).any(|(c, v)| c.refuses(v));
         if refused {
-            for c in effective.iter().filter(|c| c.guarded && c.by > 0) {
-                undo(c);
+            for (c, holds) in counters.iter().zip(held) {
+                let e = effective(c, holds);
+                if e.guarded && e.by > 0 {
+                    undo(&e);
+                }
             }
         }
         values

@@ -194,13 +194,17 @@ END $$;
 "#;
 
     /// Connects a pool of up to 10 connections to `url`
-    /// (`postgres://user@host/db`).
+    /// (`postgres://user@host/db`). Connections are not pinged before each
+    /// use (sqlx's default), which would double every call's round trips: a
+    /// connection that died since its last use fails that one call with a
+    /// backend error.
     ///
     /// # Errors
     /// [`StoreError::Backend`] if the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(10)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(5))
             .connect(url)
             .await
