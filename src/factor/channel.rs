@@ -7,14 +7,14 @@
 //! valid for the policy's code lifetime, compared in constant time, single
 //! use; a failed send voids it.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::error::InputError;
 use crate::secret::{Code, SecretString};
+use crate::sms::recording::Recorder;
 use crate::sms::{SendError, SendReceipt};
 
 /// Where second-channel codes go, and how to show it masked.
@@ -125,13 +125,7 @@ impl<T: ChannelSender + ?Sized> ChannelSender for Arc<T> {
 /// to fail. Clones share one record.
 #[derive(Debug, Clone, Default)]
 pub struct RecordingChannel {
-    inner: Arc<Mutex<Recorded>>,
-}
-
-#[derive(Debug, Default)]
-struct Recorded {
-    sent: Vec<ChannelMessage>,
-    failures: VecDeque<SendError>,
+    inner: Recorder<ChannelMessage>,
 }
 
 impl RecordingChannel {
@@ -140,43 +134,31 @@ impl RecordingChannel {
         Self::default()
     }
 
-    fn inner(&self) -> std::sync::MutexGuard<'_, Recorded> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Every message sent so far, oldest first.
     pub fn messages(&self) -> Vec<ChannelMessage> {
-        self.inner().sent.clone()
+        self.inner.messages()
     }
 
     /// How many messages were sent.
     pub fn count(&self) -> usize {
-        self.inner().sent.len()
+        self.inner.count()
     }
 
     /// The code in the last message: its first run of 6 to 10 digits.
     pub fn last_code(&self) -> Option<Code> {
-        let inner = self.inner();
-        let body = inner.sent.last()?.body.expose_secret();
-        body.split(|c: char| !c.is_ascii_digit())
-            .find(|run| (6..=10).contains(&run.len()))
-            .and_then(|run| Code::parse(run).ok())
+        self.inner.last_code(|m| m.body.expose_secret())
     }
 
     /// Makes the next send fail with `error` (queued).
     pub fn fail_next(&self, error: SendError) {
-        self.inner().failures.push_back(error);
+        self.inner.fail_next(error);
     }
 }
 
 #[async_trait]
 impl ChannelSender for RecordingChannel {
     async fn send(&self, message: &ChannelMessage) -> Result<SendReceipt, SendError> {
-        let mut inner = self.inner();
-        if let Some(error) = inner.failures.pop_front() {
-            return Err(error);
-        }
-        inner.sent.push(message.clone());
+        self.inner.record(message)?;
         Ok(SendReceipt::default())
     }
 }

@@ -26,7 +26,7 @@
 
 mod console;
 mod failover;
-mod recording;
+pub(crate) mod recording;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
