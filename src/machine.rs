@@ -349,20 +349,22 @@ pub fn channel_send_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> 
             kind: FactorKind::Channel,
         });
     }
-    if f.channel_sends >= policy.max_sends_per_flow() {
-        return Err(Error::TooManySends);
+    match next_channel_send_at(f, policy) {
+        None => Err(Error::TooManySends),
+        Some(at) if f.channel_sends > 0 && now < at => Err(Error::TooSoon {
+            retry_after: at.saturating_duration_since(now),
+        }),
+        Some(_) => Ok(()),
     }
-    if f.channel_sends > 0 {
-        let at = f
-            .channel_last_sent_at
-            .saturating_add(policy.cooldown_after(f.channel_sends));
-        if now < at {
-            return Err(Error::TooSoon {
-                retry_after: at.saturating_duration_since(now),
-            });
-        }
-    }
-    Ok(())
+}
+
+/// When the next second-channel code may be sent, or `None` once the flow
+/// has sent its allowance (the channel's twin of [`next_send_at`]).
+pub fn next_channel_send_at(f: &FactorProgress, policy: &Policy) -> Option<Timestamp> {
+    (f.channel_sends < policy.max_sends_per_flow()).then(|| {
+        f.channel_last_sent_at
+            .saturating_add(policy.cooldown_after(f.channel_sends))
+    })
 }
 
 /// Records a new second-channel code (its key id and MAC), replacing any

@@ -1153,11 +1153,25 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let mut void = [0u8; 32];
         crate::secret::fill_random(&mut void)?;
         let void = Mac::from_bytes(void);
+        // `None`: replaced, used or expired already; nothing to undo.
+        self.undo(&sent.id, |current, now| {
+            machine::send_failed(current, now, &sent.code_mac, void)
+        })
+        .await
+    }
+
+    /// Load, decide, compare-and-swap, again on a lost race, for a step
+    /// that undoes something: `decide` answers `None` when there is nothing
+    /// (left) to undo.
+    pub(crate) async fn undo(
+        &self,
+        flow_id: &FlowId,
+        decide: impl Fn(&FlowRecord, Timestamp) -> Option<FlowRecord>,
+    ) -> Result<()> {
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
-            let current = self.store.get_flow(&sent.id).await?.ok_or(Error::NotFound)?;
-            // `None`: replaced, used or expired already; nothing to undo.
-            let Some(next) = machine::send_failed(&current, now, &sent.code_mac, void) else {
+            let current = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
+            let Some(next) = decide(&current, now) else {
                 return Ok(());
             };
             if self.store.compare_and_swap(current.version, &next).await? {

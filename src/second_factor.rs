@@ -240,10 +240,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             return Ok(FactorCodeSent {
                 masked_address,
                 code_expires_at: f.channel_expires_at,
-                next_send_at: (f.channel_sends < self.policy.max_sends_per_flow()).then(|| {
-                    f.channel_last_sent_at
-                        .saturating_add(self.policy.cooldown_after(f.channel_sends))
-                }),
+                next_send_at: machine::next_channel_send_at(f, &self.policy),
             });
         }
         Err(Error::Busy)
@@ -386,16 +383,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
     /// Withdraws a second-channel code that could not be sent.
     async fn withdraw_channel_code(&self, flow_id: &FlowId, code_mac: &Mac) -> Result<()> {
-        for _ in 0..MAX_CAS_ROUNDS {
-            let now = self.clock.now();
-            let current = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
-            let Some(next) = machine::channel_send_failed(&current, now, code_mac) else {
-                return Ok(());
-            };
-            if self.store.compare_and_swap(current.version, &next).await? {
-                return Ok(());
-            }
-        }
-        Err(Error::Busy)
+        self.undo(flow_id, |current, now| {
+            machine::channel_send_failed(current, now, code_mac)
+        })
+        .await
     }
 }
