@@ -14,16 +14,6 @@ pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
     }
 }
 
-/// Writes the lowercase hex form of `bytes` into `out` (exactly twice as
-/// long) and returns it as text.
-pub(crate) fn encode_to_slice<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
-    for (&b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
-    }
-    std::str::from_utf8(out).unwrap_or_default()
-}
-
 /// Decodes exactly `2 * out.len()` lowercase hex characters into `out`.
 pub(crate) fn decode_into(text: &[u8], out: &mut [u8]) -> Result<(), ()> {
     if text.len() != 2 * out.len() {
@@ -55,15 +45,6 @@ mod tests {
         let mut back = vec![0; 256];
         decode_into(text.as_bytes(), &mut back).unwrap();
         assert_eq!(back, bytes);
-    }
-
-    #[test]
-    fn both_encoders_agree() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        let mut text = String::new();
-        encode_into(&bytes, &mut text);
-        let mut out = [0u8; 512];
-        assert_eq!(encode_to_slice(&bytes, &mut out), text);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub mod factor;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+mod guards;
 mod hex;
 mod id;
 pub mod limits;

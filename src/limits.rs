@@ -83,14 +83,36 @@ impl Rule {
     pub(crate) fn counter(&self, value: &str, by: u32) -> Counter {
         // The maximum is part of the key: two rules of one scope and window
         // are two counters.
-        let key = format!(
-            "limit:{}:{}:{}:{value}",
+        let (mut window, mut max) = (itoa::Buffer::new(), itoa::Buffer::new());
+        // As u64 where it fits (always, in practice): u128 digits cost more.
+        let millis = self.window.as_millis();
+        let window = match u64::try_from(millis) {
+            Ok(millis) => window.format(millis),
+            Err(_) => window.format(millis),
+        };
+        let key = key(&[
+            "limit:",
             self.scope.name(),
-            self.window.as_millis(),
-            self.max
-        );
+            ":",
+            window,
+            ":",
+            max.format(self.max),
+            ":",
+            value,
+        ]);
         Counter::new(key, self.window, by)
     }
+}
+
+/// A counter key: `parts` joined, in one allocation (counter keys are built
+/// on every call, and the formatting machinery cost more than the rest of
+/// building the call's counters).
+pub(crate) fn key(parts: &[&str]) -> String {
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        key.push_str(part);
+    }
+    key
 }
 
 /// What an automatic block applies to.
@@ -111,9 +133,9 @@ impl BlockTarget {
     /// (IPs, number blocks) from the store.
     pub(crate) fn key(&self, pseudonym: impl Fn(&str) -> String) -> String {
         match self {
-            BlockTarget::Ip(ip) => format!("block:ip:{}", pseudonym(ip)),
-            BlockTarget::CountryCode(cc) => format!("block:cc:{cc}"),
-            BlockTarget::NumberBlock(pseudonym) => format!("block:nb:{pseudonym}"),
+            BlockTarget::Ip(ip) => key(&["block:ip:", &pseudonym(ip)]),
+            BlockTarget::CountryCode(cc) => key(&["block:cc:", itoa::Buffer::new().format(*cc)]),
+            BlockTarget::NumberBlock(pseudonym) => key(&["block:nb:", pseudonym]),
         }
     }
 }
@@ -451,15 +473,28 @@ pub enum LimitsError {
 /// host is usually given a whole /64.
 pub(crate) fn ip_key(ip: IpAddr) -> String {
     match ip {
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V4(v4) => v4_text(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
+            Some(v4) => v4_text(v4),
             None => {
                 let s = v6.segments();
                 format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
             }
         },
     }
+}
+
+/// The dotted form of an IPv4 address, as its `Display` writes it, without
+/// the formatting machinery (it is on every call).
+fn v4_text(v4: std::net::Ipv4Addr) -> String {
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        text.push_str(itoa::Buffer::new().format(octet));
+    }
+    text
 }
 
 /// The number block of a phone: E.164 without its last three digits.
@@ -493,6 +528,14 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// An empty plan with room for `n` counters.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Plan {
+            counters: Vec::with_capacity(n),
+            roles: Vec::with_capacity(n),
+        }
+    }
+
     /// Adds a counter; its role sets its maximum and guard. Returns its
     /// index.
     pub(crate) fn push(&mut self, counter: Counter, role: Role) -> usize {
@@ -577,6 +620,40 @@ mod tests {
         assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
         assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
         assert_eq!(key("192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn ipv4_keys_are_the_display_form_and_rule_keys_keep_their_shape() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.9.100",
+            "1.22.133.4",
+            "127.0.0.1",
+        ] {
+            let v4: std::net::Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(v4_text(v4), v4.to_string());
+            assert_eq!(ip_key(IpAddr::V4(v4)), ip);
+        }
+        for n in (0..u32::MAX).step_by(9_973_117) {
+            let v4 = std::net::Ipv4Addr::from(n);
+            assert_eq!(v4_text(v4), v4.to_string());
+        }
+        let rule = Rule::new(LimitScope::IpVerifies, 30, Duration::from_millis(3_600_001));
+        assert_eq!(rule.counter("p", 1).key, "limit:ipverify:3600001:30:p");
+        assert_eq!(key(&[]), "");
+        assert_eq!(
+            BlockTarget::CountryCode(44).key(|_| unreachable!()),
+            "block:cc:44"
+        );
+        assert_eq!(
+            BlockTarget::Ip("1.2.3.4".into()).key(|v| format!("<{v}>")),
+            "block:ip:<1.2.3.4>"
+        );
+        assert_eq!(
+            BlockTarget::NumberBlock("nb".into()).key(|_| unreachable!()),
+            "block:nb:nb"
+        );
     }
 
     #[test]

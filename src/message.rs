@@ -294,13 +294,7 @@ impl Messages {
         flow: &FlowId,
         locale: Option<Locale>,
     ) -> SecretString {
-        let values = Values {
-            code: Some(code),
-            ttl,
-            flow: Some(flow),
-            ..Values::default()
-        };
-        self.render(Kind::Code, self.templates_for(locale), &values)
+        self.code_of_kind(Kind::Code, code, ttl, flow, locale)
     }
 
     /// The second-channel message carrying `code` (e.g. an email body): the
@@ -312,13 +306,25 @@ impl Messages {
         flow: &FlowId,
         locale: Option<Locale>,
     ) -> SecretString {
+        self.code_of_kind(Kind::ChannelCode, code, ttl, flow, locale)
+    }
+
+    /// A message of `kind` carrying `code`, valid for `ttl`, for `flow`.
+    fn code_of_kind(
+        &self,
+        kind: Kind,
+        code: &Code,
+        ttl: Duration,
+        flow: &FlowId,
+        locale: Option<Locale>,
+    ) -> SecretString {
         let values = Values {
             code: Some(code),
             ttl,
             flow: Some(flow),
             ..Values::default()
         };
-        self.render(Kind::ChannelCode, self.templates_for(locale), &values)
+        self.render(kind, self.templates_for(locale), &values)
     }
 
     /// The notice after a reset.

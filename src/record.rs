@@ -127,9 +127,14 @@ impl Subject {
     /// The key under which a store indexes the subject's open flow and the
     /// crate counts its limits: `account:<id>` or `unknown:<hex>`.
     pub fn key(&self) -> String {
+        crate::limits::key(&self.key_parts())
+    }
+
+    /// [`Subject::key`] in its two parts, to hash without joining them.
+    pub(crate) fn key_parts(&self) -> [&str; 2] {
         match self {
-            Subject::Account(account) => format!("account:{account}"),
-            Subject::Unknown(decoy) => format!("unknown:{decoy}"),
+            Subject::Account(account) => ["account:", account.as_str()],
+            Subject::Unknown(decoy) => ["unknown:", decoy.as_str()],
         }
     }
 
@@ -145,31 +150,41 @@ impl Subject {
 /// The stable stand-in for an identifier that matched no account: 128 bits
 /// of a MAC of the identifier.
 ///
-/// It keeps its hex form, made once: its subject key is made several times
-/// per request, and should cost what an account's does.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// It keeps its hex form, made once, as text like an account id's
+/// (`Arc<str>`): its subject key is made several times per request, and
+/// must cost what an account's does (checking bytes to be text on each use
+/// cost a request for an unknown identifier a measurable extra).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct DecoyId {
     bytes: [u8; 16],
-    hex: [u8; 32],
+    hex: std::sync::Arc<str>,
 }
 
 impl DecoyId {
     /// From its bytes (for stores decoding a record).
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        let mut hex = [0u8; 32];
-        crate::hex::encode_to_slice(&bytes, &mut hex);
-        DecoyId { bytes, hex }
+        let mut hex = String::with_capacity(32);
+        crate::hex::encode_into(&bytes, &mut hex);
+        DecoyId {
+            bytes,
+            hex: hex.into(),
+        }
     }
 
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.bytes
     }
+
+    /// The lowercase hex form.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.hex
+    }
 }
 
 impl fmt::Display for DecoyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(std::str::from_utf8(&self.hex).unwrap_or_default())
+        f.write_str(self.as_str())
     }
 }
 

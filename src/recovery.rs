@@ -17,10 +17,10 @@ use std::time::Duration;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
 use crate::error::{Error, InputError, Result};
-use crate::events::{Event, EventKind, EventSink, Suspicion, TracingSink};
+use crate::events::{Event, EventKind, EventSink, TracingSink};
 use crate::factor::{ChannelSender, FactorKind, FactorSource};
 use crate::id::{AccountId, FlowId};
-use crate::limits::{self, BlockTarget, LimitScope, Limits, Plan, Refusal, Role};
+use crate::limits::{self, BlockTarget, Limits, Plan, key};
 use crate::machine::{self, Evaluation, Opening, Verdict};
 use crate::message::{Locale, Messages};
 use crate::phone::{MaskedPhone, PhoneNumber};
@@ -30,7 +30,6 @@ use crate::second_factor::Requirement;
 use crate::secret::{Code, ResetToken, SecretString};
 use crate::sms::{MessageKind, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
 use crate::store::{CodeStore, Counter, CounterValue};
-use crate::support::SupportCase;
 
 /// How many times one call re-reads a flow after losing a compare-and-swap
 /// before it gives up with [`Error::Busy`]. Each loss means another call
@@ -38,7 +37,7 @@ use crate::support::SupportCase;
 /// is reached only under pathological contention.
 pub(crate) const MAX_CAS_ROUNDS: usize = 64;
 /// The window in which repeated lockouts of one account are counted.
-const LOCKOUT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+pub(crate) const LOCKOUT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
 /// An account as the host resolved it: its id and verified phone number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +199,7 @@ pub struct Recovery<S, T, C = SystemClock> {
     pub(crate) keys: KeyRing,
     pub(crate) policy: Policy,
     pub(crate) messages: Messages,
-    limits: Limits,
+    pub(crate) limits: Limits,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) factors: Option<Arc<dyn FactorSource>>,
     pub(crate) channel: Option<Arc<dyn ChannelSender>>,
@@ -234,16 +233,6 @@ impl<S: CodeStore, T: SmsSender> Recovery<S, T, SystemClock> {
             channel: None,
         }
     }
-}
-
-/// Which detectors a request's counters feed, by index in its plan.
-#[derive(Debug, Default)]
-struct Detection {
-    /// (IP, its pseudonym, index of its distinct-subject count).
-    subjects_from_ip: Option<(String, String, usize)>,
-    /// Country code, number block pseudonym, and the indexes of their send
-    /// and verified counts.
-    pumping: Option<(u16, String, [usize; 4])>,
 }
 
 impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
@@ -361,8 +350,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ctx: &RequestContext,
     ) -> Result<Requested> {
         let now = self.clock.now();
-        let id = FlowId::generate()?;
-        let code = Code::generate(self.policy.code_digits())?;
+        let (id, code) = crate::secret::new_flow_and_code(self.policy.code_digits())?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(&id, &code);
         let decoy = self.keys.decoy(&canonical(identifier));
@@ -378,7 +366,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             }
             None => (Subject::Unknown(unknown), None, made_up),
         };
-        let real_phone = phone.as_ref().map(PhoneNumber::masked);
+        // One mask serves the answer and, for a real phone only, the
+        // events: both paths mask once.
+        let masked = destination.masked();
+        let real_phone = phone.as_ref().map(|_| masked);
         let event = |kind| {
             Event::new(now, kind)
                 .account(subject.account().cloned())
@@ -386,9 +377,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 .ip(ctx.client_ip)
         };
 
-        let mut plan = Plan::default();
-        let locks = self.plan_locks(&mut plan, &subject);
-        let detection = self.plan_send(&mut plan, &subject, &destination, ctx);
+        let mut plan = Plan::with_capacity(self.send_plan_len());
+        let who = self.subject_pseudonym(&subject);
+        let locks = self.plan_locks(&mut plan, &who);
+        let detection = self.plan_send(&mut plan, &who, &destination, ctx);
         let values = self.store.increment_counters(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &subject, locks, &event)?;
@@ -421,7 +413,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             .flow(flow.id),
         );
         self.send_code(&flow, &code, &destination, ctx).await?;
-        Ok(self.requested(&flow, destination.masked()))
+        Ok(self.requested(&flow, masked))
     }
 
     /// Sends a new code for the flow; every earlier code stops working.
@@ -443,9 +435,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // Refuse early (cooldown, state) before counting a send that will
         // not happen; the compare-and-swap below decides again.
         machine::resend_gate(&flow, &self.policy, now)?;
-        let mut plan = Plan::default();
-        let locks = self.plan_locks(&mut plan, &flow.subject);
-        let detection = self.plan_send(&mut plan, &flow.subject, &destination, ctx);
+        let mut plan = Plan::with_capacity(self.send_plan_len());
+        let who = self.subject_pseudonym(&flow.subject);
+        let locks = self.plan_locks(&mut plan, &who);
+        let detection = self.plan_send(&mut plan, &who, &destination, ctx);
         let values = self.store.increment_counters(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &flow.subject, locks, &event)?;
@@ -556,9 +549,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     .flat_map(|phone| {
                         let window = self.limits.detectors().window;
                         let block = self.keys.pseudonym(&limits::number_block(phone));
+                        let mut cc = itoa::Buffer::new();
+                        let cc = cc.format(phone.country_code());
                         [
-                            Counter::new(format!("det:verified:cc:{}", phone.country_code()), window, 1),
-                            Counter::new(format!("det:verified:nb:{block}"), window, 1),
+                            Counter::new(key(&["det:verified:cc:", cc]), window, 1),
+                            Counter::new(key(&["det:verified:nb:", &block]), window, 1),
                         ]
                     })
                     .collect();
@@ -614,7 +609,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     pub(crate) fn verify_checks(&self, ctx: &RequestContext) -> Plan {
         let ip = ctx.ip_key();
         let ip_rule = ip.as_ref().and(self.limits.ip_verify_rule());
-        let mut checks = Plan::default();
+        let mut checks = Plan::with_capacity(2);
         if let Some(ip) = &ip {
             // One pseudonym serves the block and the limit.
             let p_ip = self.keys.pseudonym(ip);
@@ -680,10 +675,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         account_locked: bool,
         now: Timestamp,
     ) -> Result<Option<Vec<CounterValue>>> {
-        let mut counters = vec![self.failure_counter(&flow.subject, 1)];
+        let subject = self.subject_pseudonym(&flow.subject);
+        let mut counters = vec![self.failure_counter_of(&subject, 1)];
         if account_locked {
-            let subject = self.keys.pseudonym(&flow.subject.key());
-            counters.push(Counter::new(format!("lockouts:{subject}"), LOCKOUT_WINDOW, 1));
+            counters.push(Counter::new(key(&["lockouts:", &subject]), LOCKOUT_WINDOW, 1));
         }
         Ok(self
             .store
@@ -793,286 +788,6 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         Err(Error::Busy)
     }
 
-    /// Adds to `plan` the blocks to read and the counts of one send: every
-    /// send limit, and the detectors. `destination` is the real phone, or
-    /// an unknown identifier's made-up one: both are counted alike.
-    fn plan_send(
-        &self,
-        plan: &mut Plan,
-        subject: &Subject,
-        destination: &PhoneNumber,
-        ctx: &RequestContext,
-    ) -> Detection {
-        // Personal values (phones, IPs, accounts) enter counter keys only
-        // as pseudonyms.
-        let ip = ctx.ip_key();
-        let p_ip = ip.as_deref().map(|ip| self.keys.pseudonym(ip));
-        let cc = destination.country_code();
-        let p_block = self.keys.pseudonym(&limits::number_block(destination));
-        if let (Some(ip), Some(p_ip)) = (&ip, &p_ip) {
-            let target = BlockTarget::Ip(ip.clone());
-            let key = target.key(|_| p_ip.clone());
-            plan.block(target, key);
-        }
-        self.plan_block(plan, BlockTarget::CountryCode(cc));
-        self.plan_block(plan, BlockTarget::NumberBlock(p_block.clone()));
-        let subject_key = self.keys.pseudonym(&subject.key());
-        let p_phone = self.keys.pseudonym(destination.as_str());
-        for rule in self.limits.send_rules() {
-            let value = match rule.scope {
-                LimitScope::Phone => Some(p_phone.clone()),
-                LimitScope::Account => Some(subject_key.clone()),
-                LimitScope::Ip => p_ip.clone(),
-                LimitScope::CountryCode => Some(cc.to_string()),
-                LimitScope::Global => Some("all".to_owned()),
-                _ => None,
-            };
-            if let Some(value) = value {
-                plan.limit(rule, &value, 1);
-            }
-        }
-        let window = self.limits.detectors().window;
-        let mut detection = Detection::default();
-        if let (Some(ip), Some(p_ip)) = (ip, p_ip) {
-            // Counted even when the call is refused: probing is a signal.
-            let unguarded = Role::Measure { guarded: false };
-            let pair = plan.push(
-                Counter::new(format!("det:pair:{p_ip}:{subject_key}"), window, 1),
-                unguarded.clone(),
-            );
-            let distinct = plan.push(
-                Counter::new(format!("det:subjects:{p_ip}"), window, 1).only_if_opened(pair),
-                unguarded,
-            );
-            detection.subjects_from_ip = Some((ip, p_ip, distinct));
-        }
-        // Sends count for pumping only when the call is admitted.
-        let sent = Role::Measure { guarded: true };
-        let read = Role::Measure { guarded: false };
-        let indexes = [
-            plan.push(
-                Counter::new(format!("det:sends:cc:{cc}"), window, 1),
-                sent.clone(),
-            ),
-            plan.push(
-                Counter::read(format!("det:verified:cc:{cc}"), window),
-                read.clone(),
-            ),
-            plan.push(Counter::new(format!("det:sends:nb:{p_block}"), window, 1), sent),
-            plan.push(Counter::read(format!("det:verified:nb:{p_block}"), window), read),
-        ];
-        detection.pumping = Some((cc, p_block, indexes));
-        detection
-    }
-
-    /// Adds the reads of the subject's failures and lock to `plan`, as
-    /// refusals; returns their indexes.
-    fn plan_locks(&self, plan: &mut Plan, subject: &Subject) -> (usize, usize) {
-        let max = u64::from(self.policy.max_account_failures());
-        // One pseudonym serves both counters.
-        let pseudonym = self.keys.pseudonym(&subject.key());
-        let failures = plan.lock(self.failure_counter_of(&pseudonym, 0), max - 1);
-        let lock = plan.lock(
-            Counter::new(format!("lock:{pseudonym}"), Duration::from_secs(1), 0),
-            0,
-        );
-        (failures, lock)
-    }
-
-    /// Adds a read of the block of `target` to `plan`.
-    pub(crate) fn plan_block(&self, plan: &mut Plan, target: BlockTarget) {
-        let key = self.block_key(&target);
-        plan.block(target, key);
-    }
-
-    pub(crate) fn block_key(&self, target: &BlockTarget) -> String {
-        target.key(|value| self.keys.pseudonym(value))
-    }
-
-    /// Refuses when the subject is locked, a block is in force or a limit
-    /// was passed (the store already undid the call's counts).
-    fn judge(
-        &self,
-        plan: &Plan,
-        values: &[CounterValue],
-        now: Timestamp,
-        subject: &Subject,
-        (failures, lock): (usize, usize),
-        event: &(dyn Fn(EventKind) -> Event + Sync),
-    ) -> Result<()> {
-        match plan.refusal(values, now) {
-            None => Ok(()),
-            Some(Refusal::Locked) => {
-                // The lock counter knows the lock's end; the failure window
-                // is the fallback should its write have been lost.
-                let until = if values[lock].count > 0 {
-                    values[lock].resets_at
-                } else {
-                    values[failures].resets_at
-                };
-                self.emit(event(EventKind::LockedOut { until }));
-                Err(self.locked(subject, until))
-            }
-            Some(refusal) => Err(self.refuse(refusal, now, event)),
-        }
-    }
-
-    /// The error (and event) for a block or a limit.
-    fn refuse(&self, refusal: Refusal, now: Timestamp, event: &(dyn Fn(EventKind) -> Event + Sync)) -> Error {
-        match refusal {
-            Refusal::Blocked(target, until) => {
-                self.emit(event(EventKind::BlockedRequest { target }));
-                Error::Blocked {
-                    retry_after: until.saturating_duration_since(now),
-                }
-            }
-            Refusal::Limited(scope, retry_after) => {
-                self.emit(event(EventKind::RateLimited { scope, retry_after }));
-                Error::RateLimited { scope, retry_after }
-            }
-            Refusal::Locked => Error::flow_locked(),
-        }
-    }
-
-    /// Runs the detectors on a send's counts, whether or not the call was
-    /// refused: reports what crosses a threshold and, where configured,
-    /// blocks it (and refuses this call).
-    async fn detect(
-        &self,
-        detection: &Detection,
-        plan: &Plan,
-        values: &[CounterValue],
-        now: Timestamp,
-        event: &(dyn Fn(EventKind) -> Event + Sync),
-    ) -> Result<()> {
-        let d = self.limits.detectors();
-        let mut found: Vec<(Suspicion, Option<BlockTarget>)> = Vec::new();
-        if let Some((ip, p_ip, i)) = &detection.subjects_from_ip {
-            let subjects = values[*i].count;
-            if subjects > u64::from(d.subjects_per_ip) {
-                // Reported once per window: the first call past the
-                // threshold opens the "reported" counter.
-                let reported = Counter::new(format!("det:reported:{p_ip}"), d.window, 1);
-                let first = self
-                    .store
-                    .increment_counters(std::slice::from_ref(&reported), now)
-                    .await?;
-                if first[0].opened(&reported, now) {
-                    let target = d.auto_block.map(|_| BlockTarget::Ip(ip.clone()));
-                    found.push((Suspicion::ManySubjectsFromOneIp { subjects }, target));
-                }
-            }
-        }
-        // Pumping is judged on sends that were admitted (a refused call's
-        // sends were undone).
-        let admitted = !Counter::refused(&plan.counters, values);
-        if let (true, Some((cc, block, [cc_sends, cc_verified, nb_sends, nb_verified]))) =
-            (admitted, &detection.pumping)
-        {
-            let pumped = |sends: u64, verified: u64, min: u32| {
-                // Judged at every `min` sends, so a pumped target is
-                // reported periodically rather than on every send.
-                let min = u64::from(min);
-                sends >= min
-                    && sends.is_multiple_of(min)
-                    && verified * 100 < sends * u64::from(d.pumping_max_verified_percent)
-            };
-            let (sends, verified) = (values[*cc_sends].count, values[*cc_verified].count);
-            if pumped(sends, verified, d.pumping_min_sends_country) {
-                let s = Suspicion::SmsPumpingCountry {
-                    country_code: *cc,
-                    sends,
-                    verified,
-                };
-                let target = (d.auto_block.is_some() && d.auto_block_countries)
-                    .then_some(BlockTarget::CountryCode(*cc));
-                found.push((s, target));
-            }
-            let (sends, verified) = (values[*nb_sends].count, values[*nb_verified].count);
-            if pumped(sends, verified, d.pumping_min_sends_block) {
-                let s = Suspicion::SmsPumpingNumberBlock {
-                    block: block.clone(),
-                    sends,
-                    verified,
-                };
-                let target = d.auto_block.map(|_| BlockTarget::NumberBlock(block.clone()));
-                found.push((s, target));
-            }
-        }
-        for (pattern, _) in &found {
-            self.emit(event(EventKind::Suspicious {
-                pattern: pattern.clone(),
-            }));
-        }
-        let (Some(duration), targets) = (
-            d.auto_block,
-            found.into_iter().filter_map(|(_, t)| t).collect::<Vec<_>>(),
-        ) else {
-            return Ok(());
-        };
-        if targets.is_empty() {
-            return Ok(());
-        }
-        let blocks: Vec<Counter> = targets
-            .iter()
-            .map(|target| Counter::new(self.block_key(target), duration, 1))
-            .collect();
-        let set = self.store.increment_counters(&blocks, now).await?;
-        let mut until = now;
-        for (target, value) in targets.into_iter().zip(set) {
-            let end = value.resets_at.unwrap_or(now);
-            until = until.max(end);
-            self.emit(event(EventKind::AutoBlocked { target, until: end }));
-        }
-        Err(Error::Blocked {
-            retry_after: until.saturating_duration_since(now),
-        })
-    }
-
-    /// The account reached its failure limit with the flow `locked`: store
-    /// the support case, report, notify, and build the error.
-    async fn lock_account(
-        &self,
-        locked: &FlowRecord,
-        until: Timestamp,
-        lockouts: u64,
-        now: Timestamp,
-        ctx: &RequestContext,
-    ) -> Error {
-        let reference = self.keys.support_reference(&locked.subject.key(), until);
-        let case = SupportCase {
-            reference,
-            subject: locked.subject.clone(),
-            flow: locked.id,
-            opened_at: now,
-            locked_until: until,
-            unlocked_at: None,
-            purge_after: until.saturating_add(self.policy.record_retention()),
-        };
-        let event = |kind| flow_event(now, kind, locked, ctx);
-        // The lock itself is already stored (the failure count); a case
-        // that cannot be stored only means support finds it by account.
-        let _ = self.store.put_case(&case).await;
-        self.emit(event(EventKind::AccountLocked { until, reference }));
-        if lockouts >= u64::from(self.limits.detectors().lockouts_per_week) {
-            self.emit(event(EventKind::Suspicious {
-                pattern: Suspicion::RepeatedLockouts { lockouts },
-            }));
-        }
-        let notice = self.messages.locked_message(until, &reference, ctx.locale);
-        self.notify(locked, notice, now, ctx).await;
-        self.locked(&locked.subject, Some(until))
-    }
-
-    /// The error for a locked subject.
-    fn locked(&self, subject: &Subject, until: Option<Timestamp>) -> Error {
-        Error::Locked {
-            until,
-            reference: until.map(|until| self.keys.support_reference(&subject.key(), until)),
-            support: self.messages.support_contact().map(str::to_owned),
-        }
-    }
-
     /// Sends the code stored in `flow` (a no-op for decoys). If the send
     /// fails, or the destination country is not allowed, the code is voided
     /// at once (its MAC replaced by one nothing matches) so that no code the
@@ -1134,7 +849,13 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
     /// Sends a notice to the flow's phone; a failure is an event, not an
     /// error of the operation it follows.
-    async fn notify(&self, flow: &FlowRecord, body: SecretString, now: Timestamp, ctx: &RequestContext) {
+    pub(crate) async fn notify(
+        &self,
+        flow: &FlowRecord,
+        body: SecretString,
+        now: Timestamp,
+        ctx: &RequestContext,
+    ) {
         let Some(phone) = &flow.phone else {
             return;
         };
@@ -1181,21 +902,14 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         Err(Error::Busy)
     }
 
-    /// The counter of a subject's lock: open while the lock lasts.
-    pub(crate) fn lock_counter(&self, subject: &Subject, window: Duration, by: u32) -> Counter {
-        Counter::new(
-            format!("lock:{}", self.keys.pseudonym(&subject.key())),
-            window,
-            by,
-        )
-    }
-
     /// The made-up destination of an unknown identifier: a plausible number
     /// in [`Limits::decoy_country_code`], its digits from the decoy MAC. It
     /// is never sent to; it is counted and masked like a real one.
     fn decoy_phone(&self, decoy: &Mac) -> PhoneNumber {
         let b = decoy.as_bytes();
-        let mut number = format!("+{}", self.limits.decoy_country_code());
+        let mut number = String::with_capacity(16);
+        number.push('+');
+        number.push_str(itoa::Buffer::new().format(self.limits.decoy_country_code()));
         number.push(char::from(b'2' + b[16] % 8));
         for byte in &b[17..26] {
             number.push(char::from(b'0' + byte % 10));
@@ -1214,20 +928,6 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             }
             None => made_up,
         }
-    }
-
-    /// The counter of a subject's wrong codes.
-    pub(crate) fn failure_counter(&self, subject: &Subject, by: u32) -> Counter {
-        self.failure_counter_of(&self.keys.pseudonym(&subject.key()), by)
-    }
-
-    /// [`Recovery::failure_counter`] from the subject's pseudonym.
-    fn failure_counter_of(&self, pseudonym: &str, by: u32) -> Counter {
-        Counter::new(
-            format!("fail:{pseudonym}"),
-            self.policy.account_failure_window(),
-            by,
-        )
     }
 
     fn requested(&self, flow: &FlowRecord, masked_phone: MaskedPhone) -> Requested {

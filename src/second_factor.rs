@@ -326,7 +326,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 let totp = factors.totp.as_ref().ok_or(unavailable)?;
                 Ok(match totp.matching_step(code, now) {
                     Some(step) => {
-                        let who = self.keys.pseudonym(&flow.subject.key());
+                        let who = self.subject_pseudonym(&flow.subject);
                         let claim = Counter::new(format!("used:totp:{who}:{step}"), totp.replay_window(), 1)
                             .with_max(1);
                         Check::Right {

@@ -295,6 +295,35 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
     getrandom::fill(buf).map_err(|_| RandomError)
 }
 
+/// A new flow's id and first code, from one read of the OS CSPRNG (the
+/// read is a system call, the largest single cost of a request); the code
+/// falls back to further reads only in the rare case its half of the read
+/// had too many rejected bytes.
+pub(crate) fn new_flow_and_code(digits: u8) -> Result<(FlowId, Code), RandomError> {
+    let mut bytes = Zeroizing::new([0u8; 2 * FlowId::LEN]);
+    fill_random(&mut bytes[..])?;
+    let (id, pool) = bytes.split_at(FlowId::LEN);
+    let id = FlowId::from_bytes(id.try_into().expect("half of the read"));
+    let code = draw_code(digits, pool, fill_random)?;
+    Ok((id, code))
+}
+
+/// A code drawn from `first` (16 bytes already read), then from `fill`.
+fn draw_code<E>(
+    digits: u8,
+    first: &[u8],
+    mut fill: impl FnMut(&mut [u8]) -> Result<(), E>,
+) -> Result<Code, E> {
+    let mut first = Some(first);
+    Code::generate_with(digits, |pool| match first.take() {
+        Some(bytes) => {
+            pool.copy_from_slice(bytes);
+            Ok(())
+        }
+        None => fill(pool),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +379,38 @@ mod tests {
         .unwrap();
         assert_eq!(round, 2, "the all-rejected pool must be redrawn");
         assert_eq!(code.expose_secret(), "999999");
+    }
+
+    #[test]
+    fn a_flow_and_its_code_share_one_read_and_redraw_only_when_rejected() {
+        // Enough accepted bytes in the half already read: no further read.
+        let mut reads = 0;
+        let first = [1, 255, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+        let code = draw_code(10, &first, |_: &mut [u8]| {
+            reads += 1;
+            Err(())
+        })
+        .unwrap();
+        assert_eq!((reads, code.expose_secret()), (0, "1234567890"));
+        // Too many rejected: the rest comes from a new read.
+        let mut reads = 0;
+        let first = [
+            250, 251, 252, 1, 2, 253, 254, 255, 250, 3, 250, 250, 250, 250, 250, 250,
+        ];
+        let code = draw_code(6, &first, |buf: &mut [u8]| {
+            reads += 1;
+            buf.fill(7);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!((reads, code.expose_secret()), (1, "123777"));
+        let (a, code_a) = new_flow_and_code(6).unwrap();
+        let (b, code_b) = new_flow_and_code(6).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            (code_a.expose_secret().len(), code_b.expose_secret().len()),
+            (6, 6)
+        );
     }
 
     #[test]

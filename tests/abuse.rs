@@ -497,7 +497,24 @@ async fn one_ip_asking_for_many_accounts_is_reported_once_and_blocked_when_confi
         target: BlockTarget::Ip("192.0.2.50".into()),
         until: T0.saturating_add(HOUR),
     }));
-    blocking.clock.set(T0.saturating_add(HOUR));
+    // Support lifts the block under the key the detector wrote and
+    // requests and verifies read.
+    blocking
+        .recovery
+        .support()
+        .unblock(
+            &Agent::new("dana").unwrap(),
+            "a shared office NAT",
+            &BlockTarget::Ip("192.0.2.50".into()),
+        )
+        .await
+        .unwrap();
+    let err = blocking
+        .recovery
+        .verify(&flow, "000000", &crawler)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidCode { .. }), "unblocked: {err:?}");
     blocking.request(0, &crawler).await.unwrap();
 }
 
@@ -550,6 +567,20 @@ async fn many_unverified_sends_into_one_country_look_like_pumping_and_can_block_
     );
     // Other countries are unaffected.
     h.request(1, &none()).await.unwrap();
+    // Support lifts the country's block.
+    h.recovery
+        .support()
+        .unblock(
+            &Agent::new("dana").unwrap(),
+            "a carrier confirmed the traffic",
+            &BlockTarget::CountryCode(374),
+        )
+        .await
+        .unwrap();
+    h.recovery
+        .request("x@example.com", Some(premium(51)), &none())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

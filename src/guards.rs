@@ -1,0 +1,349 @@
+//! The driver's guards: the counters one call adds to its store call
+//! (send limits, blocks, the subject's failures and lock, the detectors'
+//! measures), the judgement on the values the store returns, and what
+//! follows from it (automatic blocks, lockouts, suspicious-activity
+//! events). The rules themselves are in [`crate::limits`]; this is where
+//! [`Recovery`] applies them.
+
+use std::time::Duration;
+
+use crate::clock::{Clock, Timestamp};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventKind, Suspicion};
+use crate::limits::{self, BlockTarget, LimitScope, Plan, Refusal, Role, key};
+use crate::phone::PhoneNumber;
+use crate::record::{FlowRecord, Subject};
+use crate::recovery::{Recovery, RequestContext, flow_event};
+use crate::sms::SmsSender;
+use crate::store::{CodeStore, Counter, CounterValue};
+use crate::support::SupportCase;
+
+/// Which detectors a request's counters feed, by index in its plan.
+#[derive(Debug, Default)]
+pub(crate) struct Detection {
+    /// (IP, its pseudonym, index of its distinct-subject count).
+    subjects_from_ip: Option<(String, String, usize)>,
+    /// Country code, number block pseudonym, and the indexes of their send
+    /// and verified counts.
+    pumping: Option<(u16, String, [usize; 4])>,
+}
+
+impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
+    /// Adds to `plan` the blocks to read and the counts of one send: every
+    /// send limit, and the detectors. `destination` is the real phone, or
+    /// an unknown identifier's made-up one: both are counted alike.
+    pub(crate) fn plan_send(
+        &self,
+        plan: &mut Plan,
+        subject_key: &str,
+        destination: &PhoneNumber,
+        ctx: &RequestContext,
+    ) -> Detection {
+        // Personal values (phones, IPs, accounts) enter counter keys only
+        // as pseudonyms.
+        let ip = ctx.ip_key();
+        let p_ip = ip.as_deref().map(|ip| self.keys.pseudonym(ip));
+        let cc = destination.country_code();
+        let mut cc_text = itoa::Buffer::new();
+        let cc_text = cc_text.format(cc);
+        let p_block = self.keys.pseudonym(&limits::number_block(destination));
+        if let (Some(ip), Some(p_ip)) = (&ip, &p_ip) {
+            let target = BlockTarget::Ip(ip.clone());
+            let key = target.key(|_| p_ip.clone());
+            plan.block(target, key);
+        }
+        self.plan_block(plan, BlockTarget::CountryCode(cc));
+        self.plan_block(plan, BlockTarget::NumberBlock(p_block.clone()));
+        let p_phone = self.keys.pseudonym(destination.as_str());
+        for rule in self.limits.send_rules() {
+            let value = match rule.scope {
+                LimitScope::Phone => Some(p_phone.as_str()),
+                LimitScope::Account => Some(subject_key),
+                LimitScope::Ip => p_ip.as_deref(),
+                LimitScope::CountryCode => Some(cc_text),
+                LimitScope::Global => Some("all"),
+                _ => None,
+            };
+            if let Some(value) = value {
+                plan.limit(rule, value, 1);
+            }
+        }
+        let window = self.limits.detectors().window;
+        let mut detection = Detection::default();
+        if let (Some(ip), Some(p_ip)) = (ip, p_ip) {
+            // Counted even when the call is refused: probing is a signal.
+            let unguarded = Role::Measure { guarded: false };
+            let pair = plan.push(
+                Counter::new(key(&["det:pair:", &p_ip, ":", subject_key]), window, 1),
+                unguarded.clone(),
+            );
+            let distinct = plan.push(
+                Counter::new(key(&["det:subjects:", &p_ip]), window, 1).only_if_opened(pair),
+                unguarded,
+            );
+            detection.subjects_from_ip = Some((ip, p_ip, distinct));
+        }
+        // Sends count for pumping only when the call is admitted.
+        let sent = Role::Measure { guarded: true };
+        let read = Role::Measure { guarded: false };
+        let indexes = [
+            plan.push(
+                Counter::new(key(&["det:sends:cc:", cc_text]), window, 1),
+                sent.clone(),
+            ),
+            plan.push(
+                Counter::read(key(&["det:verified:cc:", cc_text]), window),
+                read.clone(),
+            ),
+            plan.push(Counter::new(key(&["det:sends:nb:", &p_block]), window, 1), sent),
+            plan.push(Counter::read(key(&["det:verified:nb:", &p_block]), window), read),
+        ];
+        detection.pumping = Some((cc, p_block, indexes));
+        detection
+    }
+
+    /// How many counters a send's plan holds: the two locks, three blocks,
+    /// the send rules and six detector counters.
+    pub(crate) fn send_plan_len(&self) -> usize {
+        2 + 3 + self.limits.send_rules().len() + 6
+    }
+
+    /// Adds the reads of the subject's failures and lock to `plan`, as
+    /// refusals; returns their indexes.
+    /// `subject_key` is the subject's pseudonym.
+    pub(crate) fn plan_locks(&self, plan: &mut Plan, subject_key: &str) -> (usize, usize) {
+        let max = u64::from(self.policy.max_account_failures());
+        let failures = plan.lock(self.failure_counter_of(subject_key, 0), max - 1);
+        let lock = plan.lock(lock_counter_of(subject_key, Duration::from_secs(1), 0), 0);
+        (failures, lock)
+    }
+
+    /// Adds a read of the block of `target` to `plan`.
+    pub(crate) fn plan_block(&self, plan: &mut Plan, target: BlockTarget) {
+        let key = self.block_key(&target);
+        plan.block(target, key);
+    }
+
+    pub(crate) fn block_key(&self, target: &BlockTarget) -> String {
+        target.key(|value| self.keys.pseudonym(value))
+    }
+
+    /// Refuses when the subject is locked, a block is in force or a limit
+    /// was passed (the store already undid the call's counts).
+    pub(crate) fn judge(
+        &self,
+        plan: &Plan,
+        values: &[CounterValue],
+        now: Timestamp,
+        subject: &Subject,
+        (failures, lock): (usize, usize),
+        event: &(dyn Fn(EventKind) -> Event + Sync),
+    ) -> Result<()> {
+        match plan.refusal(values, now) {
+            None => Ok(()),
+            Some(Refusal::Locked) => {
+                // The lock counter knows the lock's end; the failure window
+                // is the fallback should its write have been lost.
+                let until = if values[lock].count > 0 {
+                    values[lock].resets_at
+                } else {
+                    values[failures].resets_at
+                };
+                self.emit(event(EventKind::LockedOut { until }));
+                Err(self.locked(subject, until))
+            }
+            Some(refusal) => Err(self.refuse(refusal, now, event)),
+        }
+    }
+
+    /// The error (and event) for a block or a limit.
+    pub(crate) fn refuse(
+        &self,
+        refusal: Refusal,
+        now: Timestamp,
+        event: &(dyn Fn(EventKind) -> Event + Sync),
+    ) -> Error {
+        match refusal {
+            Refusal::Blocked(target, until) => {
+                self.emit(event(EventKind::BlockedRequest { target }));
+                Error::Blocked {
+                    retry_after: until.saturating_duration_since(now),
+                }
+            }
+            Refusal::Limited(scope, retry_after) => {
+                self.emit(event(EventKind::RateLimited { scope, retry_after }));
+                Error::RateLimited { scope, retry_after }
+            }
+            Refusal::Locked => Error::flow_locked(),
+        }
+    }
+
+    /// Runs the detectors on a send's counts, whether or not the call was
+    /// refused: reports what crosses a threshold and, where configured,
+    /// blocks it (and refuses this call).
+    pub(crate) async fn detect(
+        &self,
+        detection: &Detection,
+        plan: &Plan,
+        values: &[CounterValue],
+        now: Timestamp,
+        event: &(dyn Fn(EventKind) -> Event + Sync),
+    ) -> Result<()> {
+        let d = self.limits.detectors();
+        let mut found: Vec<(Suspicion, Option<BlockTarget>)> = Vec::new();
+        if let Some((ip, p_ip, i)) = &detection.subjects_from_ip {
+            let subjects = values[*i].count;
+            if subjects > u64::from(d.subjects_per_ip) {
+                // Reported once per window: the first call past the
+                // threshold opens the "reported" counter.
+                let reported = Counter::new(key(&["det:reported:", p_ip]), d.window, 1);
+                let first = self
+                    .store
+                    .increment_counters(std::slice::from_ref(&reported), now)
+                    .await?;
+                if first[0].opened(&reported, now) {
+                    let target = d.auto_block.map(|_| BlockTarget::Ip(ip.clone()));
+                    found.push((Suspicion::ManySubjectsFromOneIp { subjects }, target));
+                }
+            }
+        }
+        // Pumping is judged on sends that were admitted (a refused call's
+        // sends were undone).
+        let admitted = !Counter::refused(&plan.counters, values);
+        if let (true, Some((cc, block, [cc_sends, cc_verified, nb_sends, nb_verified]))) =
+            (admitted, &detection.pumping)
+        {
+            let pumped = |sends: u64, verified: u64, min: u32| {
+                // Judged at every `min` sends, so a pumped target is
+                // reported periodically rather than on every send.
+                let min = u64::from(min);
+                sends >= min
+                    && sends.is_multiple_of(min)
+                    && verified * 100 < sends * u64::from(d.pumping_max_verified_percent)
+            };
+            let (sends, verified) = (values[*cc_sends].count, values[*cc_verified].count);
+            if pumped(sends, verified, d.pumping_min_sends_country) {
+                let s = Suspicion::SmsPumpingCountry {
+                    country_code: *cc,
+                    sends,
+                    verified,
+                };
+                let target = (d.auto_block.is_some() && d.auto_block_countries)
+                    .then_some(BlockTarget::CountryCode(*cc));
+                found.push((s, target));
+            }
+            let (sends, verified) = (values[*nb_sends].count, values[*nb_verified].count);
+            if pumped(sends, verified, d.pumping_min_sends_block) {
+                let s = Suspicion::SmsPumpingNumberBlock {
+                    block: block.clone(),
+                    sends,
+                    verified,
+                };
+                let target = d.auto_block.map(|_| BlockTarget::NumberBlock(block.clone()));
+                found.push((s, target));
+            }
+        }
+        for (pattern, _) in &found {
+            self.emit(event(EventKind::Suspicious {
+                pattern: pattern.clone(),
+            }));
+        }
+        let (Some(duration), targets) = (
+            d.auto_block,
+            found.into_iter().filter_map(|(_, t)| t).collect::<Vec<_>>(),
+        ) else {
+            return Ok(());
+        };
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let blocks: Vec<Counter> = targets
+            .iter()
+            .map(|target| Counter::new(self.block_key(target), duration, 1))
+            .collect();
+        let set = self.store.increment_counters(&blocks, now).await?;
+        let mut until = now;
+        for (target, value) in targets.into_iter().zip(set) {
+            let end = value.resets_at.unwrap_or(now);
+            until = until.max(end);
+            self.emit(event(EventKind::AutoBlocked { target, until: end }));
+        }
+        Err(Error::Blocked {
+            retry_after: until.saturating_duration_since(now),
+        })
+    }
+
+    /// The account reached its failure limit with the flow `locked`: store
+    /// the support case, report, notify, and build the error.
+    pub(crate) async fn lock_account(
+        &self,
+        locked: &FlowRecord,
+        until: Timestamp,
+        lockouts: u64,
+        now: Timestamp,
+        ctx: &RequestContext,
+    ) -> Error {
+        let reference = self.keys.support_reference(&locked.subject.key(), until);
+        let case = SupportCase {
+            reference,
+            subject: locked.subject.clone(),
+            flow: locked.id,
+            opened_at: now,
+            locked_until: until,
+            unlocked_at: None,
+            purge_after: until.saturating_add(self.policy.record_retention()),
+        };
+        let event = |kind| flow_event(now, kind, locked, ctx);
+        // The lock itself is already stored (the failure count); a case
+        // that cannot be stored only means support finds it by account.
+        let _ = self.store.put_case(&case).await;
+        self.emit(event(EventKind::AccountLocked { until, reference }));
+        if lockouts >= u64::from(self.limits.detectors().lockouts_per_week) {
+            self.emit(event(EventKind::Suspicious {
+                pattern: Suspicion::RepeatedLockouts { lockouts },
+            }));
+        }
+        let notice = self.messages.locked_message(until, &reference, ctx.locale);
+        self.notify(locked, notice, now, ctx).await;
+        self.locked(&locked.subject, Some(until))
+    }
+
+    /// The error for a locked subject.
+    pub(crate) fn locked(&self, subject: &Subject, until: Option<Timestamp>) -> Error {
+        Error::Locked {
+            until,
+            reference: until.map(|until| self.keys.support_reference(&subject.key(), until)),
+            support: self.messages.support_contact().map(str::to_owned),
+        }
+    }
+
+    /// The counter of a subject's lock: open while the lock lasts.
+    pub(crate) fn lock_counter(&self, subject: &Subject, window: Duration, by: u32) -> Counter {
+        lock_counter_of(&self.subject_pseudonym(subject), window, by)
+    }
+
+    /// The counter of a subject's wrong codes.
+    pub(crate) fn failure_counter(&self, subject: &Subject, by: u32) -> Counter {
+        self.failure_counter_of(&self.subject_pseudonym(subject), by)
+    }
+
+    /// The pseudonym of a subject's key, which its counters are keyed by.
+    pub(crate) fn subject_pseudonym(&self, subject: &Subject) -> String {
+        let [kind, id] = subject.key_parts();
+        self.keys.pseudonym_of(&[kind.as_bytes(), id.as_bytes()])
+    }
+
+    /// [`Recovery::failure_counter`] from the subject's pseudonym.
+    pub(crate) fn failure_counter_of(&self, pseudonym: &str, by: u32) -> Counter {
+        Counter::new(
+            key(&["fail:", pseudonym]),
+            self.policy.account_failure_window(),
+            by,
+        )
+    }
+}
+
+/// [`Recovery::lock_counter`] from the subject's pseudonym.
+fn lock_counter_of(pseudonym: &str, window: Duration, by: u32) -> Counter {
+    Counter::new(key(&["lock:", pseudonym]), window, by)
+}
