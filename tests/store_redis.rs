@@ -278,3 +278,127 @@ async fn counters_match_the_memory_store_call_for_call() {
         "the calls exercised too little: {refused} refused, {counted}"
     );
 }
+
+/// A swap that moves `purge_after` moves the flow's purge with it; one
+/// that keeps it (the store then skips the expiry and the index) leaves
+/// the purge where it was.
+#[test]
+fn a_swap_moves_the_purge_only_with_purge_after() {
+    conformance::block_on(async {
+        let Some(url) = server_url(URL_VAR) else { return };
+        let store = connect(&url, &fresh_prefix()).await;
+        let open = |store: RedisStore| async move {
+            let id = recovery_flow(&store).await;
+            store.get_flow(&id).await.expect("get").expect("stored")
+        };
+        let moved = open(store.clone()).await;
+        let kept = open(store.clone()).await;
+        let later = moved.purge_after.saturating_add(Duration::from_secs(10));
+        let mut next = moved.clone();
+        next.version += 1;
+        next.purge_after = later;
+        assert!(store.compare_and_swap(moved.version, &next).await.expect("swap"));
+        let mut same = kept.clone();
+        same.version += 1;
+        assert!(store.compare_and_swap(kept.version, &same).await.expect("swap"));
+        // A second swap that keeps it again.
+        let mut again = same.clone();
+        again.version += 1;
+        assert!(store.compare_and_swap(same.version, &again).await.expect("swap"));
+
+        store
+            .purge_expired(moved.purge_after.max(kept.purge_after))
+            .await
+            .expect("purge");
+        assert_eq!(
+            store.get_flow(&kept.id).await.expect("get"),
+            None,
+            "kept: not purged"
+        );
+        assert!(
+            store.get_flow(&moved.id).await.expect("get").is_some(),
+            "moved: purged at its old purge_after"
+        );
+        store.purge_expired(later).await.expect("purge");
+        assert_eq!(
+            store.get_flow(&moved.id).await.expect("get"),
+            None,
+            "moved: not purged"
+        );
+    });
+}
+
+/// A flow of a fresh account, opened by a request through `store`.
+async fn recovery_flow(store: &RedisStore) -> FlowId {
+    let recovery = Recovery::new(
+        store.clone(),
+        RecordingSender::new(),
+        KeyRing::new(1, ServerKey::generate().expect("key")),
+    );
+    recovery
+        .request("someone@example.com", Some(account()), &RequestContext::none())
+        .await
+        .expect("request")
+        .flow_id
+}
+
+/// A counter that an earlier release indexed in `idx:ctrs` and that opened
+/// a new window since (unindexed, as counters now are) keeps that window
+/// through `purge_expired`: draining the old index deletes only counters
+/// whose window has ended.
+#[test]
+fn draining_the_old_counter_index_keeps_windows_opened_since() {
+    conformance::block_on(async {
+        let Some(url) = server_url(URL_VAR) else { return };
+        let prefix = fresh_prefix();
+        let store = connect(&url, &prefix).await;
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let mut raw = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a raw connection");
+        let now = SystemClock.now();
+        let hour = Duration::from_secs(3_600);
+        // The earlier release's index entries: `reopened` with the end of
+        // a window that ended a minute ago (its key has since opened a new
+        // one), `ended` with the end of its current, ended window.
+        let old_end = now.as_unix_millis() - 60_000;
+        let (reopened, ended) = ("limit:global:3600000:1000:all", "det:sends:cc:44");
+        store
+            .increment_counters(&[Counter::new(reopened, hour, 1)], now)
+            .await
+            .expect("count");
+        let short = Counter::new(ended, Duration::from_millis(1), 1);
+        store.increment_counters(&[short], now).await.expect("count");
+        let ended_at = now.as_unix_millis() + 1;
+        let _: () = redis::cmd("ZADD")
+            .arg(format!("{{{prefix}}}:idx:ctrs"))
+            .arg(old_end)
+            .arg(reopened)
+            .arg(ended_at)
+            .arg(ended)
+            .query_async(&mut raw)
+            .await
+            .expect("zadd");
+
+        let later = now.saturating_add(Duration::from_secs(1));
+        store.purge_expired(later).await.expect("purge");
+        let read = store
+            .increment_counters(&[Counter::read(reopened, hour)], later)
+            .await
+            .expect("read");
+        assert_eq!(read[0].count, 1, "a live window was deleted by the drain");
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(format!("{{{prefix}}}:ctr:{ended}"))
+            .query_async(&mut raw)
+            .await
+            .expect("exists");
+        assert_eq!(exists, 0, "an ended window stays after the drain");
+        let left: u64 = redis::cmd("ZCARD")
+            .arg(format!("{{{prefix}}}:idx:ctrs"))
+            .query_async(&mut raw)
+            .await
+            .expect("zcard");
+        assert_eq!(left, 0, "the old index is drained");
+    });
+}

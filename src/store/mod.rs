@@ -515,7 +515,8 @@ pub trait CodeStore: Send + Sync {
 
     /// Deletes flows and support cases whose `purge_after` is at or before
     /// `now` and counters whose window ended by `now` (stores may delete
-    /// ended counters sooner). Returns how many flows were deleted
+    /// ended counters sooner, or leave them to the backend's own expiry,
+    /// as the Redis store does). Returns how many flows were deleted
     /// (stores whose backend expires keys by itself may return 0).
     async fn purge_expired(&self, now: Timestamp) -> Result<u64>;
 }

@@ -105,8 +105,12 @@ CREATE OR REPLACE FUNCTION otp_create_flow(
 BEGIN
     -- Creates of one subject run one at a time, so exactly one stays open.
     PERFORM pg_advisory_xact_lock(hashtextextended('otp:' || p_subject, 0));
-    UPDATE otp_flows SET state = 5, version = version + 1, updated_at = p_created
-        WHERE subject = p_subject AND state IN (1, 2, 7);
+    -- Then, in one statement (its snapshot taken under the lock): supersede
+    -- and insert.
+    WITH superseded AS (
+        UPDATE otp_flows SET state = 5, version = version + 1, updated_at = p_created
+            WHERE subject = p_subject AND state IN (1, 2, 7)
+    )
     INSERT INTO otp_flows (id, subject, state, version, updated_at, purge_after, data)
         VALUES (p_id, p_subject, p_state, p_version, p_updated, p_purge, p_data);
 END $$;
@@ -124,13 +128,13 @@ DECLARE
     opened BOOLEAN[] := '{}';
     applied BIGINT[] := '{}';
     refused BOOLEAN := false;
-    k TEXT;
 BEGIN
-    -- Counters are locked in one order (sorted keys) whatever the order of
-    -- the call, so calls that share counters never deadlock.
-    FOR k IN SELECT DISTINCT u.key FROM unnest(p_keys, p_bys) AS u(key, by_) WHERE u.by_ > 0 ORDER BY u.key LOOP
-        PERFORM pg_advisory_xact_lock(hashtextextended('otp:ctr:' || k, 0));
-    END LOOP;
+    -- Counters are locked in one order (of their lock ids) whatever the
+    -- order of the call, so calls that share counters never deadlock; one
+    -- statement takes them all.
+    PERFORM pg_advisory_xact_lock(l.h) FROM (
+        SELECT DISTINCT hashtextextended('otp:ctr:' || u.key, 0) AS h
+            FROM unnest(p_keys, p_bys) AS u(key, by_) WHERE u.by_ > 0 ORDER BY 1) l;
     o_counts := '{}';
     o_resets := '{}';
     FOR i IN 1 .. coalesce(array_length(p_keys, 1), 0) LOOP

@@ -7,9 +7,12 @@
 //! counters are never interleaved with another instance's writes. Records
 //! expire by themselves (native TTLs: flows and cases after their
 //! `purge_after`, counters after the end of their window), and
-//! [`purge_expired`](CodeStore::purge_expired) deletes what is due by the
-//! host's clock (it counts the flows it deleted, not those Redis expired
-//! before). The connection is a [`ConnectionManager`], which reconnects by
+//! [`purge_expired`](CodeStore::purge_expired) deletes the flows and cases
+//! due by the host's clock (it counts the flows it deleted, not those Redis
+//! expired before). Counters are left to their native TTL: a counter whose
+//! window has ended reads as no window at all, so deleting it sooner would
+//! change nothing but memory, and indexing every counter for the purge cost
+//! more commands than the rest of a call's counting. The connection is a [`ConnectionManager`], which reconnects by
 //! itself after a lost connection (the call that saw the loss fails with a
 //! retryable error).
 //!
@@ -43,11 +46,11 @@
 //!
 //! | Key | Type | Holds | Expires |
 //! |-----|------|-------|---------|
-//! | `{otp}:flow:<flow id>` | hash | `d`: [`FlowRecord::to_bytes`]; `v` version, `s` state code, `u` `updated_at` (ms); `l`: the subject's list key | `purge_after` |
+//! | `{otp}:flow:<flow id>` | hash | `d`: [`FlowRecord::to_bytes`]; `v` version, `s` state code, `u` `updated_at` (ms); `l`: the subject's list key; `p`: `purge_after` (ms) | `purge_after` |
 //! | `{otp}:subj:<Subject::key>` | list | the subject's 8 most recent flow ids, newest first | with its latest flow |
 //! | `{otp}:ctr:<counter key>` | hash | `c` count, `e` window end (ms) | window end |
 //! | `{otp}:case:<reference>` | string | [`SupportCase::to_bytes`] | `purge_after` |
-//! | `{otp}:idx:flows`, `idx:cases`, `idx:ctrs` | sorted set | flow ids, references, counter keys, scored by when they are due | with their latest member |
+//! | `{otp}:idx:flows`, `idx:cases` | sorted set | flow ids, references, scored by when they are due | with their latest member |
 //!
 //! Native TTLs fire a minute after the instant in the last column, a margin
 //! for a host clock behind the server's (see below).
@@ -55,10 +58,14 @@
 //! `v`, `s` and `u` are kept next to the record so that scripts compare
 //! versions and supersede a flow without decoding it; they are authoritative
 //! over the copies inside `d`, and [`get_flow`](CodeStore::get_flow) applies
-//! them to the decoded record. The sorted sets let `purge_expired` find what
-//! is due by the host's `now`; each write also drops a couple of index
-//! entries whose keys Redis already expired, so the indexes stay the size of
-//! the live data even if `purge_expired` never runs.
+//! them to the decoded record. `p` lets a swap that leaves `purge_after` as
+//! it was skip the expiry and the index (a flow stored without `p` by an
+//! earlier release takes the full path on its first swap). The sorted sets let `purge_expired` find what
+//! is due by the host's `now`; each write to one also drops its members
+//! whose keys Redis has expired (score plus the margin before the server's
+//! clock: one `ZREMRANGEBYSCORE`), so the indexes stay the size of the live
+//! data even if `purge_expired` never runs. (Earlier releases also
+//! indexed counters, in `idx:ctrs`; `purge_expired` still drains it.)
 //!
 //! # Round trips
 //!
@@ -611,7 +618,8 @@ fn redis_error(op: &str, e: &RedisError) -> StoreError {
 // list's flows, index members) start with the same prefix, so they are in
 // the same cluster slot.
 
-/// Helpers shared by every script.
+/// Helpers shared by every script. `margin` is [`CLOCK_MARGIN`] in
+/// milliseconds (see [`script`]).
 const COMMON_LUA: &str = r#"
 local base = ARGV[1]
 
@@ -621,9 +629,14 @@ local function lt(a, b)
   return a < b
 end
 
+-- The server's clock in ms, read once per script.
+local clock
 local function server_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not clock then
+    local t = redis.call('TIME')
+    clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return clock
 end
 
 -- Keeps `key` until `at` (ms) at least: never shortens its life.
@@ -634,17 +647,14 @@ local function extend(key, at)
   end
 end
 
--- Indexes `member` (whose key is base .. kind .. member) for purge_expired
--- at `due`, keeps the index until `expire_at` at least, and drops up to two
--- of its earliest members whose keys Redis has expired already.
-local function index(idx, kind, member, due, expire_at)
+-- Indexes `member` for purge_expired at `due` (its key expires natively
+-- `margin` ms after `due`), keeps the index until `expire_at` at least,
+-- and drops the members whose keys have expired natively by the server's
+-- clock: the index stays the size of the live data.
+local function index(idx, member, due, expire_at)
   redis.call('ZADD', idx, due, member)
   extend(idx, expire_at)
-  for _, m in ipairs(redis.call('ZRANGE', idx, 0, 1)) do
-    if redis.call('EXISTS', base .. kind .. m) == 0 then
-      redis.call('ZREM', idx, m)
-    end
-  end
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. (server_ms() - margin))
 end
 
 -- The count of a counter hash fetched as {c, e}, if its window is open at
@@ -656,7 +666,8 @@ local function live(h, now)
 end
 
 -- Counter.apply on one counter: returns its count and window end ('' for
--- none). A read (by 0) of no open window stores nothing.
+-- none). A read (by 0) of no open window stores nothing. A counter expires
+-- natively after its window: no index.
 local function count(key, by, ends, expire_at, now)
   local h = redis.call('HMGET', key, 'c', 'e')
   local c = live(h, now)
@@ -667,7 +678,6 @@ local function count(key, by, ends, expire_at, now)
   if by == 0 then return 0, '' end
   redis.call('HSET', key, 'c', by, 'e', ends)
   redis.call('PEXPIREAT', key, expire_at)
-  index(base .. 'idx:ctrs', 'ctr:', string.sub(key, #base + 5), ends, expire_at)
   return by, ends
 end
 
@@ -708,10 +718,11 @@ local function counters(k, a, n, now)
   return out
 end
 
--- A flow's fields d, v, s, u ('' when missing), or {} when it does not exist.
+-- A flow's fields d, v, s, u ('' when missing), or {} when it does not
+-- exist (a flow always has `v`).
 local function flow(key)
-  if redis.call('EXISTS', key) == 0 then return {} end
   local f = redis.call('HMGET', key, 'd', 'v', 's', 'u')
+  if not (f[1] or f[2] or f[3] or f[4]) then return {} end
   return {f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
 end
 "#;
@@ -724,8 +735,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 -- The subject's newest flow still stored is the only one that can be open.
 for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
   local key = base .. 'flow:' .. id
-  if redis.call('EXISTS', key) == 1 then
-    local state = redis.call('HGET', key, 's')
+  local state = redis.call('HGET', key, 's')
+  if state or redis.call('EXISTS', key) == 1 then
     if state == '1' or state == '2' or state == '7' then
       redis.call('HSET', key, 's', '5', 'u', ARGV[9])
       redis.call('HINCRBY', key, 'v', 1)
@@ -733,12 +744,13 @@ for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
     break
   end
 end
-redis.call('HSET', KEYS[1], 'd', ARGV[3], 'v', ARGV[4], 's', ARGV[5], 'u', ARGV[6], 'l', KEYS[2])
+redis.call('HSET', KEYS[1], 'd', ARGV[3], 'v', ARGV[4], 's', ARGV[5], 'u', ARGV[6], 'l', KEYS[2], 'p', ARGV[7])
 redis.call('PEXPIREAT', KEYS[1], ARGV[8])
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[10]) - 1)
+if redis.call('LPUSH', KEYS[2], ARGV[2]) > tonumber(ARGV[10]) then
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[10]) - 1)
+end
 extend(KEYS[2], ARGV[8])
-index(KEYS[3], 'flow:', ARGV[2], ARGV[7], ARGV[8])
+index(KEYS[3], ARGV[2], ARGV[7], ARGV[8])
 return 1
 "#;
 
@@ -747,11 +759,16 @@ return 1
 /// updated_at, purge instant, its TTL instant, id, then counters. Returns {0} when the
 /// version differs (or no flow), {1, counts} once written.
 const SWAP_LUA: &str = r#"
-if redis.call('HGET', KEYS[1], 'v') ~= ARGV[4] then return {0} end
-redis.call('HSET', KEYS[1], 'd', ARGV[5], 'v', ARGV[6], 's', ARGV[7], 'u', ARGV[8])
-redis.call('PEXPIREAT', KEYS[1], ARGV[10])
-extend(KEYS[2], ARGV[10])
-index(KEYS[3], 'flow:', ARGV[11], ARGV[9], ARGV[10])
+local old = redis.call('HMGET', KEYS[1], 'v', 'p')
+if old[1] ~= ARGV[4] then return {0} end
+redis.call('HSET', KEYS[1], 'd', ARGV[5], 'v', ARGV[6], 's', ARGV[7], 'u', ARGV[8], 'p', ARGV[9])
+-- The expiry and the index entry only move with the purge instant (a flow
+-- written before `p` was kept has none: it takes the full path once).
+if old[2] ~= ARGV[9] then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[10])
+  extend(KEYS[2], ARGV[10])
+  index(KEYS[3], ARGV[11], ARGV[9], ARGV[10])
+end
 return {1, counters(4, 12, tonumber(ARGV[3]), ARGV[2])}
 "#;
 
@@ -783,12 +800,13 @@ return out
 const PUT_CASE_LUA: &str = r#"
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], ARGV[4])
-index(KEYS[2], 'case:', ARGV[5], ARGV[3], ARGV[4])
+index(KEYS[2], ARGV[5], ARGV[3], ARGV[4])
 return 1
 "#;
 
 /// KEYS: flow, case and counter indexes. ARGV: base, now. Deletes what is
-/// due at `now`; returns how many flows it deleted.
+/// due at `now`; returns how many flows it deleted. (No counter is indexed
+/// any more; the loop drains an index an earlier release filled.)
 const PURGE_LUA: &str = r#"
 local now, purged = ARGV[2], 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
@@ -800,15 +818,20 @@ end
 for _, ref in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('DEL', base .. 'case:' .. ref)
 end
+-- A member's score is the end of the window it was indexed with; the key
+-- may have opened a new, unindexed window since: only an ended one goes.
 for _, counter in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  redis.call('DEL', base .. 'ctr:' .. counter)
+  local key = base .. 'ctr:' .. counter
+  if not live(redis.pcall('HMGET', key, 'c', 'e'), now) then redis.call('DEL', key) end
 end
 for i = 1, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
 return purged
 "#;
 
+/// A script: the margin, the shared helpers, then `body`.
 fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON_LUA}{body}"))
+    let margin = CLOCK_MARGIN.as_millis();
+    Script::new(&format!("local margin = {margin}\n{COMMON_LUA}{body}"))
 }
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
