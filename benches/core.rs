@@ -6,43 +6,18 @@
 //! ```
 
 use std::cell::Cell;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 mod common;
 
-use async_trait::async_trait;
-use common::{LastCode, account, client};
+use common::{LastCode, NullSender, account, client, ready};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use hmac::{Hmac, KeyInit, Mac};
-use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
 use otp_recovery::store::MemoryStore;
 use otp_recovery::{FlowId, KeyRing, ManualClock, Recovery, RequestContext, ServerKey, Timestamp};
 use sha2::Sha256;
-
-/// Drives a future that never waits (the in-memory store and the null
-/// sender never do), without the cost of an async runtime.
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the benchmarked future waited"),
-    }
-}
-
-/// Sends nothing: measures the crate, not a gateway.
-struct NullSender;
-
-#[async_trait]
-impl SmsSender for NullSender {
-    async fn send(&self, _: &SmsMessage) -> Result<SendReceipt, SendError> {
-        Ok(SendReceipt::default())
-    }
-}
 
 fn benches(c: &mut Criterion) {
     let key = vec![7u8; 32];

@@ -30,7 +30,8 @@
 //!   is the growth of the process's resident set while the 1,000,000 flows
 //!   are stored (allocator overhead included), divided by 1,000,000.
 //! - Two threads: `verify` (wrong code) on distinct flows of one store,
-//!   two threads against one.
+//!   two threads against one. An info row repeats the split over freshly
+//!   keyed HMACs alone, which share nothing: the machine's own ceiling.
 //! - Stores: `request` and `verify` on PostgreSQL and Redis through a store
 //!   wrapper that counts store calls (each is one round trip in these
 //!   stores), against that many bare round trips (`SELECT 1` / `PING`) on
@@ -44,19 +45,16 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use async_trait::async_trait;
-use common::{LastCode, account, client};
+use common::{LastCode, NullSender, account, client, ready};
 use criterion::Criterion;
 use hmac::{Hmac, KeyInit, Mac as _};
-use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
 use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result as StoreResult};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{
@@ -73,26 +71,6 @@ const LARGE: usize = 1_000_000;
 const SMALL: usize = 1_000;
 /// Clients the rate-limit comparison cycles over.
 const CLIENTS: usize = 1_000;
-
-/// Drives a future that never waits (the in-memory store and the null
-/// sender never do), without the cost of an async runtime.
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(out) => out,
-        Poll::Pending => panic!("the benchmarked future waited"),
-    }
-}
-
-/// Sends nothing: measures the crate, not a gateway.
-struct NullSender;
-
-#[async_trait]
-impl SmsSender for NullSender {
-    async fn send(&self, _: &SmsMessage) -> Result<SendReceipt, SendError> {
-        Ok(SendReceipt::default())
-    }
-}
 
 /// Nanoseconds per operation of every criterion sample, by benchmark.
 #[derive(Default)]
@@ -331,6 +309,29 @@ fn scale(c: &mut Criterion, s: &Samples, keys: &KeyRing) -> f64 {
 }
 
 fn threads(c: &mut Criterion, s: &Samples, keys: &KeyRing) {
+    // The machine's own ceiling: the same split over pure computation (a
+    // freshly keyed HMAC), which shares nothing but the cores.
+    let input = mac_input();
+    for threads in [1usize, 2] {
+        let id = format!("hmac_{threads}_threads");
+        bench(c, s, "threads", &id, 1, |iters| {
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    let input = &input;
+                    scope.spawn(move || {
+                        for _ in 0..iters {
+                            let mut m =
+                                <Hmac<Sha256> as KeyInit>::new_from_slice(black_box(&[7u8; 32])).unwrap();
+                            m.update(black_box(input));
+                            black_box(m.finalize().into_bytes());
+                        }
+                    });
+                }
+            });
+            start.elapsed()
+        });
+    }
     let clock = fixed_clock();
     let template = template(keys, &clock);
     for threads in [1usize, 2] {
@@ -711,47 +712,80 @@ fn stores(c: &mut Criterion, s: &Samples, trips: &Mutex<BTreeMap<String, Trips>>
     #[cfg(feature = "postgres")]
     if let Ok(url) = std::env::var("OTP_TEST_POSTGRES_URL") {
         use otp_recovery::store::postgres::PostgresStore;
-        // One connection, shared by the store and the bare round trips.
-        let pool = rt
-            .block_on(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .test_before_acquire(false)
-                    .connect(&url),
-            )
+        // The run's own schema, dropped at the end: every run starts from
+        // empty tables and leaves nothing behind (its clock is decades
+        // ahead, so its rows would never expire).
+        let schema = format!("otp_bench_{}", seed());
+        let search_path = format!("SET search_path = {schema}");
+        let connect = |async_commit: bool| {
+            let search_path = search_path.clone();
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .test_before_acquire(false)
+                .after_connect(move |conn, _| {
+                    let search_path = search_path.clone();
+                    Box::pin(async move {
+                        sqlx::Executor::execute(&mut *conn, search_path.as_str()).await?;
+                        if async_commit {
+                            sqlx::Executor::execute(&mut *conn, "SET synchronous_commit = off").await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+        };
+        let admin = rt.block_on(sqlx::PgPool::connect(&url)).unwrap();
+        rt.block_on(sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin))
             .unwrap();
+        // One connection, shared by the store and the bare round trips.
+        let pool = rt.block_on(connect(false)).unwrap();
         let store = PostgresStore::from_pool(pool.clone());
         rt.block_on(store.migrate()).unwrap();
         store_benches(c, s, &rt, "postgres", &Postgres(pool), store, trips);
         ran.push("postgres");
         // The same without waiting for the WAL flush at commit, to show
         // what bounds the row above (not a setting the crate makes).
-        let pool = rt
-            .block_on(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(1)
-                    .test_before_acquire(false)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::Executor::execute(conn, "SET synchronous_commit = off").await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&url),
-            )
-            .unwrap();
+        let pool = rt.block_on(connect(true)).unwrap();
         let store = PostgresStore::from_pool(pool.clone());
-        store_benches(c, s, &rt, "postgres_async_commit", &Postgres(pool), store, trips);
+        store_benches(
+            c,
+            s,
+            &rt,
+            "postgres_async_commit",
+            &Postgres(pool.clone()),
+            store,
+            trips,
+        );
         ran.push("postgres_async_commit");
+        rt.block_on(pool.close());
+        rt.block_on(sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin))
+            .unwrap();
     }
     #[cfg(feature = "redis")]
     if let Ok(url) = std::env::var("OTP_TEST_REDIS_URL") {
         use otp_recovery::store::redis::RedisStore;
         let client = ::redis::Client::open(url.as_str()).unwrap();
         let conn = rt.block_on(client.get_multiplexed_async_connection()).unwrap();
-        let store = RedisStore::from_connection(conn.clone()).with_prefix(&format!("bench-{}", seed()));
-        store_benches(c, s, &rt, "redis", &Redis(conn), store, trips);
+        let prefix = format!("bench-{}", seed());
+        let store = RedisStore::from_connection(conn.clone()).with_prefix(&prefix);
+        store_benches(c, s, &rt, "redis", &Redis(conn.clone()), store, trips);
         ran.push("redis");
+        // Its keys would outlive the run (its clock is decades ahead).
+        rt.block_on(async {
+            let mut conn = conn;
+            let keys: Vec<String> = ::redis::cmd("KEYS")
+                .arg(format!("{{{prefix}}}:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            for chunk in keys.chunks(1_000) {
+                let _: () = ::redis::cmd("UNLINK")
+                    .arg(chunk)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        });
     }
     ran
 }
@@ -899,6 +933,20 @@ fn main() {
             limit: "≥ 1.7x".to_owned(),
             pass: None,
         }),
+    }
+    if let (Some(one), Some(two)) = (
+        s.median("threads/hmac_1_threads"),
+        s.median("threads/hmac_2_threads"),
+    ) {
+        // Not a target: what the machine gives two threads that share
+        // nothing, the ceiling of the row above.
+        rows.push(Row {
+            target: "machine ceiling: 2 threads / 1 thread (HMAC alone)".to_owned(),
+            measured: format!("{:.0} vs {:.0} HMACs/s", 2e9 / two, 1e9 / one),
+            ratio: Some(2.0 * one / two),
+            limit: "—".to_owned(),
+            pass: None,
+        });
     }
     let trips = trips.into_inner().unwrap();
     for store in ["postgres", "postgres_async_commit", "redis"] {

@@ -99,7 +99,12 @@ fn main() {
     // Warm up the maps.
     measured_request(&r, 10);
     if op == "request" {
+        let start = std::time::Instant::now();
         measured_request(&r, n);
+        eprintln!(
+            "{op}: {:.0} ns each",
+            start.elapsed().as_nanos() as f64 / n as f64
+        );
         return;
     }
     let flows: Vec<_> = (0..n)
@@ -116,5 +121,36 @@ fn main() {
             (f, code, client(i))
         })
         .collect();
+    if op == "verify_threads" {
+        // The flows split over two threads, then the same number on one.
+        let (a, b) = flows.split_at(flows.len() / 2);
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| measured_verify(&r, a));
+            s.spawn(|| measured_verify(&r, b));
+        });
+        let two = start.elapsed().as_nanos() as f64 / n as f64;
+        let more: Vec<_> = (n..2 * n)
+            .map(|i| {
+                let f = ready(r.request("x@example.com", Some(account(i)), &client(i)))
+                    .unwrap()
+                    .flow_id;
+                (f, "000000".to_owned(), client(i))
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        measured_verify(&r, &more);
+        let one = start.elapsed().as_nanos() as f64 / n as f64;
+        eprintln!(
+            "{op}: two threads {two:.0} ns per verify, one {one:.0} ns: {:.2}x",
+            one / two
+        );
+        return;
+    }
+    let start = std::time::Instant::now();
     measured_verify(&r, &flows);
+    eprintln!(
+        "{op}: {:.0} ns each",
+        start.elapsed().as_nanos() as f64 / n as f64
+    );
 }
