@@ -145,6 +145,16 @@ impl Subject {
             Subject::Unknown(_) => None,
         }
     }
+
+    /// The account, owned, for an event. Both kinds clone their shared id
+    /// (a reference count, an atomic operation) and a decoy drops its
+    /// clone: an event costs a decoy's flow what it costs an account's.
+    pub(crate) fn owned_account(&self) -> Option<AccountId> {
+        match self.clone() {
+            Subject::Account(account) => Some(account),
+            Subject::Unknown(_) => None,
+        }
+    }
 }
 
 /// The stable stand-in for an identifier that matched no account: 128 bits

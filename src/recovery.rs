@@ -358,21 +358,23 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // through the very same plan of limits, blocks and detectors. Both
         // paths make one, so that they do the same work.
         let (made_up, unknown) = (self.decoy_phone(&decoy), decoy_id(&decoy));
-        let (subject, phone, destination) = match account {
-            Some(account) => {
-                let destination = account.phone.clone();
-                std::hint::black_box((made_up, unknown));
-                (Subject::Account(account.id), Some(account.phone), destination)
-            }
-            None => (Subject::Unknown(unknown), None, made_up),
+        // A real flow keeps its unused decoy id as long as a decoy's flow
+        // keeps its own, so that both free the same memory at the same
+        // point (the allocator's work depends on the order).
+        let (subject, phone, _unused) = match account {
+            Some(account) => (Subject::Account(account.id), Some(account.phone), Some(unknown)),
+            None => (Subject::Unknown(unknown), None, None),
         };
+        // Borrowed, not cloned: a clone is an atomic operation, which the
+        // other path would not do.
+        let destination = phone.as_ref().unwrap_or(&made_up);
         // One mask serves the answer and, for a real phone only, the
         // events: both paths mask once.
         let masked = destination.masked();
         let real_phone = phone.as_ref().map(|_| masked);
         let event = |kind| {
             Event::new(now, kind)
-                .account(subject.account().cloned())
+                .account(subject.owned_account())
                 .phone(real_phone)
                 .ip(ctx.client_ip)
         };
@@ -380,7 +382,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let mut plan = Plan::with_capacity(self.send_plan_len());
         let who = self.subject_pseudonym(&subject);
         let locks = self.plan_locks(&mut plan, &who);
-        let detection = self.plan_send(&mut plan, &who, &destination, ctx);
+        let detection = self.plan_send(&mut plan, &who, destination, ctx);
         let values = self.store.increment_counters(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &subject, locks, &event)?;
@@ -406,13 +408,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             }
             return Err(e.into());
         }
-        self.emit(
-            event(EventKind::Requested {
-                known: flow.phone.is_some(),
-            })
-            .flow(flow.id),
-        );
-        self.send_code(&flow, &code, &destination, ctx).await?;
+        let event = |kind| event(kind).flow(flow.id);
+        self.emit(event(EventKind::Requested {
+            known: flow.phone.is_some(),
+        }));
+        let destination = flow.phone.as_ref().unwrap_or(&made_up);
+        self.send_code(&flow, &code, destination, ctx, &event).await?;
         Ok(self.requested(&flow, masked))
     }
 
@@ -470,7 +471,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             }
         };
         self.emit(event(EventKind::Resent));
-        self.send_code(&flow, &code, &destination, ctx).await?;
+        self.send_code(&flow, &code, &destination, ctx, &event).await?;
         Ok(self.requested(&flow, destination.masked()))
     }
 
@@ -794,27 +795,30 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// user never received stays valid; the send still counts toward the
     /// flow's limit. The failure is returned only when the policy reveals
     /// send failures.
+    ///
+    /// `event` makes the caller's events, with the time of its call.
     async fn send_code(
         &self,
         flow: &FlowRecord,
         code: &Code,
         destination: &PhoneNumber,
         ctx: &RequestContext,
+        event: &impl Fn(EventKind) -> Event,
     ) -> Result<()> {
         let Some(phone) = &flow.phone else {
             // A decoy does the work of a send to its made-up destination
-            // (the country check, the rendering, a call to a sender), so
-            // both paths do the same work; the sender it calls sends nothing.
+            // (the country check, the rendering, a call to a sender, the
+            // event), so both paths do the same work; the sender it calls
+            // sends nothing, and the event goes nowhere.
             let allowed = self.limits.country_allowed(destination.country_code());
             let body = self
                 .messages
                 .code_message(code, self.policy.code_ttl(), &flow.id, ctx.locale);
             let message = SmsMessage::new(destination.clone(), body, MessageKind::Code);
-            let _ = std::hint::black_box((allowed, Nowhere.send(&message).await));
+            let sent = Nowhere.send(&message).await;
+            let _ = std::hint::black_box((allowed, sent, event(EventKind::CodeSent)));
             return Ok(());
         };
-        let now = self.clock.now();
-        let event = |kind| flow_event(now, kind, flow, ctx);
         let country_code = phone.country_code();
         let error = if self.limits.country_allowed(country_code) {
             let body = self
@@ -957,7 +961,7 @@ impl SmsSender for Nowhere {
 pub(crate) fn flow_event(now: Timestamp, kind: EventKind, flow: &FlowRecord, ctx: &RequestContext) -> Event {
     Event::new(now, kind)
         .flow(flow.id)
-        .account(flow.account().cloned())
+        .account(flow.subject.owned_account())
         .phone(flow.phone.as_ref().map(PhoneNumber::masked))
         .ip(ctx.client_ip)
 }
