@@ -402,3 +402,85 @@ fn draining_the_old_counter_index_keeps_windows_opened_since() {
         assert_eq!(left, 0, "the old index is drained");
     });
 }
+
+/// Counters are strings, `<count>:<window end>`, that expire natively a
+/// minute after their window: a new window sets the expiry, an increment
+/// keeps it. A counter key holding anything else (an earlier format's
+/// hash) opens a new window over it rather than failing every call.
+#[tokio::test]
+async fn counters_keep_their_expiry_and_replace_foreign_values() {
+    let Some(url) = server_url(URL_VAR) else { return };
+    let prefix = fresh_prefix();
+    let store = connect(&url, &prefix).await;
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a raw connection");
+    let now = SystemClock.now();
+    let minute = Duration::from_secs(60);
+    let end = now.saturating_add(minute).as_unix_millis();
+    let key = format!("{{{prefix}}}:ctr:c");
+
+    store
+        .increment_counters(&[Counter::new("c", minute, 1)], now)
+        .await
+        .expect("count");
+    let opened: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .expect("pttl");
+    // The window's minute and the margin's, less the time since `now`.
+    assert!(
+        (60_000..=120_000).contains(&opened),
+        "a new window's expiry: {opened} ms"
+    );
+    store
+        .increment_counters(&[Counter::new("c", minute, 2)], now)
+        .await
+        .expect("count");
+    let kept: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .expect("pttl");
+    assert!(
+        kept > 0 && kept <= opened,
+        "an increment keeps the expiry: {kept} ms"
+    );
+    let value: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut raw)
+        .await
+        .expect("get");
+    assert_eq!(value, format!("3:{end}"));
+
+    let old = format!("{{{prefix}}}:ctr:h");
+    let _: () = redis::cmd("HSET")
+        .arg(&old)
+        .arg("c")
+        .arg(5)
+        .arg("e")
+        .arg(end)
+        .query_async(&mut raw)
+        .await
+        .expect("hset");
+    let counted = store
+        .increment_counters(&[Counter::new("h", minute, 1)], now)
+        .await
+        .expect("a foreign value is replaced, not an error");
+    assert_eq!(counted[0].count, 1, "a new window");
+    let kind: String = redis::cmd("TYPE")
+        .arg(&old)
+        .query_async(&mut raw)
+        .await
+        .expect("type");
+    assert_eq!(kind, "string");
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .arg(&old)
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+}

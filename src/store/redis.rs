@@ -48,7 +48,7 @@
 //! |-----|------|-------|---------|
 //! | `{otp}:flow:<flow id>` | hash | `d`: [`FlowRecord::to_bytes`]; `v` version, `s` state code, `u` `updated_at` (ms); `l`: the subject's list key; `p`: `purge_after` (ms) | `purge_after` |
 //! | `{otp}:subj:<Subject::key>` | list | the subject's 8 most recent flow ids, newest first | with its latest flow |
-//! | `{otp}:ctr:<counter key>` | hash | `c` count, `e` window end (ms) | window end |
+//! | `{otp}:ctr:<counter key>` | string | `<count>:<window end (ms)>` | window end |
 //! | `{otp}:case:<reference>` | string | [`SupportCase::to_bytes`] | `purge_after` |
 //! | `{otp}:idx:flows`, `idx:cases` | sorted set | flow ids, references, scored by when they are due | with their latest member |
 //!
@@ -94,8 +94,8 @@
 //! clock and are only the safety net. They fire a minute late on purpose, so
 //! a host clock up to a minute behind the server's never sees a window end
 //! or a record vanish early; keep the clocks in sync (NTP).
-//! Scripts call `TIME` before writing: Redis 5 or later (tested with Redis
-//! 7.0).
+//! Scripts call `TIME` before writing, and write counters with `SET`'s
+//! `PXAT` and `KEEPTTL`: Redis 6.2 or later (tested with Redis 7.0).
 //!
 //! Errors never include a record, a key or a server error's text: only the
 //! operation and the kind of failure. Connection, I/O, timeout, cluster and
@@ -657,63 +657,90 @@ local function index(idx, member, due, expire_at)
   redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. (server_ms() - margin))
 end
 
--- The count of a counter hash fetched as {c, e}, if its window is open at
--- `now`.
-local function live(h, now)
-  local c, e = tonumber(h[1]), h[2]
-  if c and e and string.match(e, '^%d+$') and lt(now, e) then return c end
+-- A counter's stored string 'count:window end' (ms) as {count, end}, if
+-- its window is open at `now`; nil otherwise (no key, an ended window, or
+-- a value of another form).
+local function live(v, now)
+  if type(v) ~= 'string' then return nil end
+  local c, e = string.match(v, '^(%d+):(%d+)$')
+  if c and lt(now, e) then return {tonumber(c), e} end
   return nil
 end
 
--- Counter.apply on one counter: returns its count and window end ('' for
--- none). A read (by 0) of no open window stores nothing. A counter expires
--- natively after its window: no index.
-local function count(key, by, ends, expire_at, now)
-  local h = redis.call('HMGET', key, 'c', 'e')
-  local c = live(h, now)
-  if c then
-    if by > 0 then c = redis.call('HINCRBY', key, 'c', by) end
-    return c, h[2]
-  end
-  if by == 0 then return 0, '' end
-  redis.call('HSET', key, 'c', by, 'e', ends)
-  redis.call('PEXPIREAT', key, expire_at)
-  return by, ends
+-- A window as stored: '%d' keeps a large count in digits (concatenating
+-- a number would write 1e+14).
+local function text(c, e)
+  return string.format('%d', c) .. ':' .. e
 end
 
--- Counter.unapply: takes `by` back from an open window, and deletes the
--- counter when nothing is left.
-local function uncount(key, by, now)
-  local c = live(redis.call('HMGET', key, 'c', 'e'), now)
-  if not c then return end
-  if c > by then
-    redis.call('HINCRBY', key, 'c', -by)
-  else
-    redis.call('DEL', key)
-  end
+-- Writes an open window's count, keeping the key's expiry.
+local function store(key, w)
+  redis.call('SET', key, text(w[1], w[2]), 'KEEPTTL')
 end
 
 -- Counter.apply_all over n counters: keys from KEYS[k], six arguments each
 -- from ARGV[a] (by, end of a window opened now, its expiry, condition, max
 -- or -1, guarded 1 or 0). Returns count, end pairs in one flat array: the
 -- values before a refused call's guarded increments are undone.
+--
+-- The counters are read with one MGET (per 512 keys) and each write is
+-- one SET: a new window's carries its expiry (the counter expires
+-- natively after its window: no index). A read (by 0) of no open window
+-- stores nothing. A key named twice sees its own earlier increment.
 local function counters(k, a, n, now)
   local out, opened, guarded, refused = {}, {}, {}, false
+  -- key -> {count, end} of its open window, or false for none
+  local windows = {}
+  for first = 1, n, 512 do
+    local last = math.min(n, first + 511)
+    local keys = {}
+    for i = first, last do keys[#keys + 1] = KEYS[k + i - 1] end
+    local values = redis.call('MGET', unpack(keys))
+    for i, key in ipairs(keys) do
+      if windows[key] == nil then windows[key] = live(values[i], now) or false end
+    end
+  end
   for i = 1, n do
     local j = a + (i - 1) * 6
     local by, ends, expire_at, cond = tonumber(ARGV[j]), ARGV[j + 1], ARGV[j + 2], tonumber(ARGV[j + 3])
     local max = tonumber(ARGV[j + 4])
     if cond < 0 or (cond > 0 and not opened[cond]) then by = 0 end
     local key = KEYS[k + i - 1]
-    local c, e = count(key, by, ends, expire_at, now)
+    local w = windows[key]
+    local c, e
+    if w then
+      if by > 0 then
+        w[1] = w[1] + by
+        store(key, w)
+      end
+      c, e = w[1], w[2]
+    elseif by == 0 then
+      c, e = 0, ''
+    else
+      redis.call('SET', key, text(by, ends), 'PXAT', expire_at)
+      windows[key] = {by, ends}
+      c, e = by, ends
+    end
     opened[i] = by > 0 and c == by and e == ends
     if max >= 0 and c > max then refused = true end
     if ARGV[j + 5] == '1' and by > 0 then guarded[#guarded + 1] = {key, by} end
     out[#out + 1] = c
     out[#out + 1] = e
   end
+  -- Counter.unapply: takes each guarded increment back, deleting a
+  -- counter when nothing is left.
   if refused then
-    for _, g in ipairs(guarded) do uncount(g[1], g[2], now) end
+    for _, g in ipairs(guarded) do
+      local key, by = g[1], g[2]
+      local w = windows[key]
+      if w and w[1] > by then
+        w[1] = w[1] - by
+        store(key, w)
+      elseif w then
+        windows[key] = false
+        redis.call('DEL', key)
+      end
+    end
   end
   return out
 end
@@ -819,10 +846,17 @@ for _, ref in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('DEL', base .. 'case:' .. ref)
 end
 -- A member's score is the end of the window it was indexed with; the key
--- may have opened a new, unindexed window since: only an ended one goes.
+-- may have opened a new, unindexed window since (a string now): only an
+-- ended one goes. (Those counters were hashes: a hash goes once its `e`
+-- has passed.)
 for _, counter in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
   local key = base .. 'ctr:' .. counter
-  if not live(redis.pcall('HMGET', key, 'c', 'e'), now) then redis.call('DEL', key) end
+  local v = redis.pcall('GET', key)
+  if type(v) == 'table' and v.err then
+    local h = redis.call('HMGET', key, 'c', 'e')
+    v = h[1] and h[2] and (h[1] .. ':' .. h[2]) or nil
+  end
+  if not live(v, now) then redis.call('DEL', key) end
 end
 for i = 1, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
 return purged
