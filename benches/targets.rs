@@ -34,6 +34,13 @@
 //!   two threads, so that only the number of threads differs (a store
 //!   twice as large is slower per verify by itself: see Scale). An info row repeats the split over freshly
 //!   keyed HMACs alone, which share nothing: the machine's own ceiling.
+//! - Floors (info rows, not targets): what `verify` and `request` cannot
+//!   do without, priced from this run: their HMACs on states keyed once
+//!   (as the crate keeps its keys), their OS RNG reads, and their counters
+//!   (counted through a store wrapper, `by` > 0 only) at the store's
+//!   measured cost per rule; against each target's baseline, with the
+//!   share of the allowance left for the rest (the flow's read and write,
+//!   the answer, the event).
 //! - Stores: `request` and `verify` on PostgreSQL and Redis through a store
 //!   wrapper that counts store calls (each is one round trip in these
 //!   stores), against that many bare round trips (`SELECT 1` / `PING`) on
@@ -142,6 +149,27 @@ fn crypto(c: &mut Criterion, s: &Samples) {
         let start = Instant::now();
         for _ in 0..iters {
             black_box(hmac(black_box(&key), black_box(&input)));
+        }
+        start.elapsed()
+    });
+    // The parts of the floors below: an HMAC on a state keyed once (as the
+    // crate keeps its keys), and the OS RNG read alone.
+    let keyed = <Hmac<Sha256> as KeyInit>::new_from_slice(&key).unwrap();
+    bench(c, s, "floor", "hmac_prekeyed", 1, |iters| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let mut m = black_box(&keyed).clone();
+            m.update(black_box(&input));
+            black_box(m.finalize().into_bytes());
+        }
+        start.elapsed()
+    });
+    bench(c, s, "floor", "rng32", 1, |iters| {
+        let start = Instant::now();
+        for _ in 0..iters {
+            let mut buf = [0u8; 32];
+            getrandom::fill(&mut buf).unwrap();
+            black_box(buf);
         }
         start.elapsed()
     });
@@ -439,6 +467,8 @@ fn rules(c: &mut Criterion, s: &Samples) {
 struct Counted<S> {
     inner: S,
     calls: AtomicU64,
+    /// Counters that count (`by` > 0) passed in those calls.
+    counted: AtomicU64,
 }
 
 impl<S> Counted<S> {
@@ -446,11 +476,17 @@ impl<S> Counted<S> {
         Counted {
             inner,
             calls: AtomicU64::new(0),
+            counted: AtomicU64::new(0),
         }
     }
 
     fn tick(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self, counters: &[Counter]) {
+        let n = counters.iter().filter(|c| c.by > 0).count() as u64;
+        self.counted.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -471,6 +507,7 @@ impl<S: CodeStore> CodeStore for Counted<S> {
         now: Timestamp,
     ) -> StoreResult<(Option<FlowRecord>, Vec<CounterValue>)> {
         self.tick();
+        self.count(counters);
         self.inner.load_counting(id, counters, now).await
     }
     async fn find_flows(&self, subject_key: &str, limit: usize) -> StoreResult<Vec<FlowRecord>> {
@@ -501,6 +538,7 @@ impl<S: CodeStore> CodeStore for Counted<S> {
         now: Timestamp,
     ) -> StoreResult<Option<Vec<CounterValue>>> {
         self.tick();
+        self.count(counters);
         self.inner
             .compare_and_swap_counting(expected_version, flow, counters, now)
             .await
@@ -511,6 +549,7 @@ impl<S: CodeStore> CodeStore for Counted<S> {
         now: Timestamp,
     ) -> StoreResult<Vec<CounterValue>> {
         self.tick();
+        self.count(counters);
         self.inner.increment_counters(counters, now).await
     }
     async fn purge_expired(&self, now: Timestamp) -> StoreResult<u64> {
@@ -654,6 +693,87 @@ fn store_benches<B: Backend>(
 /// The default rules, with the two that every run shares in a shared
 /// database (the country and global budgets) replaced by per-phone rules
 /// of the same cost, so runs never refuse each other.
+/// How many counters count (`by` > 0) in one request (default limits), one
+/// wrong-code verify and one right-code verify: what each must check.
+fn counters_per_op(keys: &KeyRing) -> [u64; 3] {
+    let sender = Arc::new(LastCode::default());
+    let store = Arc::new(Counted::new(MemoryStore::new()));
+    let recovery = Recovery::new(store.clone(), sender.clone(), keys.clone()).with_clock(fixed_clock());
+    let counted = || store.counted.swap(0, Ordering::Relaxed);
+    let open = |i: u64| {
+        let flow = ready(recovery.request("someone@example.com", Some(account(i)), &client(i)))
+            .unwrap()
+            .flow_id;
+        (flow, sender.0.lock().unwrap().clone())
+    };
+    let (wrong_flow, code) = open(1);
+    let request = counted();
+    let (right_flow, right) = open(2);
+    counted();
+    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
+    assert!(ready(recovery.verify(&wrong_flow, &wrong, &client(1))).is_err());
+    let verify_wrong = counted();
+    assert!(ready(recovery.verify(&right_flow, &right, &client(2))).is_ok());
+    [request, verify_wrong, counted()]
+}
+
+/// The floors: the work each operation cannot do without, priced by this
+/// run's own measurements (an HMAC on a state keyed once, a 32-byte OS
+/// RNG read, and one counter per counting rule at the store's measured
+/// cost per rule), against the targets' baselines. Not targets: they show
+/// how much of each target's allowance that work leaves for the rest (the
+/// flow's own read and write, the answer, the event).
+fn floors(s: &Samples, [request, wrong, right]: [u64; 3], rows: &mut Vec<Row>) {
+    let (Some(hmac), Some(rng), Some(rule), Some(fresh), Some(rng_hmac)) = (
+        s.median("floor/hmac_prekeyed"),
+        s.median("floor/rng32"),
+        s.median("rules/memory_store_per_rule"),
+        s.median("baseline/hmac_fresh_key"),
+        s.median("baseline/rng32_plus_hmac"),
+    ) else {
+        return;
+    };
+    let floors = [
+        (
+            "floor of verify, wrong code: 1 HMAC + its counters",
+            hmac + wrong as f64 * rule,
+            format!("1 × {} + {wrong} × {}", ns(hmac), ns(rule)),
+            fresh,
+            2.0,
+        ),
+        (
+            "floor of verify, right code: 2 HMACs + RNG + its counters",
+            2.0 * hmac + rng + right as f64 * rule,
+            format!("2 × {} + {} + {right} × {}", ns(hmac), ns(rng), ns(rule)),
+            fresh,
+            2.0,
+        ),
+        (
+            "floor of request: RNG + 2 HMACs + its counters",
+            rng + 2.0 * hmac + request as f64 * rule,
+            format!("{} + 2 × {} + {request} × {}", ns(rng), ns(hmac), ns(rule)),
+            rng_hmac,
+            3.0,
+        ),
+    ];
+    for (target, floor, parts, baseline, limit) in floors {
+        let ratio = floor / baseline;
+        let share = 100.0 * (1.0 - ratio / limit);
+        let left = if share >= 0.0 {
+            format!("leaves {share:.0}% of the allowance")
+        } else {
+            format!("over the allowance by {:.0}%", -share)
+        };
+        rows.push(Row {
+            target: target.to_owned(),
+            measured: format!("{parts} = {} vs {}; {left}", ns(floor), ns(baseline)),
+            ratio: Some(ratio),
+            limit: format!("(target ≤ {limit}x)"),
+            pass: None,
+        });
+    }
+}
+
 fn run_local_limits() -> otp_recovery::limits::Limits {
     use otp_recovery::limits::{LimitScope, Limits, Rule};
     let hour = Duration::from_secs(3600);
@@ -844,6 +964,7 @@ fn main() {
     rules(&mut c, &s);
     threads(&mut c, &s, &keys);
     let ran = stores(&mut c, &s, &trips);
+    let per_op = counters_per_op(&keys);
     c.final_summary();
 
     let mut rows = Vec::new();
@@ -951,6 +1072,7 @@ fn main() {
             pass: None,
         });
     }
+    floors(&s, per_op, &mut rows);
     let trips = trips.into_inner().unwrap();
     for store in ["postgres", "postgres_async_commit", "redis"] {
         for op in ["request", "verify_wrong", "verify_right"] {
