@@ -796,7 +796,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// flow's limit. The failure is returned only when the policy reveals
     /// send failures.
     ///
-    /// `event` makes the caller's events, with the time of its call.
+    /// `event` makes the caller's events; they carry the time of the send,
+    /// read here on both paths.
     async fn send_code(
         &self,
         flow: &FlowRecord,
@@ -805,6 +806,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ctx: &RequestContext,
         event: &impl Fn(EventKind) -> Event,
     ) -> Result<()> {
+        let now = self.clock.now();
+        let event = |kind| Event {
+            at: now,
+            ..event(kind)
+        };
         let Some(phone) = &flow.phone else {
             // A decoy does the work of a send to its made-up destination
             // (the country check, the rendering, a call to a sender, the

@@ -880,3 +880,42 @@ async fn expired_records_are_purged_after_their_retention() {
         Err(Error::NotFound)
     ));
 }
+
+/// A clock that moves on a millisecond at each reading.
+struct Ticking(std::sync::atomic::AtomicU64);
+
+impl otp_recovery::Clock for Ticking {
+    fn now(&self) -> Timestamp {
+        let ms = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Timestamp::from_unix_millis(ms)
+    }
+}
+
+/// `CodeSent` carries the time of the send, read after the flow was
+/// stored, not the time the request began.
+#[tokio::test]
+async fn code_sent_carries_the_time_of_the_send() {
+    let events = otp_recovery::events::RecordingSink::new();
+    let recovery = Recovery::new(
+        MemoryStore::new(),
+        RecordingSender::new(),
+        KeyRing::new(1, key(1)),
+    )
+    .with_events(events.clone())
+    .with_clock(Ticking(std::sync::atomic::AtomicU64::new(T0.as_unix_millis())));
+    recovery
+        .request("alice@example.com", Some(alice()), &RequestContext::none())
+        .await
+        .unwrap();
+    let at = |wanted: fn(&otp_recovery::events::EventKind) -> bool| {
+        events
+            .events()
+            .into_iter()
+            .find(|e| wanted(&e.kind))
+            .map(|e| e.at)
+            .unwrap()
+    };
+    let requested = at(|k| matches!(k, otp_recovery::events::EventKind::Requested { .. }));
+    let sent = at(|k| matches!(k, otp_recovery::events::EventKind::CodeSent));
+    assert!(sent > requested, "{sent:?} after {requested:?}");
+}
