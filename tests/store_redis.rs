@@ -484,3 +484,132 @@ async fn counters_keep_their_expiry_and_replace_foreign_values() {
         .await
         .expect("del");
 }
+
+/// Counters of an earlier build (hashes `{c, e}`, listed in `idx:ctrs`)
+/// read as absent until `migrate` carries them over: an open window keeps
+/// its count, end and expiry; an ended one and a key of another type go;
+/// a second run finds nothing. `purge_expired` gets past a foreign key in
+/// the old index instead of failing on it.
+#[tokio::test]
+async fn migrate_carries_earlier_counters_over() {
+    let Some(url) = server_url(URL_VAR) else { return };
+    let prefix = fresh_prefix();
+    let store = connect(&url, &prefix).await;
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a raw connection");
+    let now = SystemClock.now();
+    let hour = Duration::from_secs(3_600);
+    let end = now.saturating_add(hour).as_unix_millis();
+    let ended = now.as_unix_millis() - 1;
+    let key = |name: &str| format!("{{{prefix}}}:ctr:{name}");
+    let index = format!("{{{prefix}}}:idx:ctrs");
+    // An open window (its key expiring in two hours), an ended one, a list
+    // where a counter should be.
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg(key("open"))
+        .arg("c")
+        .arg(7)
+        .arg("e")
+        .arg(end)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(key("open"))
+        .arg(7_200_000)
+        .ignore()
+        .cmd("HSET")
+        .arg(key("ended"))
+        .arg("c")
+        .arg(3)
+        .arg("e")
+        .arg(ended)
+        .ignore()
+        .cmd("RPUSH")
+        .arg(key("list"))
+        .arg("x")
+        .ignore()
+        .cmd("ZADD")
+        .arg(&index)
+        .arg(end)
+        .arg("open")
+        .arg(ended)
+        .arg("ended")
+        .arg(end)
+        .arg("list")
+        .ignore()
+        .query_async(&mut raw)
+        .await
+        .expect("an earlier build's counters");
+
+    let read = store
+        .increment_counters(&[Counter::read("open", hour)], now)
+        .await
+        .expect("read");
+    assert_eq!(read[0].count, 0, "a hash reads as no window");
+    assert_eq!(store.migrate().await.expect("migrate"), 1);
+    let read = store
+        .increment_counters(&[Counter::read("open", hour)], now)
+        .await
+        .expect("read");
+    assert_eq!(
+        read[0],
+        otp_recovery::store::CounterValue::new(7, Some(now.saturating_add(hour))),
+        "the open window is carried over"
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(key("open"))
+        .query_async(&mut raw)
+        .await
+        .expect("pttl");
+    // Kept as it was (two hours), not set anew from the window's end.
+    assert!(
+        (7_000_000..=7_200_000).contains(&ttl),
+        "its expiry is kept: {ttl} ms"
+    );
+    for gone in ["ended", "list"] {
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(key(gone))
+            .query_async(&mut raw)
+            .await
+            .expect("exists");
+        assert_eq!(exists, 0, "{gone} is deleted");
+    }
+    let left: u64 = redis::cmd("ZCARD")
+        .arg(&index)
+        .query_async(&mut raw)
+        .await
+        .expect("zcard");
+    assert_eq!(left, 0, "the old index is emptied");
+    assert_eq!(store.migrate().await.expect("migrate again"), 0);
+
+    // A set where a counter should be, due in the old index: purge deletes
+    // it and goes on.
+    let _: () = redis::pipe()
+        .cmd("SADD")
+        .arg(key("set"))
+        .arg("x")
+        .ignore()
+        .cmd("ZADD")
+        .arg(&index)
+        .arg(ended)
+        .arg("set")
+        .ignore()
+        .query_async(&mut raw)
+        .await
+        .expect("a foreign key");
+    store.purge_expired(now).await.expect("purge gets past it");
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(key("set"))
+        .query_async(&mut raw)
+        .await
+        .expect("exists");
+    assert_eq!(exists, 0);
+    let _: () = redis::cmd("DEL")
+        .arg(key("open"))
+        .query_async(&mut raw)
+        .await
+        .expect("del");
+}

@@ -64,8 +64,10 @@
 //! is due by the host's `now`; each write to one also drops its members
 //! whose keys Redis has expired (score plus the margin before the server's
 //! clock: one `ZREMRANGEBYSCORE`), so the indexes stay the size of the live
-//! data even if `purge_expired` never runs. (Earlier releases also
-//! indexed counters, in `idx:ctrs`; `purge_expired` still drains it.)
+//! data even if `purge_expired` never runs. (Earlier builds stored
+//! counters as hashes and indexed them in `idx:ctrs`:
+//! [`RedisStore::migrate`] carries them over, and `purge_expired` still
+//! drains that index.)
 //!
 //! # Round trips
 //!
@@ -99,8 +101,10 @@
 //!
 //! Errors never include a record, a key or a server error's text: only the
 //! operation and the kind of failure. Connection, I/O, timeout, cluster and
-//! loading errors are retryable; a key holding something that is not the
-//! store's (wrong type, undecodable bytes) is [`StoreError::Decode`].
+//! loading errors are retryable; a flow or case key holding something that
+//! is not the store's (wrong type, undecodable bytes) is
+//! [`StoreError::Decode`]. A counter key holding anything but a counter
+//! reads as no window, and the next increment replaces it.
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -263,6 +267,40 @@ impl<C> RedisStore<C> {
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> RedisStore<C> {
+    /// Carries the counters that earlier builds stored (as hashes, listed
+    /// in `idx:ctrs`) over to the current form: each open window keeps its
+    /// count, its end and its expiry, and ended ones are deleted, judged by
+    /// the server's clock. Until then the store reads those counters as
+    /// absent (no window), so run it once when upgrading, after stopping
+    /// every instance of an earlier build and before serving; later runs
+    /// find nothing to do. It works in batches of 500, each one script, so
+    /// a large index never blocks the server for long. Returns how many
+    /// windows it carried over.
+    ///
+    /// # Errors
+    /// As any store call: connection errors are retryable. A batch that
+    /// failed can be run again: carrying over is idempotent.
+    pub async fn migrate(&self) -> Result<u64> {
+        let op = "migrate";
+        let mut carried = 0;
+        loop {
+            let mut inv = MIGRATE.prepare_invoke();
+            inv.key(self.index_key("ctrs")).arg(&self.base).arg(500);
+            let reply = self.invoke(op, &inv).await?;
+            let Value::Array(parts) = &reply else {
+                return Err(unexpected(op));
+            };
+            let (Some(done), Some(left)) = (parts.first().and_then(as_u64), parts.get(1).and_then(as_u64))
+            else {
+                return Err(unexpected(op));
+            };
+            carried += done;
+            if left == 0 {
+                return Ok(carried);
+            }
+        }
+    }
+
     async fn invoke(&self, op: &'static str, inv: &ScriptInvocation<'_>) -> Result<Value> {
         let mut conn = self.conn.clone();
         inv.invoke_async::<Value>(&mut conn)
@@ -678,6 +716,32 @@ local function store(key, w)
   redis.call('SET', key, text(w[1], w[2]), 'KEEPTTL')
 end
 
+-- Carries a counter that an earlier build stored as a hash {c, e} (and
+-- indexed in idx:ctrs) over to a string: an open window keeps its count,
+-- its end and its expiry. A counter (either form) whose window has ended,
+-- or a key of another type, is deleted; a string's open window stays as
+-- it is. Returns 1 if it carried a window over.
+local function carry(key, now)
+  local v = redis.pcall('GET', key)
+  if not (type(v) == 'table' and v.err) then
+    if not live(v, now) then redis.call('DEL', key) end
+    return 0
+  end
+  local h = redis.pcall('HMGET', key, 'c', 'e')
+  local w = not h.err and h[1] and h[2] and live(h[1] .. ':' .. h[2], now)
+  if not w then
+    redis.call('DEL', key)
+    return 0
+  end
+  local ttl = redis.call('PTTL', key)
+  if ttl > 0 then
+    redis.call('SET', key, text(w[1], w[2]), 'PX', ttl)
+  else
+    redis.call('SET', key, text(w[1], w[2]), 'PXAT', tonumber(w[2]) + margin)
+  end
+  return 1
+end
+
 -- Counter.apply_all over n counters: keys from KEYS[k], six arguments each
 -- from ARGV[a] (by, end of a window opened now, its expiry, condition, max
 -- or -1, guarded 1 or 0). Returns count, end pairs in one flat array: the
@@ -846,23 +910,30 @@ for _, ref in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('DEL', base .. 'case:' .. ref)
 end
 -- A member's score is the end of the window it was indexed with; the key
--- may have opened a new, unindexed window since (a string now): only an
--- ended one goes. (Those counters were hashes: a hash goes once its `e`
--- has passed.)
+-- may have opened a new, unindexed window since (a string now), which
+-- stays; a hash is carried over or, ended, deleted.
 for _, counter in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  local key = base .. 'ctr:' .. counter
-  local v = redis.pcall('GET', key)
-  if type(v) == 'table' and v.err then
-    local h = redis.call('HMGET', key, 'c', 'e')
-    v = h[1] and h[2] and (h[1] .. ':' .. h[2]) or nil
-  end
-  if not live(v, now) then redis.call('DEL', key) end
+  carry(base .. 'ctr:' .. counter, now)
 end
 for i = 1, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
 return purged
 "#;
 
 /// A script: the margin, the shared helpers, then `body`.
+/// KEYS: the old counter index. ARGV: base, batch size. Carries up to a
+/// batch of the index's counters over to strings, judged by the server's
+/// clock, and drops them from the index; returns {carried over, members
+/// left}.
+const MIGRATE_LUA: &str = r#"
+local now, carried = string.format('%d', server_ms()), 0
+local batch = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+for _, counter in ipairs(batch) do
+  carried = carried + carry(base .. 'ctr:' .. counter, now)
+end
+if #batch > 0 then redis.call('ZREM', KEYS[1], unpack(batch)) end
+return {carried, redis.call('ZCARD', KEYS[1])}
+"#;
+
 fn script(body: &str) -> Script {
     let margin = CLOCK_MARGIN.as_millis();
     Script::new(&format!("local margin = {margin}\n{COMMON_LUA}{body}"))
@@ -875,6 +946,7 @@ static COUNT: LazyLock<Script> = LazyLock::new(|| script(COUNT_LUA));
 static FIND: LazyLock<Script> = LazyLock::new(|| script(FIND_LUA));
 static PUT_CASE: LazyLock<Script> = LazyLock::new(|| script(PUT_CASE_LUA));
 static PURGE: LazyLock<Script> = LazyLock::new(|| script(PURGE_LUA));
+static MIGRATE: LazyLock<Script> = LazyLock::new(|| script(MIGRATE_LUA));
 
 #[cfg(test)]
 mod tests {
