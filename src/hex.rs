@@ -15,23 +15,37 @@ pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
 }
 
 /// Decodes exactly `2 * out.len()` lowercase hex characters into `out`.
+///
+/// By table, without a branch on each character's class: a decoy id is
+/// decoded on every load of its flow, and branches on random digits and
+/// letters mispredict often enough that loading a decoy's flow took
+/// measurably longer than an account's (see `tests/timing.rs`).
 pub(crate) fn decode_into(text: &[u8], out: &mut [u8]) -> Result<(), ()> {
     if text.len() != 2 * out.len() {
         return Err(());
     }
+    let mut bad = 0u8;
     for (pair, byte) in text.chunks_exact(2).zip(out.iter_mut()) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        let (hi, lo) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *byte = (hi << 4) | (lo & 0x0f);
     }
-    Ok(())
+    if bad & INVALID != 0 { Err(()) } else { Ok(()) }
 }
 
-fn nibble(c: u8) -> Result<u8, ()> {
-    match c {
-        b'0'..=b'9' => Ok(c - b'0'),
-        b'a'..=b'f' => Ok(c - b'a' + 10),
-        _ => Err(()),
+/// Marks a byte that is not a lowercase hex digit in [`NIBBLES`].
+const INVALID: u8 = 0x80;
+
+/// Each byte's value as a lowercase hex digit, or [`INVALID`].
+const NIBBLES: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[DIGITS[i] as usize] = i as u8;
+        i += 1;
     }
-}
+    table
+};
 
 #[cfg(test)]
 mod tests {

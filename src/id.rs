@@ -93,10 +93,22 @@ impl AccountId {
     /// holding a control character.
     pub fn new(id: impl Into<String>) -> Result<Self, InputError> {
         let id = id.into();
-        if id.is_empty() || id.len() > Self::MAX_LEN || id.chars().any(char::is_control) {
+        Self::check(&id)?;
+        Ok(AccountId(Arc::from(id)))
+    }
+
+    /// [`AccountId::new`] from a borrowed id, in one allocation (stores
+    /// decode account ids on every load of a flow).
+    pub(crate) fn from_str_checked(id: &str) -> Result<Self, InputError> {
+        Self::check(id)?;
+        Ok(AccountId(Arc::from(id)))
+    }
+
+    fn check(id: &str) -> Result<(), InputError> {
+        if id.is_empty() || id.len() > Self::MAX_LEN || has_control(id) {
             return Err(InputError::MalformedAccountId);
         }
-        Ok(AccountId(Arc::from(id)))
+        Ok(())
     }
 
     /// The id as the host gave it.
@@ -150,6 +162,40 @@ mod tests {
         assert!(AccountId::new("a".repeat(128)).is_ok());
         for bad in [String::new(), "a".repeat(129), "a\nb".into(), "\0".into()] {
             assert_eq!(AccountId::new(bad).unwrap_err(), InputError::MalformedAccountId);
+        }
+    }
+}
+
+/// Whether `s` holds a control character (`char::is_control`: U+0000 to
+/// U+001F and U+007F to U+009F), read off its UTF-8 bytes: the first two
+/// ranges are single bytes, the last is `C2 80` to `C2 9F`. Account ids are
+/// checked on every load of a flow, and decoding each character cost as
+/// much as checking a decoy id (a measurable difference in the time of a
+/// wrong code: `tests/timing.rs`).
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().any(|&c| c < 0x20 || c == 0x7f) || b.windows(2).any(|w| w[0] == 0xc2 && w[1] <= 0x9f)
+}
+
+#[cfg(test)]
+mod control_tests {
+    use super::has_control;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn has_control_is_chars_any_is_control(s in "\\PC*|.*[\u{0}-\u{20}\u{7e}-\u{a0}].*") {
+            prop_assert_eq!(has_control(&s), s.chars().any(char::is_control));
+        }
+    }
+
+    #[test]
+    fn has_control_at_each_edge() {
+        for c in ['\u{0}', '\u{1f}', '\u{7f}', '\u{80}', '\u{9f}'] {
+            assert!(has_control(&format!("a{c}b")), "{c:?}");
+        }
+        for c in [' ', '~', '\u{a0}', '\u{c0}', '\u{100}', '\u{2028}', '€'] {
+            assert!(!has_control(&format!("a{c}b")), "{c:?}");
         }
     }
 }

@@ -181,6 +181,17 @@ impl DecoyId {
         }
     }
 
+    /// From its lowercase hex form, kept as it is (one allocation, as an
+    /// account id's).
+    pub(crate) fn from_hex(hex: &str) -> Option<Self> {
+        let mut bytes = [0u8; 16];
+        crate::hex::decode_into(hex.as_bytes(), &mut bytes).ok()?;
+        Some(DecoyId {
+            bytes,
+            hex: hex.into(),
+        })
+    }
+
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.bytes

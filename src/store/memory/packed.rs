@@ -271,14 +271,11 @@ impl SubjectRef<'_> {
 
     fn to_subject(self) -> Result<Subject, DecodeError> {
         Ok(match self {
-            SubjectRef::Account(id) => {
-                Subject::Account(AccountId::new(id).map_err(|_| DecodeError("invalid account id"))?)
-            }
+            SubjectRef::Account(id) => Subject::Account(
+                AccountId::from_str_checked(id).map_err(|_| DecodeError("invalid account id"))?,
+            ),
             SubjectRef::Unknown(hex) => {
-                let mut bytes = [0u8; 16];
-                crate::hex::decode_into(hex.as_bytes(), &mut bytes)
-                    .map_err(|()| DecodeError("invalid decoy id"))?;
-                Subject::Unknown(DecoyId::from_bytes(bytes))
+                Subject::Unknown(DecoyId::from_hex(hex).ok_or(DecodeError("invalid decoy id"))?)
             }
         })
     }
