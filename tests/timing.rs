@@ -23,7 +23,7 @@
 //! noise over both classes, but a loaded machine amplifies small real
 //! differences (a larger working set suffers more from other processes).
 //!
-//! Two comparisons, in one `#[test]` so that nothing else in this binary
+//! Three comparisons, in one `#[test]` so that nothing else in this binary
 //! runs beside it:
 //! 1. comparing a MAC with an equal one, and with one that differs in its
 //!    first byte (an early-exit comparison would be fastest there);
@@ -38,12 +38,18 @@
 //!    nanoseconds per character, which is the host's data, not the path.
 //!    For the same reason the two identifiers have the same length (they
 //!    are lowercased and MACed).
+//! 3. a wrong code on a known account's flow and on an unknown identifier's
+//!    (each flow fresh, opened outside the clock, so no attempt or lock
+//!    carries over): the flow id an attacker holds must not tell them
+//!    which it is, through the time of a guess.
 //!
 //! Differences this test has found, beyond extra work (which instruction
 //! counts find too: callgrind, one run per path): a path that clones a
 //! shared id more often (a reference count is an atomic operation, about
-//! 5 ns), and one that frees its memory in another order (the allocator's
-//! work depends on it). These two show only in time.
+//! 5 ns), one that frees its memory in another order (the allocator's work
+//! depends on it), and hex decoding that branched on each digit's class
+//! (on random digits the branches mispredict: a decoy's flow loaded about
+//! 50 ns slower than an account's). These show only in time.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -193,15 +199,19 @@ const ROUNDS: usize = 3;
     debug_assertions,
     ignore = "timing is measured in optimized builds: cargo test --release --test timing"
 )]
-fn code_comparison_and_request_paths_show_no_timing_difference() {
+fn code_comparison_request_and_verify_paths_show_no_timing_difference() {
     let mut macs_t = Vec::new();
     let mut requests_t = Vec::new();
+    let mut verifies_t = Vec::new();
     for round in 1..=ROUNDS {
-        let (macs, requests) = measure();
-        eprintln!("round {round}: MAC comparison |t| {macs:.2}, requests |t| {requests:.2}");
+        let (macs, requests, verifies) = measure();
+        eprintln!(
+            "round {round}: MAC comparison |t| {macs:.2}, requests |t| {requests:.2}, verifies |t| {verifies:.2}"
+        );
         macs_t.push(macs);
         requests_t.push(requests);
-        if macs < T_THRESHOLD && requests < T_THRESHOLD {
+        verifies_t.push(verifies);
+        if macs < T_THRESHOLD && requests < T_THRESHOLD && verifies < T_THRESHOLD {
             return;
         }
     }
@@ -213,10 +223,14 @@ fn code_comparison_and_request_paths_show_no_timing_difference() {
         requests_t.iter().any(|t| *t < T_THRESHOLD),
         "a request's time tells a known account from an unknown identifier (|t| = {requests_t:.2?})"
     );
+    assert!(
+        verifies_t.iter().any(|t| *t < T_THRESHOLD),
+        "a wrong code's time tells a known account's flow from an unknown identifier's (|t| = {verifies_t:.2?})"
+    );
 }
 
-/// One round of both comparisons: their largest |t|.
-fn measure() -> (f64, f64) {
+/// One round of the three comparisons: their largest |t|.
+fn measure() -> (f64, f64, f64) {
     // 1. MAC comparison: equal, or different in the first byte.
     let stored = Mac::from_bytes([0x5a; 32]);
     let mut first = [0x5a; 32];
@@ -265,5 +279,32 @@ fn measure() -> (f64, f64) {
         requests.max_t, requests.raw_t, requests.medians[0], requests.medians[1]
     );
 
-    (macs.max_t, requests.max_t)
+    // 3. A wrong code on a known account's flow and on an unknown
+    // identifier's, each flow fresh (opened outside the clock), each
+    // identifier and account id of one length.
+    let mut n = 0u64;
+    let verifies = compare(
+        20_000,
+        |class| {
+            n += 1;
+            let identifier = format!("{n:08}@example.com");
+            let who = (class == 0).then(|| {
+                Account::new(
+                    AccountId::new(format!("{n:032x}")).unwrap(),
+                    PhoneNumber::parse("+14155550123").unwrap(),
+                )
+            });
+            ready(recovery.request(&identifier, who, &ctx)).unwrap().flow_id
+        },
+        |flow| {
+            black_box(ready(recovery.verify(&flow, "000000", &ctx)).is_err());
+        },
+    );
+    let gap = Duration::from_nanos((verifies.medians[0] - verifies.medians[1]).abs() as u64);
+    eprintln!(
+        "verify: max |t| {:.2} (raw {:.2}); medians {:.0} ns (known), {:.0} ns (unknown), gap {gap:?}",
+        verifies.max_t, verifies.raw_t, verifies.medians[0], verifies.medians[1]
+    );
+
+    (macs.max_t, requests.max_t, verifies.max_t)
 }
