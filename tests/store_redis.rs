@@ -40,6 +40,19 @@ async fn connect(url: &str, prefix: &str) -> RedisStore {
         .with_prefix(prefix)
 }
 
+/// A store under a fresh prefix, a raw connection to the same server (for
+/// tests that plant or inspect keys themselves), and the prefix.
+async fn store_and_raw(url: &str) -> (RedisStore, redis::aio::MultiplexedConnection, String) {
+    let prefix = fresh_prefix();
+    let store = connect(url, &prefix).await;
+    let raw = redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a raw connection");
+    (store, raw, prefix)
+}
+
 otp_recovery::code_store_conformance!(optional: async {
     match server_url(URL_VAR) {
         Some(url) => Some(connect(&url, &fresh_prefix()).await),
@@ -350,13 +363,7 @@ async fn recovery_flow(store: &RedisStore) -> FlowId {
 fn draining_the_old_counter_index_keeps_windows_opened_since() {
     conformance::block_on(async {
         let Some(url) = server_url(URL_VAR) else { return };
-        let prefix = fresh_prefix();
-        let store = connect(&url, &prefix).await;
-        let client = redis::Client::open(url.as_str()).expect("url");
-        let mut raw = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("a raw connection");
+        let (store, mut raw, prefix) = store_and_raw(&url).await;
         let now = SystemClock.now();
         let hour = Duration::from_secs(3_600);
         // The earlier release's index entries: `reopened` with the end of
@@ -410,13 +417,7 @@ fn draining_the_old_counter_index_keeps_windows_opened_since() {
 #[tokio::test]
 async fn counters_keep_their_expiry_and_replace_foreign_values() {
     let Some(url) = server_url(URL_VAR) else { return };
-    let prefix = fresh_prefix();
-    let store = connect(&url, &prefix).await;
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("a raw connection");
+    let (store, mut raw, prefix) = store_and_raw(&url).await;
     let now = SystemClock.now();
     let minute = Duration::from_secs(60);
     let end = now.saturating_add(minute).as_unix_millis();
@@ -493,13 +494,7 @@ async fn counters_keep_their_expiry_and_replace_foreign_values() {
 #[tokio::test]
 async fn migrate_carries_earlier_counters_over() {
     let Some(url) = server_url(URL_VAR) else { return };
-    let prefix = fresh_prefix();
-    let store = connect(&url, &prefix).await;
-    let client = redis::Client::open(url.as_str()).expect("url");
-    let mut raw = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("a raw connection");
+    let (store, mut raw, prefix) = store_and_raw(&url).await;
     let now = SystemClock.now();
     let hour = Duration::from_secs(3_600);
     let end = now.saturating_add(hour).as_unix_millis();
