@@ -718,17 +718,24 @@ end
 
 -- Carries a counter that an earlier build stored as a hash {c, e} (and
 -- indexed in idx:ctrs) over to a string: an open window keeps its count,
--- its end and its expiry. A counter (either form) whose window has ended,
--- or a key of another type, is deleted; a string's open window stays as
--- it is. Returns 1 if it carried a window over.
-local function carry(key, now)
+-- its end and its expiry. A hash whose window has ended (or whose end is
+-- not a plain decimal), and a key of another type, are deleted. A string
+-- (carried over already, or opened since) keeps an open window; with
+-- `strings_too` (the purge, judged by the host's `now`) one whose window
+-- has ended is deleted, without it (migrate, judged by the server's clock,
+-- which may run ahead of the hosts') it is left to its own expiry.
+-- Returns 1 if it carried a window over.
+local function carry(key, now, strings_too)
   local v = redis.pcall('GET', key)
   if not (type(v) == 'table' and v.err) then
-    if not live(v, now) then redis.call('DEL', key) end
+    if strings_too and not live(v, now) then redis.call('DEL', key) end
     return 0
   end
   local h = redis.pcall('HMGET', key, 'c', 'e')
-  local w = not h.err and h[1] and h[2] and live(h[1] .. ':' .. h[2], now)
+  -- An end that is not a plain decimal of at most 15 digits is foreign.
+  local e = not h.err and h[2]
+  local sane = e and string.match(e, '^[1-9]%d*$') and #e <= 15
+  local w = sane and h[1] and live(h[1] .. ':' .. e, now)
   if not w then
     redis.call('DEL', key)
     return 0
@@ -913,13 +920,12 @@ end
 -- may have opened a new, unindexed window since (a string now), which
 -- stays; a hash is carried over or, ended, deleted.
 for _, counter in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  carry(base .. 'ctr:' .. counter, now)
+  carry(base .. 'ctr:' .. counter, now, true)
 end
 for i = 1, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
 return purged
 "#;
 
-/// A script: the margin, the shared helpers, then `body`.
 /// KEYS: the old counter index. ARGV: base, batch size. Carries up to a
 /// batch of the index's counters over to strings, judged by the server's
 /// clock, and drops them from the index; returns {carried over, members
@@ -928,12 +934,13 @@ const MIGRATE_LUA: &str = r#"
 local now, carried = string.format('%d', server_ms()), 0
 local batch = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 for _, counter in ipairs(batch) do
-  carried = carried + carry(base .. 'ctr:' .. counter, now)
+  carried = carried + carry(base .. 'ctr:' .. counter, now, false)
 end
 if #batch > 0 then redis.call('ZREM', KEYS[1], unpack(batch)) end
 return {carried, redis.call('ZCARD', KEYS[1])}
 "#;
 
+/// A script: the margin, the shared helpers, then `body`.
 fn script(body: &str) -> Script {
     let margin = CLOCK_MARGIN.as_millis();
     Script::new(&format!("local margin = {margin}\n{COMMON_LUA}{body}"))
