@@ -86,20 +86,29 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // Sends count for pumping only when the call is admitted.
         let sent = Role::Measure { guarded: true };
         let read = Role::Measure { guarded: false };
+        let [cc_verified, nb_verified] = self.verified_counters(cc_text, &p_block, 0);
         let indexes = [
             plan.push(
                 Counter::new(key(&["det:sends:cc:", cc_text]), window, 1),
                 sent.clone(),
             ),
-            plan.push(
-                Counter::read(key(&["det:verified:cc:", cc_text]), window),
-                read.clone(),
-            ),
+            plan.push(cc_verified, read.clone()),
             plan.push(Counter::new(key(&["det:sends:nb:", &p_block]), window, 1), sent),
-            plan.push(Counter::read(key(&["det:verified:nb:", &p_block]), window), read),
+            plan.push(nb_verified, read),
         ];
         detection.pumping = Some((cc, p_block, indexes));
         detection
+    }
+
+    /// The pumping detector's counts of verified codes into a country code
+    /// and into a number block (its pseudonym): a verified code adds to
+    /// them (`by` 1), a send's plan reads them (`by` 0).
+    pub(crate) fn verified_counters(&self, cc: &str, p_block: &str, by: u32) -> [Counter; 2] {
+        let window = self.limits.detectors().window;
+        [
+            Counter::new(key(&["det:verified:cc:", cc]), window, by),
+            Counter::new(key(&["det:verified:nb:", p_block]), window, by),
+        ]
     }
 
     /// How many counters a send's plan holds: the two locks, three blocks,

@@ -37,7 +37,7 @@ use crate::store::{CodeStore, Counter, CounterValue};
 /// is reached only under pathological contention.
 pub(crate) const MAX_CAS_ROUNDS: usize = 64;
 /// The window in which repeated lockouts of one account are counted.
-pub(crate) const LOCKOUT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+const LOCKOUT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
 /// An account as the host resolved it: its id and verified phone number.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -548,14 +548,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     .phone
                     .iter()
                     .flat_map(|phone| {
-                        let window = self.limits.detectors().window;
                         let block = self.keys.pseudonym(&limits::number_block(phone));
                         let mut cc = itoa::Buffer::new();
-                        let cc = cc.format(phone.country_code());
-                        [
-                            Counter::new(key(&["det:verified:cc:", cc]), window, 1),
-                            Counter::new(key(&["det:verified:nb:", &block]), window, 1),
-                        ]
+                        self.verified_counters(cc.format(phone.country_code()), &block, 1)
                     })
                     .collect();
                 let stored = self
