@@ -125,6 +125,21 @@ impl Default for SubjectShard {
     }
 }
 
+impl CounterShard {
+    /// Drops the counters whose window ended by `now`, once the table has
+    /// grown enough (or always, with `force`): the counters' twin of
+    /// [`MemoryStore::sweep_flows`].
+    fn sweep_ended(&mut self, force: bool, now: Timestamp) {
+        sweep(
+            &mut self.table,
+            &mut self.sweep_at,
+            force,
+            |e| e.value.resets_at.is_none_or(|end| end <= now),
+            |e| e.hash,
+        );
+    }
+}
+
 impl Default for CounterShard {
     fn default() -> Self {
         CounterShard {
@@ -325,14 +340,7 @@ impl MemoryStore {
         let value = c.apply(None, now);
         if value.resets_at.is_some() {
             // Only an increment opens a window: reads store nothing.
-            let shard = &mut *shard;
-            sweep(
-                &mut shard.table,
-                &mut shard.sweep_at,
-                false,
-                |e| e.value.resets_at.is_none_or(|end| end <= now),
-                |e| e.hash,
-            );
+            shard.sweep_ended(false, now);
             shard.table.insert_unique(
                 hash,
                 CounterEntry {
@@ -530,15 +538,7 @@ impl CodeStore for MemoryStore {
             self.forget_open(swept);
         }
         for shard in self.counters.iter() {
-            let mut guard = lock(shard);
-            let shard = &mut *guard;
-            sweep(
-                &mut shard.table,
-                &mut shard.sweep_at,
-                true,
-                |e| e.value.resets_at.is_none_or(|end| end <= now),
-                |e| e.hash,
-            );
+            lock(shard).sweep_ended(true, now);
         }
         lock(&self.cases).retain(|_, case| case.purge_after > now);
         Ok(purged)
