@@ -12,9 +12,9 @@
 //! expired before). Counters are left to their native TTL: a counter whose
 //! window has ended reads as no window at all, so deleting it sooner would
 //! change nothing but memory, and indexing every counter for the purge cost
-//! more commands than the rest of a call's counting. The connection is a [`ConnectionManager`], which reconnects by
-//! itself after a lost connection (the call that saw the loss fails with a
-//! retryable error).
+//! more commands than the rest of a call's counting. The connection is a
+//! [`ConnectionManager`], which reconnects by itself after a lost
+//! connection (the call that saw the loss fails with a retryable error).
 //!
 //! ```no_run
 //! use otp_recovery::sms::ConsoleSender;
@@ -60,8 +60,9 @@
 //! over the copies inside `d`, and [`get_flow`](CodeStore::get_flow) applies
 //! them to the decoded record. `p` lets a swap that leaves `purge_after` as
 //! it was skip the expiry and the index (a flow stored without `p` by an
-//! earlier release takes the full path on its first swap). The sorted sets let `purge_expired` find what
-//! is due by the host's `now`; each write to one also drops its members
+//! earlier build takes the full path on its first swap). The sorted sets
+//! let `purge_expired` find what is due by the host's `now`; each write to
+//! one also drops its members
 //! whose keys Redis has expired (score plus the margin before the server's
 //! clock: one `ZREMRANGEBYSCORE`), so the indexes stay the size of the live
 //! data even if `purge_expired` never runs. (Earlier builds stored
@@ -697,11 +698,12 @@ end
 
 -- A counter's stored string 'count:window end' (ms) as {count, end}, if
 -- its window is open at `now`; nil otherwise (no key, an ended window, or
--- a value of another form).
+-- a value of another form: each part a plain decimal of at most 15
+-- digits, so that it is exact as a Lua number and compares by `lt`).
 local function live(v, now)
   if type(v) ~= 'string' then return nil end
-  local c, e = string.match(v, '^(%d+):(%d+)$')
-  if c and lt(now, e) then return {tonumber(c), e} end
+  local c, e = string.match(v, '^(%d+):([1-9]%d*)$')
+  if c and #c <= 15 and #e <= 15 and lt(now, e) then return {tonumber(c), e} end
   return nil
 end
 
@@ -718,8 +720,9 @@ end
 
 -- Carries a counter that an earlier build stored as a hash {c, e} (and
 -- indexed in idx:ctrs) over to a string: an open window keeps its count,
--- its end and its expiry. A hash whose window has ended (or whose end is
--- not a plain decimal), and a key of another type, are deleted. A string
+-- its end and its expiry. A hash that `live` does not read as open (an
+-- ended window, or parts that are not plain decimals), and a key of
+-- another type, are deleted. A string
 -- (carried over already, or opened since) keeps an open window; with
 -- `strings_too` (the purge, judged by the host's `now`) one whose window
 -- has ended is deleted, without it (migrate, judged by the server's clock,
@@ -732,10 +735,7 @@ local function carry(key, now, strings_too)
     return 0
   end
   local h = redis.pcall('HMGET', key, 'c', 'e')
-  -- An end that is not a plain decimal of at most 15 digits is foreign.
-  local e = not h.err and h[2]
-  local sane = e and string.match(e, '^[1-9]%d*$') and #e <= 15
-  local w = sane and h[1] and live(h[1] .. ':' .. e, now)
+  local w = not h.err and h[1] and h[2] and live(h[1] .. ':' .. h[2], now)
   if not w then
     redis.call('DEL', key)
     return 0
