@@ -136,9 +136,21 @@ impl fmt::Debug for AccountId {
     }
 }
 
+/// Whether `s` holds a control character (`char::is_control`: U+0000 to
+/// U+001F and U+007F to U+009F), read off its UTF-8 bytes: the first two
+/// ranges are single bytes, the last is `C2 80` to `C2 9F`. Account ids are
+/// checked on every load of a flow, and decoding each character cost as
+/// much as checking a decoy id (a measurable difference in the time of a
+/// wrong code: `tests/timing.rs`).
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().any(|&c| c < 0x20 || c == 0x7f) || b.windows(2).any(|w| w[0] == 0xc2 && w[1] <= 0x9f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn flow_id_round_trips_and_rejects_garbage() {
@@ -164,23 +176,6 @@ mod tests {
             assert_eq!(AccountId::new(bad).unwrap_err(), InputError::MalformedAccountId);
         }
     }
-}
-
-/// Whether `s` holds a control character (`char::is_control`: U+0000 to
-/// U+001F and U+007F to U+009F), read off its UTF-8 bytes: the first two
-/// ranges are single bytes, the last is `C2 80` to `C2 9F`. Account ids are
-/// checked on every load of a flow, and decoding each character cost as
-/// much as checking a decoy id (a measurable difference in the time of a
-/// wrong code: `tests/timing.rs`).
-fn has_control(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.iter().any(|&c| c < 0x20 || c == 0x7f) || b.windows(2).any(|w| w[0] == 0xc2 && w[1] <= 0x9f)
-}
-
-#[cfg(test)]
-mod control_tests {
-    use super::has_control;
-    use proptest::prelude::*;
 
     proptest! {
         #[test]
