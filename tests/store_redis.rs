@@ -53,6 +53,19 @@ async fn store_and_raw(url: &str) -> (RedisStore, redis::aio::MultiplexedConnect
     (store, raw, prefix)
 }
 
+/// One raw command on one key, for tests that inspect keys themselves.
+async fn ask<T: redis::FromRedisValue>(
+    raw: &mut redis::aio::MultiplexedConnection,
+    command: &str,
+    key: &str,
+) -> T {
+    redis::cmd(command)
+        .arg(key)
+        .query_async(raw)
+        .await
+        .unwrap_or_else(|e| panic!("{command}: {e}"))
+}
+
 otp_recovery::code_store_conformance!(optional: async {
     match server_url(URL_VAR) {
         Some(url) => Some(connect(&url, &fresh_prefix()).await),
@@ -395,17 +408,9 @@ fn draining_the_old_counter_index_keeps_windows_opened_since() {
             .await
             .expect("read");
         assert_eq!(read[0].count, 1, "a live window was deleted by the drain");
-        let exists: u64 = redis::cmd("EXISTS")
-            .arg(format!("{{{prefix}}}:ctr:{ended}"))
-            .query_async(&mut raw)
-            .await
-            .expect("exists");
+        let exists: u64 = ask(&mut raw, "EXISTS", &format!("{{{prefix}}}:ctr:{ended}")).await;
         assert_eq!(exists, 0, "an ended window stays after the drain");
-        let left: u64 = redis::cmd("ZCARD")
-            .arg(format!("{{{prefix}}}:idx:ctrs"))
-            .query_async(&mut raw)
-            .await
-            .expect("zcard");
+        let left: u64 = ask(&mut raw, "ZCARD", &format!("{{{prefix}}}:idx:ctrs")).await;
         assert_eq!(left, 0, "the old index is drained");
     });
 }
@@ -427,11 +432,7 @@ async fn counters_keep_their_expiry_and_replace_foreign_values() {
         .increment_counters(&[Counter::new("c", minute, 1)], now)
         .await
         .expect("count");
-    let opened: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut raw)
-        .await
-        .expect("pttl");
+    let opened: i64 = ask(&mut raw, "PTTL", &key).await;
     // The window's minute and the margin's, less the time since `now`.
     assert!(
         (60_000..=120_000).contains(&opened),
@@ -441,20 +442,12 @@ async fn counters_keep_their_expiry_and_replace_foreign_values() {
         .increment_counters(&[Counter::new("c", minute, 2)], now)
         .await
         .expect("count");
-    let kept: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut raw)
-        .await
-        .expect("pttl");
+    let kept: i64 = ask(&mut raw, "PTTL", &key).await;
     assert!(
         kept > 0 && kept <= opened,
         "an increment keeps the expiry: {kept} ms"
     );
-    let value: String = redis::cmd("GET")
-        .arg(&key)
-        .query_async(&mut raw)
-        .await
-        .expect("get");
+    let value: String = ask(&mut raw, "GET", &key).await;
     assert_eq!(value, format!("3:{end}"));
 
     let old = format!("{{{prefix}}}:ctr:h");
@@ -472,11 +465,7 @@ async fn counters_keep_their_expiry_and_replace_foreign_values() {
         .await
         .expect("a foreign value is replaced, not an error");
     assert_eq!(counted[0].count, 1, "a new window");
-    let kind: String = redis::cmd("TYPE")
-        .arg(&old)
-        .query_async(&mut raw)
-        .await
-        .expect("type");
+    let kind: String = ask(&mut raw, "TYPE", &old).await;
     assert_eq!(kind, "string");
     let _: () = redis::cmd("DEL")
         .arg(&key)
@@ -576,11 +565,7 @@ async fn migrate_carries_earlier_counters_over() {
         otp_recovery::store::CounterValue::new(7, Some(now.saturating_add(hour))),
         "the open window is carried over"
     );
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(key("open"))
-        .query_async(&mut raw)
-        .await
-        .expect("pttl");
+    let ttl: i64 = ask(&mut raw, "PTTL", &key("open")).await;
     // Kept as it was (two hours), not set anew from the window's end.
     assert!(
         (7_000_000..=7_200_000).contains(&ttl),
@@ -588,25 +573,13 @@ async fn migrate_carries_earlier_counters_over() {
     );
     // Migrate leaves a string counter to its own expiry (the server's clock
     // may run ahead of the hosts').
-    let exists: u64 = redis::cmd("EXISTS")
-        .arg(key("string"))
-        .query_async(&mut raw)
-        .await
-        .expect("exists");
+    let exists: u64 = ask(&mut raw, "EXISTS", &key("string")).await;
     assert_eq!(exists, 1, "a string counter is left to its expiry");
     for gone in ["ended", "list", "garbled"] {
-        let exists: u64 = redis::cmd("EXISTS")
-            .arg(key(gone))
-            .query_async(&mut raw)
-            .await
-            .expect("exists");
+        let exists: u64 = ask(&mut raw, "EXISTS", &key(gone)).await;
         assert_eq!(exists, 0, "{gone} is deleted");
     }
-    let left: u64 = redis::cmd("ZCARD")
-        .arg(&index)
-        .query_async(&mut raw)
-        .await
-        .expect("zcard");
+    let left: u64 = ask(&mut raw, "ZCARD", &index).await;
     assert_eq!(left, 0, "the old index is emptied");
     assert_eq!(store.migrate().await.expect("migrate again"), 0);
 
@@ -626,11 +599,7 @@ async fn migrate_carries_earlier_counters_over() {
         .await
         .expect("a foreign key");
     store.purge_expired(now).await.expect("purge gets past it");
-    let exists: u64 = redis::cmd("EXISTS")
-        .arg(key("set"))
-        .query_async(&mut raw)
-        .await
-        .expect("exists");
+    let exists: u64 = ask(&mut raw, "EXISTS", &key("set")).await;
     assert_eq!(exists, 0);
     let _: () = redis::cmd("DEL")
         .arg(key("open"))
