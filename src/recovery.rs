@@ -326,15 +326,18 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// counts the send against every limit and detector; a second creates
     /// the flow.
     ///
-    /// Both paths do the same work in the crate, a code message rendered
-    /// and handed to a sender included (a decoy's to one that sends
-    /// nothing), so their times match to within a fraction of a percent
-    /// (`tests/timing.rs`). That parity covers the crate's own work only:
-    /// a real gateway takes tens to hundreds of milliseconds, and only
-    /// known accounts reach it. Make [`SmsSender::send`] return at once
-    /// (hand the message to a queue or a background task) or answer the
-    /// user before the send completes; otherwise the response time alone
-    /// tells a known account from an unknown one.
+    /// Both paths run the same code in the crate, the send's included: a
+    /// decoy's code message is rendered and handed, through the same
+    /// calls, to a sender that sends nothing, and its send's event to a
+    /// sink that records nothing. So their times match to within a
+    /// fraction of a percent (`tests/timing.rs`). That parity covers the
+    /// crate's own work only: a real gateway takes tens to hundreds of
+    /// milliseconds, and only known accounts reach it (and the host's
+    /// [`EventSink`] sees only real sends). Make [`SmsSender::send`] and
+    /// [`EventSink::emit`] return at once (hand the message or the event to
+    /// a queue or a background task) or answer the user before the send
+    /// completes; otherwise the response time alone tells a known account
+    /// from an unknown one.
     ///
     /// # Errors
     /// [`Error::Locked`] (with its end and support reference) when the
@@ -431,15 +434,34 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     pub async fn resend(&self, flow_id: &FlowId, ctx: &RequestContext) -> Result<Requested> {
         let now = self.clock.now();
         let flow = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
-        let destination = self.destination(&flow);
-        let event = |kind| flow_event(now, kind, &flow, ctx);
+        // As in `request`: both paths make up a destination and borrow the
+        // one they use, and one mask serves the answer and, for a real
+        // phone only, the events.
+        let made_up = self.decoy_phone(&flow.code_mac);
+        let destination = flow.phone.as_ref().unwrap_or(&made_up);
+        // A real flow's record decoded its phone (text, then number), which
+        // lives as long as the record; a decoy's reads its made-up one the
+        // same way, and keeps it as long.
+        let _decoded = flow.phone.is_none().then(|| {
+            let text = std::str::from_utf8(std::hint::black_box(made_up.as_str().as_bytes()));
+            std::hint::black_box(text.map(PhoneNumber::parse))
+        });
+        let masked = destination.masked();
+        let real_phone = flow.phone.as_ref().map(|_| masked);
+        let event = |kind| {
+            Event::new(now, kind)
+                .flow(flow.id)
+                .account(flow.subject.owned_account())
+                .phone(real_phone)
+                .ip(ctx.client_ip)
+        };
         // Refuse early (cooldown, state) before counting a send that will
         // not happen; the compare-and-swap below decides again.
         machine::resend_gate(&flow, &self.policy, now)?;
         let mut plan = Plan::with_capacity(self.send_plan_len());
         let who = self.subject_pseudonym(&flow.subject);
         let locks = self.plan_locks(&mut plan, &who);
-        let detection = self.plan_send(&mut plan, &who, &destination, ctx);
+        let detection = self.plan_send(&mut plan, &who, destination, ctx);
         let values = self.store.increment_counters(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &flow.subject, locks, &event)?;
@@ -447,14 +469,16 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let code = Code::generate(self.policy.code_digits())?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(flow_id, &code);
+        // The first round decides on the record read above (one read, not
+        // two); a lost race reads it again.
         let resent = self
-            .update(flow_id, |flow, now| {
+            .update_from(Some(&flow), flow_id, |flow, now| {
                 // A decoy keeps its decoy MAC, which no code can match.
                 let mac = if flow.is_decoy() { flow.code_mac } else { code_mac };
                 machine::resend(flow, &self.policy, now, key_id, mac)
             })
             .await;
-        let flow = match resent {
+        let sent = match resent {
             Ok(flow) => flow,
             Err(e) => {
                 // A store failure may hide an applied write: void the new
@@ -471,8 +495,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             }
         };
         self.emit(event(EventKind::Resent));
-        self.send_code(&flow, &code, &destination, ctx, &event).await?;
-        Ok(self.requested(&flow, destination.masked()))
+        self.send_code(&sent, &code, destination, ctx, &event).await?;
+        Ok(self.requested(&sent, masked))
     }
 
     /// Checks a code the user typed, on a flow that needs no second factor:
@@ -639,17 +663,18 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         };
         let flow = flow.ok_or(Error::NotFound)?;
         if flow.phone.is_none() {
-            // A real flow's phone is decoded on every load (by any store),
-            // masked for its events and shared by the next record (a
-            // reference count, an atomic operation); a decoy's flow has
-            // none, and does the same with a made-up one, so that a wrong
-            // code costs the same on both (`tests/timing.rs` compares
-            // them). It masks twice: a real flow's longer record costs
-            // about that much more to load (some 10 ns, measured; the
-            // reference counts were counted equal, 13 atomic operations
-            // per wrong code on each).
-            let made_up = self.decoy_phone(&flow.code_mac);
-            std::hint::black_box((made_up.masked(), made_up.masked(), made_up.clone()));
+            // A real flow's phone is decoded on every load (by any store:
+            // text, then number), masked for its events and shared by the
+            // next record (a reference count, an atomic operation); a
+            // decoy's flow has none, and does the same with the text of a
+            // made-up one, so that a wrong code costs the same on both
+            // (`tests/timing.rs` compares them).
+            let mut text = [0u8; 16];
+            let text = self.decoy_phone_text(&flow.code_mac, &mut text);
+            let decoded = std::str::from_utf8(std::hint::black_box(text.as_bytes())).map(PhoneNumber::parse);
+            if let Ok(Ok(phone)) = std::hint::black_box(decoded) {
+                std::hint::black_box((phone.masked(), phone.clone()));
+            }
         }
         if round == 0
             && let Some(refusal) = checks.refusal(&values, now)
@@ -786,10 +811,28 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         flow_id: &FlowId,
         decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord>,
     ) -> Result<FlowRecord> {
+        self.update_from(None, flow_id, decide).await
+    }
+
+    /// [`Recovery::update`], whose first round decides on `read`, a record
+    /// of the flow the caller has just read, when it has one.
+    async fn update_from(
+        &self,
+        mut read: Option<&FlowRecord>,
+        flow_id: &FlowId,
+        decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord>,
+    ) -> Result<FlowRecord> {
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
-            let flow = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
-            let next = decide(&flow, now)?;
+            let loaded;
+            let flow = match read.take() {
+                Some(flow) => flow,
+                None => {
+                    loaded = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
+                    &loaded
+                }
+            };
+            let next = decide(flow, now)?;
             if self.store.compare_and_swap(flow.version, &next).await? {
                 return Ok(next);
             }
@@ -797,7 +840,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         Err(Error::Busy)
     }
 
-    /// Sends the code stored in `flow` (a no-op for decoys). If the send
+    /// Sends the code stored in `flow` to `destination` (its phone; for a
+    /// decoy, its made-up one, through a sender that sends nothing). If the send
     /// fails, or the destination country is not allowed, the code is voided
     /// at once (its MAC replaced by one nothing matches) so that no code the
     /// user never received stays valid; the send still counts toward the
@@ -819,43 +863,41 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             at: now,
             ..event(kind)
         };
-        let Some(phone) = &flow.phone else {
-            // A decoy does the work of a send to its made-up destination
-            // (the country check, the rendering, a call to a sender, the
-            // event), so both paths do the same work; the sender it calls
-            // sends nothing, and the event goes nowhere.
-            let allowed = self.limits.country_allowed(destination.country_code());
-            let body = self
-                .messages
-                .code_message(code, self.policy.code_ttl(), &flow.id, ctx.locale);
-            let message = SmsMessage::new(destination.clone(), body, MessageKind::Code);
-            let sent = Nowhere.send(&message).await;
-            let _ = std::hint::black_box((allowed, sent, event(EventKind::CodeSent)));
-            return Ok(());
+        // A decoy runs this very code, with a sender that sends nothing and
+        // a sink that records nothing in place of the host's, so that both
+        // paths do the same work in the same instructions.
+        let real = flow.phone.is_some();
+        let (sender, events): (&dyn SmsSender, &dyn EventSink) = match real {
+            true => (&self.sender, &*self.events),
+            false => (&Nowhere, &Nowhere),
         };
-        let country_code = phone.country_code();
+        let country_code = destination.country_code();
         let error = if self.limits.country_allowed(country_code) {
             let body = self
                 .messages
                 .code_message(code, self.policy.code_ttl(), &flow.id, ctx.locale);
-            let message = SmsMessage::new(phone.clone(), body, MessageKind::Code);
-            match self.sender.send(&message).await {
+            let message = SmsMessage::new(destination.clone(), body, MessageKind::Code);
+            match sender.send(&message).await {
                 Ok(_) => {
-                    self.emit(event(EventKind::CodeSent));
+                    events.emit(&event(EventKind::CodeSent));
                     return Ok(());
                 }
                 Err(error) => {
-                    self.emit(event(EventKind::SendFailed { kind: error.kind() }));
+                    events.emit(&event(EventKind::SendFailed { kind: error.kind() }));
                     error
                 }
             }
         } else {
-            self.emit(event(EventKind::DestinationRefused { country_code }));
+            events.emit(&event(EventKind::DestinationRefused { country_code }));
             SendError::new(
                 SendErrorKind::Rejected,
                 format!("destination +{country_code} is not allowed"),
             )
         };
+        if !real {
+            // A decoy's code was never valid: nothing to void.
+            return Ok(());
+        }
         // If the undo fails too (store down), the code nobody received
         // expires with its TTL.
         let _ = self.void_unsent(flow).await;
@@ -924,28 +966,25 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// in [`Limits::decoy_country_code`], its digits from the decoy MAC. It
     /// is never sent to; it is counted and masked like a real one.
     fn decoy_phone(&self, decoy: &Mac) -> PhoneNumber {
-        let b = decoy.as_bytes();
-        let mut number = String::with_capacity(16);
-        number.push('+');
-        number.push_str(itoa::Buffer::new().format(self.limits.decoy_country_code()));
-        number.push(char::from(b'2' + b[16] % 8));
-        for byte in &b[17..26] {
-            number.push(char::from(b'0' + byte % 10));
-        }
-        PhoneNumber::parse(&number).expect("a made-up number is valid E.164")
+        let mut text = [0u8; 16];
+        let text = self.decoy_phone_text(decoy, &mut text);
+        PhoneNumber::parse(text).expect("a made-up number is valid E.164")
     }
 
-    /// Where a flow's codes go, made up for a decoy (and made up, unused,
-    /// for a real flow too, so that both cost the same).
-    fn destination(&self, flow: &FlowRecord) -> PhoneNumber {
-        let made_up = self.decoy_phone(&flow.code_mac);
-        match &flow.phone {
-            Some(phone) => {
-                std::hint::black_box(made_up);
-                phone.clone()
-            }
-            None => made_up,
+    /// The text of [`Recovery::decoy_phone`], written into `buf` (at most
+    /// 14 bytes: `+`, a code of up to 3 digits, 10 more).
+    fn decoy_phone_text<'b>(&self, decoy: &Mac, buf: &'b mut [u8; 16]) -> &'b str {
+        let b = decoy.as_bytes();
+        let mut digits = itoa::Buffer::new();
+        let country = digits.format(self.limits.decoy_country_code()).as_bytes();
+        let code = country.len();
+        buf[0] = b'+';
+        buf[1..=code].copy_from_slice(country);
+        buf[code + 1] = b'2' + b[16] % 8;
+        for (out, byte) in buf[code + 2..code + 11].iter_mut().zip(&b[17..26]) {
+            *out = b'0' + byte % 10;
         }
+        std::str::from_utf8(&buf[..code + 11]).unwrap_or_default()
     }
 
     fn requested(&self, flow: &FlowRecord, masked_phone: MaskedPhone) -> Requested {
@@ -959,9 +998,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 }
 
-/// The sender of a decoy's code: it sends nothing, at the cost of a call
-/// to a sender.
+/// The sender of a decoy's code and the sink of its events: it sends and
+/// records nothing, at the cost of a call to a sender or a sink.
 struct Nowhere;
+
+impl EventSink for Nowhere {
+    fn emit(&self, event: &Event) {
+        std::hint::black_box(event);
+    }
+}
 
 #[async_trait::async_trait]
 impl SmsSender for Nowhere {

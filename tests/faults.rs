@@ -494,8 +494,8 @@ fn a_code_write_whose_answer_was_lost_leaves_no_unsent_code_valid() {
         );
         run.check_invariants("lost creation").await;
 
-        // A resend: load (1), counters (2), load (3), then the swap (4)
-        // applies but its answer is lost.
+        // A resend: load (1), counters (2), then the swap (3) applies but
+        // its answer is lost.
         let run = Run::new(false);
         let flow = run
             .recovery
@@ -504,7 +504,7 @@ fn a_code_write_whose_answer_was_lost_leaves_no_unsent_code_valid() {
             .unwrap()
             .flow_id;
         run.clock.advance(Duration::from_secs(30));
-        run.store.fail_nth(4, StoreFault::LostAnswer);
+        run.store.fail_nth(3, StoreFault::LostAnswer);
         let e = run.recovery.resend(&flow, &ctx).await.unwrap_err();
         assert!(matches!(e, Error::Store(_)), "{e:?}");
         let stored = run.store.inner().get_flow(&flow).await.unwrap().unwrap();

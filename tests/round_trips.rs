@@ -71,5 +71,5 @@ async fn request_and_verify_take_two_round_trips_each_with_every_limit_on() {
     store.take();
     clock.advance(Duration::from_secs(30));
     recovery.resend(&requested.flow_id, &ctx).await.unwrap();
-    assert_eq!(store.take(), 4, "resend: load with blocks, counters, load, swap");
+    assert_eq!(store.take(), 3, "resend: load, counters, swap");
 }
