@@ -333,7 +333,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// fraction of a percent (`tests/timing.rs`). That parity covers the
     /// crate's own work only: a real gateway takes tens to hundreds of
     /// milliseconds, and only known accounts reach it (and the host's
-    /// [`EventSink`] sees only real sends). Make [`SmsSender::send`] and
+    /// [`EventSink`] sees the send events of real sends only). Make [`SmsSender::send`] and
     /// [`EventSink::emit`] return at once (hand the message or the event to
     /// a queue or a background task) or answer the user before the send
     /// completes; otherwise the response time alone tells a known account
@@ -895,8 +895,13 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             )
         };
         if !real {
-            // A decoy's code was never valid: nothing to void.
-            return Ok(());
+            // A decoy's code was never valid: nothing to void. It answers
+            // as a real flow would whose destination were its made-up one
+            // (refused, when the limits refuse its country).
+            return match self.policy.reveal_send_failures() {
+                true => Err(Error::Send(error)),
+                false => Ok(()),
+            };
         }
         // If the undo fails too (store down), the code nobody received
         // expires with its TTL.

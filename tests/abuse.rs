@@ -283,6 +283,18 @@ async fn denied_countries_get_no_sms_and_the_same_answer() {
         matches!(&err, Error::Send(e) if e.kind() == SendErrorKind::Rejected),
         "{err:?}"
     );
+    // An unknown identifier's made-up destination is in +1 as well (the
+    // default decoy country, which the deny list does not move): it
+    // answers as a known account's would, though nothing is sent either way.
+    let err = strict
+        .recovery
+        .request("nobody@example.com", None, &none())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Send(e) if e.kind() == SendErrorKind::Rejected),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
