@@ -333,11 +333,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// fraction of a percent (`tests/timing.rs`). That parity covers the
     /// crate's own work only: a real gateway takes tens to hundreds of
     /// milliseconds, and only known accounts reach it (and the host's
-    /// [`EventSink`] sees the send events of real sends only). Make [`SmsSender::send`] and
-    /// [`EventSink::emit`] return at once (hand the message or the event to
-    /// a queue or a background task) or answer the user before the send
-    /// completes; otherwise the response time alone tells a known account
-    /// from an unknown one.
+    /// [`EventSink`] sees the send events of real sends only). Make
+    /// [`SmsSender::send`] and [`EventSink::emit`] return at once (hand the
+    /// message or the event to a queue or a background task) or answer the
+    /// user before the send completes; otherwise the response time alone
+    /// tells a known account from an unknown one.
     ///
     /// # Errors
     /// [`Error::Locked`] (with its end and support reference) when the
@@ -448,13 +448,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         });
         let masked = destination.masked();
         let real_phone = flow.phone.as_ref().map(|_| masked);
-        let event = |kind| {
-            Event::new(now, kind)
-                .flow(flow.id)
-                .account(flow.subject.owned_account())
-                .phone(real_phone)
-                .ip(ctx.client_ip)
-        };
+        let event = |kind| flow_event_masked(now, kind, &flow, real_phone, ctx);
         // Refuse early (cooldown, state) before counting a send that will
         // not happen; the compare-and-swap below decides again.
         machine::resend_gate(&flow, &self.policy, now)?;
@@ -841,12 +835,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 
     /// Sends the code stored in `flow` to `destination` (its phone; for a
-    /// decoy, its made-up one, through a sender that sends nothing). If the send
-    /// fails, or the destination country is not allowed, the code is voided
-    /// at once (its MAC replaced by one nothing matches) so that no code the
-    /// user never received stays valid; the send still counts toward the
-    /// flow's limit. The failure is returned only when the policy reveals
-    /// send failures.
+    /// decoy, its made-up one, through a sender that sends nothing). If
+    /// the send fails, or the destination country is not allowed, the code
+    /// is voided at once (its MAC replaced by one nothing matches) so that
+    /// no code the user never received stays valid; the send still counts
+    /// toward the flow's limit. The failure is returned only when the
+    /// policy reveals send failures (a decoy's, too).
     ///
     /// `event` makes the caller's events; they carry the time of the send,
     /// read here on both paths.
@@ -1023,10 +1017,22 @@ impl SmsSender for Nowhere {
 /// An event about `flow` at `now`: its id, account, masked phone (real
 /// numbers only) and the client's IP.
 pub(crate) fn flow_event(now: Timestamp, kind: EventKind, flow: &FlowRecord, ctx: &RequestContext) -> Event {
+    flow_event_masked(now, kind, flow, flow.phone.as_ref().map(PhoneNumber::masked), ctx)
+}
+
+/// [`flow_event`], with the flow's phone masked once by the caller (`None`
+/// for a decoy's).
+fn flow_event_masked(
+    now: Timestamp,
+    kind: EventKind,
+    flow: &FlowRecord,
+    masked_phone: Option<MaskedPhone>,
+    ctx: &RequestContext,
+) -> Event {
     Event::new(now, kind)
         .flow(flow.id)
         .account(flow.subject.owned_account())
-        .phone(flow.phone.as_ref().map(PhoneNumber::masked))
+        .phone(masked_phone)
         .ip(ctx.client_ip)
 }
 
