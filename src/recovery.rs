@@ -810,7 +810,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
     /// [`Recovery::update`], whose first round decides on `read`, a record
     /// of the flow the caller has just read, when it has one.
-    async fn update_from(
+    pub(crate) async fn update_from(
         &self,
         mut read: Option<&FlowRecord>,
         flow_id: &FlowId,

@@ -435,8 +435,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
             Some(*flow),
             None,
         );
-        current.ok_or(Error::NotFound)?;
-        self.recovery.update(flow, machine::cancel).await?;
+        let current = current.ok_or(Error::NotFound)?;
+        // The first round decides on the record just read.
+        self.recovery
+            .update_from(Some(&current), flow, machine::cancel)
+            .await?;
         Ok(())
     }
 

@@ -72,4 +72,12 @@ async fn request_and_verify_take_two_round_trips_each_with_every_limit_on() {
     clock.advance(Duration::from_secs(30));
     recovery.resend(&requested.flow_id, &ctx).await.unwrap();
     assert_eq!(store.take(), 3, "resend: load, counters, swap");
+
+    let agent = otp_recovery::support::Agent::new("dana@support").unwrap();
+    recovery
+        .support()
+        .cancel(&agent, "asked by phone", &requested.flow_id)
+        .await
+        .unwrap();
+    assert_eq!(store.take(), 2, "support's cancel: load, swap");
 }
