@@ -354,8 +354,9 @@ impl MemoryStore {
         value
     }
 
-    /// Takes one counter's increment back atomically on its shard.
-    fn undo_counter(&self, c: &Counter, now: Timestamp) {
+    /// Takes one counter's increment, which made it `applied`, back
+    /// atomically on its shard (from that window only).
+    fn undo_counter(&self, c: &Counter, applied: CounterValue) {
         let hash = self.counter_hash(&c.key);
         let mut shard = lock(&self.counters[shard_of(hash)]);
         // Nothing stored: nothing to take back.
@@ -363,7 +364,7 @@ impl MemoryStore {
             .table
             .find_entry(hash, |e| e.hash == hash && *e.key == *c.key)
         {
-            match c.unapply(Some(entry.get().value), now) {
+            match c.unapply(applied, Some(entry.get().value)) {
                 Some(value) => entry.get_mut().value = value,
                 None => drop(entry.remove()),
             }
@@ -485,7 +486,7 @@ impl CodeStore for MemoryStore {
             counters,
             now,
             |c| self.step_counter(c, now),
-            |c| self.undo_counter(c, now),
+            |c, applied| self.undo_counter(c, applied),
         ))
     }
 
@@ -793,6 +794,37 @@ mod tests {
     /// The whole conformance suite with every subject colliding in the
     /// index.
     #[cfg(feature = "conformance")]
+    #[test]
+    fn a_refused_call_undoes_only_the_window_it_counted_in() {
+        // A limit of 5, full in a window ending at `end`. A call at the
+        // window's last millisecond counts a sixth and is refused; before
+        // it takes that back, a racing call at `end` opens the next window
+        // and is admitted. The undo must leave the new window's count.
+        let store = MemoryStore::new();
+        let start = Timestamp::from_unix_millis(1_800_000_000_000);
+        let limit = Counter::new("limit:x", Duration::from_secs(60), 1)
+            .with_max(5)
+            .guarded();
+        for _ in 0..5 {
+            store.step_counter(&limit, start);
+        }
+        let end = start.saturating_add(Duration::from_secs(60));
+        let last = Timestamp::from_unix_millis(end.as_unix_millis() - 1);
+        let refused = store.step_counter(&limit, last);
+        assert!(limit.refuses(&refused));
+        let admitted = store.step_counter(&limit, end);
+        assert_eq!(admitted.count, 1);
+        store.undo_counter(&limit, refused);
+        let read =
+            run(store.increment_counters(&[Counter::read("limit:x", Duration::from_secs(60))], end)).unwrap();
+        assert_eq!(read[0], admitted, "the next window keeps its count");
+        // Its own window's increment is taken back.
+        store.undo_counter(&limit, admitted);
+        let read =
+            run(store.increment_counters(&[Counter::read("limit:x", Duration::from_secs(60))], end)).unwrap();
+        assert_eq!(read[0].count, 0);
+    }
+
     #[test]
     fn the_conformance_suite_passes_with_every_subject_colliding() {
         crate::store::conformance::block_on(crate::store::conformance::run(std::sync::Arc::new(colliding())));

@@ -83,9 +83,9 @@
 //!                 }
 //!                 value
 //!             },
-//!             |c| {
+//!             |c, applied| {
 //!                 let mut map = map.borrow_mut();
-//!                 match c.unapply(map.get(&c.key).copied(), now) {
+//!                 match c.unapply(applied, map.get(&c.key).copied()) {
 //!                     Some(v) => drop(map.insert(c.key.clone(), v)),
 //!                     None => drop(map.remove(&c.key)),
 //!                 }
@@ -297,7 +297,9 @@ impl Counter {
     /// Applies a whole call's counters in order: the loop every store may
     /// use. `step` must apply one counter atomically ([`Counter::apply`] on
     /// the stored value) and return its value; `undo` must take one
-    /// counter's increment back atomically ([`Counter::unapply`]). A
+    /// counter's increment back atomically ([`Counter::unapply`]), given
+    /// the value `step` returned for it (which names the window it went
+    /// to). A
     /// conditional counter whose earlier counter was not opened by this call
     /// is applied as a read. If the call is refused (a counter ends above
     /// its `max`), the guarded increments are undone.
@@ -305,7 +307,7 @@ impl Counter {
         counters: &[Counter],
         now: Timestamp,
         mut step: impl FnMut(&Counter) -> CounterValue,
-        mut undo: impl FnMut(&Counter),
+        mut undo: impl FnMut(&Counter, CounterValue),
     ) -> Vec<CounterValue> {
         let mut values = Vec::with_capacity(counters.len());
         // Per counter: whether this call opened its window, and whether
@@ -341,10 +343,10 @@ impl Counter {
             held.push(holds);
         }
         if refused {
-            for (c, holds) in counters.iter().zip(held) {
+            for ((c, holds), applied) in counters.iter().zip(held).zip(&values) {
                 let e = effective(c, holds);
                 if e.guarded && e.by > 0 {
-                    undo(&e);
+                    undo(&e, *applied);
                 }
             }
         }
@@ -356,12 +358,15 @@ impl Counter {
         counters.iter().zip(values).any(|(c, v)| c.refuses(v))
     }
 
-    /// The stored value after taking this counter's increment back: `None`
-    /// when nothing is left (delete the counter), the stored value when its
-    /// window has ended meanwhile.
-    pub fn unapply(&self, stored: Option<CounterValue>, now: Timestamp) -> Option<CounterValue> {
+    /// The stored value after taking back this counter's increment, which
+    /// made it `applied`: `None` when nothing is left (delete the counter),
+    /// the stored value as it is when it holds another window than the
+    /// increment went to (a store that is not atomic over a whole call may
+    /// see a racing call open the next window in between; its count is not
+    /// this call's to take).
+    pub fn unapply(&self, applied: CounterValue, stored: Option<CounterValue>) -> Option<CounterValue> {
         let v = stored?;
-        if v.resets_at.is_none_or(|end| now >= end) {
+        if v.resets_at.is_none() || v.resets_at != applied.resets_at {
             return Some(v);
         }
         let count = v.count.saturating_sub(u64::from(self.by));

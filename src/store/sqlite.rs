@@ -546,9 +546,9 @@ async fn apply_counters(
             }
             value
         },
-        |c| {
+        |c, applied| {
             let mut batch = batch.borrow_mut();
-            let value = c.unapply(batch.get(&c.key), now);
+            let value = c.unapply(applied, batch.get(&c.key));
             batch.set(&c.key, value);
         },
     );
