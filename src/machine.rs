@@ -510,6 +510,35 @@ pub fn cancel(flow: &FlowRecord, now: Timestamp) -> Result<FlowRecord, Error> {
     Ok(next)
 }
 
+/// Brings a flow's snapshot of its account's failures (taken when it
+/// opened) up to `failures`, the count the account's failure counter holds
+/// now, of which the flow's own wrong codes are part; the flow locks when
+/// that leaves the account no attempt. A snapshot falls behind when other
+/// flows' wrong codes land while a request opens this one.
+///
+/// # Errors
+/// The refusal of the flow's state when it is not open.
+pub fn catch_up(
+    flow: &FlowRecord,
+    policy: &Policy,
+    now: Timestamp,
+    failures: u64,
+) -> Result<FlowRecord, Error> {
+    if !flow.state.is_open() {
+        return Err(refusal(EffectiveState::Stored(flow.state)));
+    }
+    let own = flow
+        .failed_attempts
+        .saturating_add(flow.factor.as_ref().map_or(0, FactorProgress::total_failed));
+    let prior = u32::try_from(failures).unwrap_or(u32::MAX).saturating_sub(own);
+    let mut next = step(flow, now);
+    next.prior_failures = next.prior_failures.max(prior);
+    if account_attempts_left(&next, policy) == 0 {
+        next.state = FlowState::Locked;
+    }
+    Ok(next)
+}
+
 /// Whether a subject with `failures` wrong codes in its current window may
 /// not open a new flow.
 pub fn subject_locked(failures: u64, policy: &Policy) -> bool {

@@ -724,6 +724,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         now: Timestamp,
         ctx: &RequestContext,
     ) -> Result<Option<Error>> {
+        if !account_locked && machine::subject_locked(counted[0].count, &self.policy) {
+            return self.catch_up(next, counted[0], now, ctx).await.map(Some);
+        }
         if next.state == FlowState::Locked {
             self.emit(flow_event(now, EventKind::FlowLocked, next, ctx));
         }
@@ -743,6 +746,46 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let until = set[0].resets_at.unwrap_or(until);
         let lockouts = counted.last().map_or(0, |c| c.count);
         Ok(Some(self.lock_account(next, until, lockouts, now, ctx).await))
+    }
+
+    /// After a counted failure whose count (`failures`, the account's own)
+    /// reached the account's limit although the flow's snapshot of it did
+    /// not: a request opened the flow while other flows' wrong codes landed.
+    /// The flow catches up and locks; the account locks as if the flow had
+    /// known, unless another flow's failure reached the limit first (that
+    /// one locks it). Returns the answer. Without this, such a flow would
+    /// allow its whole allowance of attempts past the account's limit; now
+    /// it allows none but the one that finds out.
+    async fn catch_up(
+        &self,
+        next: &FlowRecord,
+        failures: CounterValue,
+        now: Timestamp,
+        ctx: &RequestContext,
+    ) -> Result<Error> {
+        let locked = self
+            .update_from(Some(next), &next.id, |f, now| {
+                machine::catch_up(f, &self.policy, now, failures.count)
+            })
+            .await?;
+        if failures.count > u64::from(self.policy.max_account_failures()) {
+            self.emit(flow_event(now, EventKind::FlowLocked, &locked, ctx));
+            let lock = self.lock_counter(&locked.subject, std::time::Duration::from_secs(1), 0);
+            let read = self
+                .store
+                .increment_counters(std::slice::from_ref(&lock), now)
+                .await?;
+            return Ok(self.locked(&locked.subject, read[0].resets_at));
+        }
+        let subject = self.subject_pseudonym(&locked.subject);
+        let lockouts = Counter::new(key(&["lockouts:", &subject]), LOCKOUT_WINDOW, 1);
+        let counted = self
+            .store
+            .increment_counters(std::slice::from_ref(&lockouts), now)
+            .await?;
+        let locked_now =
+            Box::pin(self.after_failure(&locked, vec![failures, counted[0]], true, now, ctx)).await?;
+        Ok(locked_now.unwrap_or_else(|| self.locked(&locked.subject, None)))
     }
 
     /// Consumes a reset token and returns the account whose password the

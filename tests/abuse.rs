@@ -2,6 +2,8 @@
 //! rules, the detectors and automatic blocks, lockout and the support desk,
 //! notifications, and limits raced by many tasks.
 
+mod common;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -1247,5 +1249,105 @@ async fn unknown_identifiers_appear_in_the_allowed_country() {
         r.masked_phone.to_string().starts_with("+44 "),
         "{}",
         r.masked_phone
+    );
+}
+
+/// A request that reads the account's failures, then, before it stores its
+/// flow, sees `wrong_meanwhile` wrong codes land on the account's open
+/// flow: the new flow's snapshot of the failures is behind. The account
+/// allows 10 failures, 5 per flow; 5 were spent on an earlier flow.
+/// Returns the answer to one wrong code on the new flow, and the events.
+async fn wrong_code_on_a_flow_opened_behind(wrong_meanwhile: u32) -> (Error, Vec<EventKind>, Rec2) {
+    let store = Arc::new(common::Observed::default());
+    let sender = RecordingSender::new();
+    let events = RecordingSink::new();
+    let recovery = Arc::new(
+        Recovery::new(
+            store.clone(),
+            sender.clone(),
+            KeyRing::new(1, ServerKey::from_bytes(vec![3; 32]).unwrap()),
+        )
+        .with_policy(Policy::builder().account_failures(10, 24 * HOUR).build().unwrap())
+        .with_events(events.clone())
+        .with_clock(ManualClock::new(T0)),
+    );
+    let ctx = ip("198.51.100.7");
+    let spend = async |n: u32| {
+        let flow = recovery
+            .request("a", Some(account(1)), &ctx)
+            .await
+            .unwrap()
+            .flow_id;
+        let code = sender.last_code().unwrap();
+        for _ in 0..n {
+            recovery.verify(&flow, &wrong(&code), &ctx).await.unwrap_err();
+        }
+    };
+    spend(5).await;
+    let open = recovery
+        .request("a", Some(account(1)), &ctx)
+        .await
+        .unwrap()
+        .flow_id;
+    let open_code = sender.last_code().unwrap();
+    let held = store.create_gate.lock().await;
+    let behind = tokio::spawn({
+        let (recovery, ctx) = (recovery.clone(), ctx.clone());
+        async move { recovery.request("a", Some(account(1)), &ctx).await.unwrap() }
+    });
+    // The request runs until its flow's creation waits for the gate.
+    tokio::task::yield_now().await;
+    assert!(!behind.is_finished());
+    for _ in 0..wrong_meanwhile {
+        recovery
+            .verify(&open, &wrong(&open_code), &ctx)
+            .await
+            .unwrap_err();
+    }
+    drop(held);
+    let flow = behind.await.unwrap().flow_id;
+    let code = sender.last_code().unwrap();
+    let before = events.kinds().len();
+    let err = recovery.verify(&flow, &wrong(&code), &ctx).await.unwrap_err();
+    let kinds = events.kinds().split_off(before);
+    (err, kinds, recovery)
+}
+
+type Rec2 = Arc<Recovery<Arc<common::Observed>, RecordingSender, ManualClock>>;
+
+#[tokio::test]
+async fn a_flow_opened_while_other_wrong_codes_landed_allows_none_past_the_account_limit() {
+    // Its wrong code is the account's 10th: the account locks here.
+    let (err, kinds, recovery) = wrong_code_on_a_flow_opened_behind(4).await;
+    assert!(
+        matches!(
+            err,
+            Error::Locked {
+                until: Some(_),
+                reference: Some(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(kinds.contains(&EventKind::FlowLocked), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| matches!(k, EventKind::AccountLocked { .. })),
+        "{kinds:?}"
+    );
+    let again = recovery
+        .request("a", Some(account(1)), &ip("198.51.100.7"))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, Error::Locked { .. }), "{again:?}");
+
+    // The 10th landed on the other flow, which locked the account: this
+    // flow locks and answers with that lock, and locks nothing again.
+    let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(5).await;
+    assert!(matches!(err, Error::Locked { until: Some(_), .. }), "{err:?}");
+    assert!(kinds.contains(&EventKind::FlowLocked), "{kinds:?}");
+    assert!(
+        !kinds.iter().any(|k| matches!(k, EventKind::AccountLocked { .. })),
+        "{kinds:?}"
     );
 }

@@ -11,12 +11,14 @@ use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{FlowId, FlowRecord, Timestamp};
 
 /// A memory store that counts every call made to it and records every
-/// counter key it is given.
+/// counter key it is given. A test that holds `create_gate` holds every
+/// `create_flow` at its start (to run other calls in between).
 #[derive(Default)]
 pub struct Observed {
     inner: MemoryStore,
     calls: AtomicUsize,
     keys: Mutex<Vec<String>>,
+    pub create_gate: tokio::sync::Mutex<()>,
 }
 
 impl Observed {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for Observed {
 impl CodeStore for Observed {
     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
         self.tick(&[]);
+        let _held = self.create_gate.lock().await;
         self.inner.create_flow(flow).await
     }
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
