@@ -398,7 +398,8 @@ impl LimitsBuilder {
     }
 
     /// The country calling code unknown identifiers appear to have (see
-    /// [`Limits::decoy_country_code`]).
+    /// [`Limits::decoy_country_code`]). It must not be on a deny list:
+    /// `build` refuses that, since unknown identifiers would stand out.
     pub fn decoy_country(mut self, country_code: u16) -> Self {
         self.0.decoy_country = country_code;
         self
@@ -434,6 +435,11 @@ impl LimitsBuilder {
         if !is_country_code(l.decoy_country) || NON_GEOGRAPHIC_CODES.contains(&l.decoy_country) {
             return Err(LimitsError::CountryCode(l.decoy_country));
         }
+        if let CountryFilter::Deny(denied) = &l.countries
+            && denied.contains(&l.decoy_country)
+        {
+            return Err(LimitsError::DecoyCountryDenied(l.decoy_country));
+        }
         let d = &l.detectors;
         if d.subjects_per_ip == 0
             || d.pumping_min_sends_country == 0
@@ -463,6 +469,11 @@ pub enum LimitsError {
     /// Not a country calling code ITU-T assigned.
     #[error("+{0} is not an assigned country calling code")]
     CountryCode(u16),
+    /// The decoy country (see [`LimitsBuilder::decoy_country`]) is on the
+    /// deny list: unknown identifiers would appear to have phones that no
+    /// real account can be sent a code at, and would stand out.
+    #[error("the decoy country +{0} is denied: choose one of the allowed countries with decoy_country")]
+    DecoyCountryDenied(u16),
     /// Detector thresholds must be at least 1 (a percentage at most 100,
     /// a window at least a minute).
     #[error("detector thresholds must be positive, the percentage at most 100, the window at least a minute")]
@@ -697,6 +708,17 @@ mod tests {
                 .is_err()
         );
         assert!(Limits::builder().deny_countries([210]).build().is_err());
+        assert_eq!(
+            Limits::builder().deny_countries([1]).build(),
+            Err(LimitsError::DecoyCountryDenied(1))
+        );
+        assert!(
+            Limits::builder()
+                .deny_countries([1])
+                .decoy_country(44)
+                .build()
+                .is_ok()
+        );
         assert!(Limits::builder().allow_countries([1, 44]).build().is_ok());
         let d = Detectors::default().with_subjects_per_ip(0);
         assert_eq!(

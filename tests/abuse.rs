@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otp_recovery::events::{EventKind, RecordingSink, SupportAction, Suspicion};
-use otp_recovery::limits::{BlockTarget, Detectors, LimitScope, Limits, Rule};
+use otp_recovery::limits::{BlockTarget, Detectors, LimitScope, Limits, LimitsError, Rule};
 use otp_recovery::sms::{MessageKind, RecordingSender, SendError, SendErrorKind};
 use otp_recovery::store::MemoryStore;
 use otp_recovery::support::{Agent, SupportReference};
@@ -276,26 +276,49 @@ async fn denied_countries_get_no_sms_and_the_same_answer() {
         .unwrap();
     assert_eq!(allow.sender.count(), 1);
 
+    // A deny list of the decoy country is refused: unknown identifiers
+    // would all appear to have phones there, where no real account's code
+    // can go.
+    assert_eq!(
+        Limits::builder().deny_countries([1]).build(),
+        Err(LimitsError::DecoyCountryDenied(1))
+    );
     let strict = harness_with(
-        Limits::builder().deny_countries([1]).build().unwrap(),
+        Limits::builder()
+            .deny_countries([1])
+            .decoy_country(44)
+            .build()
+            .unwrap(),
         Policy::builder().reveal_send_failures(true).build().unwrap(),
     );
+    // Revealed send failures tell a known account's user that their phone
+    // cannot be sent a code (that is what the setting is for)...
     let err = strict.request(1, &none()).await.unwrap_err();
     assert!(
         matches!(&err, Error::Send(e) if e.kind() == SendErrorKind::Rejected),
         "{err:?}"
     );
-    // An unknown identifier's made-up destination is in +1 as well (the
-    // default decoy country, which the deny list does not move): it
-    // answers as a known account's would, though nothing is sent either way.
-    let err = strict
+    // ...and an unknown identifier answers as an account in an allowed
+    // country does: its made-up destination is there.
+    let uk = Account::new(
+        AccountId::new("uk").unwrap(),
+        PhoneNumber::parse("+447911123456").unwrap(),
+    );
+    let known = strict
+        .recovery
+        .request("uk@example.com", Some(uk), &none())
+        .await
+        .unwrap();
+    let unknown = strict
         .recovery
         .request("nobody@example.com", None, &none())
         .await
-        .unwrap_err();
+        .unwrap();
+    assert!(known.masked_phone.to_string().starts_with("+44"));
     assert!(
-        matches!(&err, Error::Send(e) if e.kind() == SendErrorKind::Rejected),
-        "{err:?}"
+        unknown.masked_phone.to_string().starts_with("+44"),
+        "{}",
+        unknown.masked_phone
     );
 }
 

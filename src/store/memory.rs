@@ -825,6 +825,7 @@ mod tests {
         assert_eq!(read[0].count, 0);
     }
 
+    #[cfg(feature = "conformance")]
     #[test]
     fn the_conformance_suite_passes_with_every_subject_colliding() {
         crate::store::conformance::block_on(crate::store::conformance::run(std::sync::Arc::new(colliding())));
