@@ -107,3 +107,44 @@ fn a_corrupt_record_is_a_typed_error_not_a_panic() {
             .expect("clean up");
     });
 }
+
+#[test]
+fn a_pool_at_a_stricter_isolation_level_is_refused_on_create() {
+    conformance::block_on(async {
+        let Some(url) = server_url("OTP_TEST_POSTGRES_URL") else {
+            return;
+        };
+        // Make sure the schema is there.
+        let Some(_) = store().await else { return };
+        // Under REPEATABLE READ a create's supersede would not see another
+        // instance's create committed while it waited for the subject's
+        // lock, and two flows would stay open: the store refuses instead.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("SET default_transaction_isolation = 'repeatable read'")
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect(&url)
+            .await
+            .expect("connect");
+        let strict = PostgresStore::from_pool(pool);
+        let recovery = Recovery::new(
+            strict,
+            otp_recovery::sms::RecordingSender::new(),
+            KeyRing::new(1, ServerKey::generate().unwrap()),
+        );
+        let err = recovery
+            .request("nobody@example.com", None, &RequestContext::none())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Store(StoreError::Backend { .. })),
+            "{err:?}"
+        );
+    });
+}

@@ -103,6 +103,13 @@ CREATE OR REPLACE FUNCTION otp_create_flow(
     p_purge BIGINT, p_data BYTEA
 ) RETURNS VOID LANGUAGE plpgsql AS $$
 BEGIN
+    -- The supersede below must see a create committed while this one
+    -- waited for the lock: only READ COMMITTED gives each statement a new
+    -- snapshot (a pool set to a stricter default would keep two open).
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'otp_create_flow needs READ COMMITTED, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '0A000';
+    END IF;
     -- Creates of one subject run one at a time, so exactly one stays open.
     PERFORM pg_advisory_xact_lock(hashtextextended('otp:' || p_subject, 0));
     -- Then, in one statement (its snapshot taken under the lock): supersede
@@ -216,7 +223,10 @@ END $$;
         Ok(PostgresStore { pool })
     }
 
-    /// A store on a pool the host already has.
+    /// A store on a pool the host already has. Its connections must run
+    /// at PostgreSQL's default isolation level, READ COMMITTED (a create
+    /// relies on each statement seeing what committed before it): under a
+    /// stricter default, creating a flow fails with a backend error.
     pub fn from_pool(pool: PgPool) -> Self {
         PostgresStore { pool }
     }
