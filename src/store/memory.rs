@@ -791,9 +791,6 @@ mod tests {
         assert!(slots_of_one_shard.len() >= 16, "{}", slots_of_one_shard.len());
     }
 
-    /// The whole conformance suite with every subject colliding in the
-    /// index.
-    #[cfg(feature = "conformance")]
     #[test]
     fn a_refused_call_undoes_only_the_window_it_counted_in() {
         // A limit of 5, full in a window ending at `end`. A call at the
@@ -825,6 +822,8 @@ mod tests {
         assert_eq!(read[0].count, 0);
     }
 
+    /// The whole conformance suite with every subject colliding in the
+    /// index.
     #[cfg(feature = "conformance")]
     #[test]
     fn the_conformance_suite_passes_with_every_subject_colliding() {
