@@ -763,11 +763,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         now: Timestamp,
         ctx: &RequestContext,
     ) -> Result<Error> {
-        let locked = self
-            .update_from(Some(next), &next.id, |f, now| {
+        // A flow its own attempts have just locked needs no second write.
+        let locked = if next.state == FlowState::Locked {
+            next.clone()
+        } else {
+            self.update_from(Some(next), &next.id, |f, now| {
                 machine::catch_up(f, &self.policy, now, failures.count)
             })
-            .await?;
+            .await?
+        };
         if failures.count > u64::from(self.policy.max_account_failures()) {
             self.emit(flow_event(now, EventKind::FlowLocked, &locked, ctx));
             let lock = self.lock_counter(&locked.subject, std::time::Duration::from_secs(1), 0);

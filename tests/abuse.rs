@@ -1278,9 +1278,15 @@ async fn unknown_identifiers_appear_in_the_allowed_country() {
 /// A request that reads the account's failures, then, before it stores its
 /// flow, sees `wrong_meanwhile` wrong codes land on the account's open
 /// flow: the new flow's snapshot of the failures is behind. The account
-/// allows 10 failures, 5 per flow; 5 were spent on an earlier flow.
-/// Returns the answer to one wrong code on the new flow, and the events.
-async fn wrong_code_on_a_flow_opened_behind(wrong_meanwhile: u32) -> (Error, Vec<EventKind>, Rec2) {
+/// allows `limit` failures, 5 per flow; 5 were spent on each of
+/// `spent_flows` earlier flows. Returns the answer to the last of `wrong_here`
+/// wrong codes on the new flow, and the events of that last one.
+async fn wrong_code_on_a_flow_opened_behind(
+    limit: u32,
+    spent_flows: u32,
+    wrong_meanwhile: u32,
+    wrong_here: u32,
+) -> (Error, Vec<EventKind>, Rec2) {
     let store = Arc::new(common::Observed::default());
     let sender = RecordingSender::new();
     let events = RecordingSink::new();
@@ -1290,7 +1296,12 @@ async fn wrong_code_on_a_flow_opened_behind(wrong_meanwhile: u32) -> (Error, Vec
             sender.clone(),
             KeyRing::new(1, ServerKey::from_bytes(vec![3; 32]).unwrap()),
         )
-        .with_policy(Policy::builder().account_failures(10, 24 * HOUR).build().unwrap())
+        .with_policy(
+            Policy::builder()
+                .account_failures(limit, 24 * HOUR)
+                .build()
+                .unwrap(),
+        )
         .with_events(events.clone())
         .with_clock(ManualClock::new(T0)),
     );
@@ -1306,7 +1317,9 @@ async fn wrong_code_on_a_flow_opened_behind(wrong_meanwhile: u32) -> (Error, Vec
             recovery.verify(&flow, &wrong(&code), &ctx).await.unwrap_err();
         }
     };
-    spend(5).await;
+    for _ in 0..spent_flows {
+        spend(5).await;
+    }
     let open = recovery
         .request("a", Some(account(1)), &ctx)
         .await
@@ -1330,6 +1343,10 @@ async fn wrong_code_on_a_flow_opened_behind(wrong_meanwhile: u32) -> (Error, Vec
     drop(held);
     let flow = behind.await.unwrap().flow_id;
     let code = sender.last_code().unwrap();
+    for _ in 1..wrong_here {
+        let err = recovery.verify(&flow, &wrong(&code), &ctx).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidCode { .. }), "{err:?}");
+    }
     let before = events.kinds().len();
     let err = recovery.verify(&flow, &wrong(&code), &ctx).await.unwrap_err();
     let kinds = events.kinds().split_off(before);
@@ -1341,7 +1358,7 @@ type Rec2 = Arc<Recovery<Arc<common::Observed>, RecordingSender, ManualClock>>;
 #[tokio::test]
 async fn a_flow_opened_while_other_wrong_codes_landed_allows_none_past_the_account_limit() {
     // Its wrong code is the account's 10th: the account locks here.
-    let (err, kinds, recovery) = wrong_code_on_a_flow_opened_behind(4).await;
+    let (err, kinds, recovery) = wrong_code_on_a_flow_opened_behind(10, 1, 4, 1).await;
     assert!(
         matches!(
             err,
@@ -1366,11 +1383,30 @@ async fn a_flow_opened_while_other_wrong_codes_landed_allows_none_past_the_accou
 
     // The 10th landed on the other flow, which locked the account: this
     // flow locks and answers with that lock, and locks nothing again.
-    let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(5).await;
+    let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(10, 1, 5, 1).await;
     assert!(matches!(err, Error::Locked { until: Some(_), .. }), "{err:?}");
     assert!(kinds.contains(&EventKind::FlowLocked), "{kinds:?}");
     assert!(
         !kinds.iter().any(|k| matches!(k, EventKind::AccountLocked { .. })),
+        "{kinds:?}"
+    );
+
+    // The account's 20th wrong code is also the flow's own 5th, which
+    // locks the flow by itself: the account still locks.
+    let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(20, 2, 5, 5).await;
+    assert!(
+        matches!(
+            err,
+            Error::Locked {
+                until: Some(_),
+                reference: Some(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| matches!(k, EventKind::AccountLocked { .. })),
         "{kinds:?}"
     );
 }
