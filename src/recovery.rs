@@ -39,6 +39,12 @@ pub(crate) const MAX_CAS_ROUNDS: usize = 64;
 /// The window in which repeated lockouts of one account are counted.
 const LOCKOUT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
+/// The counter of a subject's lockouts (by its pseudonym), counted once
+/// per account lock.
+fn lockouts_counter_of(pseudonym: &str) -> Counter {
+    Counter::new(key(&["lockouts:", pseudonym]), LOCKOUT_WINDOW, 1)
+}
+
 /// An account as the host resolved it: its id and verified phone number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -706,7 +712,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let subject = self.subject_pseudonym(&flow.subject);
         let mut counters = vec![self.failure_counter_of(&subject, 1)];
         if account_locked {
-            counters.push(Counter::new(key(&["lockouts:", &subject]), LOCKOUT_WINDOW, 1));
+            counters.push(lockouts_counter_of(&subject));
         }
         Ok(self
             .store
@@ -781,8 +787,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 .await?;
             return Ok(self.locked(&locked.subject, read[0].resets_at));
         }
-        let subject = self.subject_pseudonym(&locked.subject);
-        let lockouts = Counter::new(key(&["lockouts:", &subject]), LOCKOUT_WINDOW, 1);
+        let lockouts = lockouts_counter_of(&self.subject_pseudonym(&locked.subject));
         let counted = self
             .store
             .increment_counters(std::slice::from_ref(&lockouts), now)

@@ -1357,24 +1357,28 @@ type Rec2 = Arc<Recovery<Arc<common::Observed>, RecordingSender, ManualClock>>;
 
 #[tokio::test]
 async fn a_flow_opened_while_other_wrong_codes_landed_allows_none_past_the_account_limit() {
+    // The answer and events of a wrong code that locked the account.
+    let locked_the_account = |err: &Error, kinds: &[EventKind]| {
+        assert!(
+            matches!(
+                err,
+                Error::Locked {
+                    until: Some(_),
+                    reference: Some(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            kinds.iter().any(|k| matches!(k, EventKind::AccountLocked { .. })),
+            "{kinds:?}"
+        );
+    };
     // Its wrong code is the account's 10th: the account locks here.
     let (err, kinds, recovery) = wrong_code_on_a_flow_opened_behind(10, 1, 4, 1).await;
-    assert!(
-        matches!(
-            err,
-            Error::Locked {
-                until: Some(_),
-                reference: Some(_),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    locked_the_account(&err, &kinds);
     assert!(kinds.contains(&EventKind::FlowLocked), "{kinds:?}");
-    assert!(
-        kinds.iter().any(|k| matches!(k, EventKind::AccountLocked { .. })),
-        "{kinds:?}"
-    );
     let again = recovery
         .request("a", Some(account(1)), &ip("198.51.100.7"))
         .await
@@ -1394,19 +1398,5 @@ async fn a_flow_opened_while_other_wrong_codes_landed_allows_none_past_the_accou
     // The account's 20th wrong code is also the flow's own 5th, which
     // locks the flow by itself: the account still locks.
     let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(20, 2, 5, 5).await;
-    assert!(
-        matches!(
-            err,
-            Error::Locked {
-                until: Some(_),
-                reference: Some(_),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        kinds.iter().any(|k| matches!(k, EventKind::AccountLocked { .. })),
-        "{kinds:?}"
-    );
+    locked_the_account(&err, &kinds);
 }
