@@ -151,13 +151,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         match plan.refusal(values, now) {
             None => Ok(()),
             Some(Refusal::Locked) => {
-                // The lock counter knows the lock's end; the failure window
-                // is the fallback should its write have been lost.
-                let until = if values[lock].count > 0 {
-                    values[lock].resets_at
-                } else {
-                    values[failures].resets_at
-                };
+                let until = self.lock_end(values[failures], values[lock]);
                 self.emit(event(EventKind::LockedOut { until }));
                 Err(self.locked(subject, until))
             }
@@ -326,7 +320,20 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         }
     }
 
-    /// The counter of a subject's lock: open while the lock lasts.
+    /// When a subject's lock ends, from its failures and its lock counter
+    /// (read together): the later of the failure window's end, while the
+    /// failures are at the limit, and the lock counter's, while it is open.
+    /// `None` when neither holds it.
+    pub(crate) fn lock_end(&self, failures: CounterValue, lock: CounterValue) -> Option<Timestamp> {
+        let by_failures = failures
+            .resets_at
+            .filter(|_| crate::machine::subject_locked(failures.count, &self.policy));
+        let by_lock = lock.resets_at.filter(|_| lock.count > 0);
+        by_failures.max(by_lock)
+    }
+
+    /// The counter of a subject's lock, open for at least the minimum
+    /// lockout once the subject locks (`by` 1), read with `by` 0.
     pub(crate) fn lock_counter(&self, subject: &Subject, window: Duration, by: u32) -> Counter {
         lock_counter_of(&self.subject_pseudonym(subject), window, by)
     }
@@ -353,6 +360,6 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 }
 
 /// [`Recovery::lock_counter`] from the subject's pseudonym.
-fn lock_counter_of(pseudonym: &str, window: Duration, by: u32) -> Counter {
+pub(crate) fn lock_counter_of(pseudonym: &str, window: Duration, by: u32) -> Counter {
     Counter::new(key(&["lock:", pseudonym]), window, by)
 }

@@ -136,7 +136,9 @@ impl Policy {
     /// The shortest an account lock lasts (default 1 hour): a lock ends at
     /// the later of this long after the locking code and the end of the
     /// failure window, so a limit reached late in a window still locks for
-    /// a real while.
+    /// a real while. (If the window that holds the failures ends before
+    /// the locking code, as when a flow opened late in one window locks
+    /// in the next, the lock lasts this long.)
     pub fn account_lockout(&self) -> Duration {
         self.account_lockout
     }

@@ -19,6 +19,7 @@ use crate::code::{KeyRing, Mac};
 use crate::error::{Error, InputError, Result};
 use crate::events::{Event, EventKind, EventSink, TracingSink};
 use crate::factor::{ChannelSender, FactorKind, FactorSource};
+use crate::guards::lock_counter_of;
 use crate::id::{AccountId, FlowId};
 use crate::limits::{self, BlockTarget, Limits, Plan, key};
 use crate::machine::{self, Evaluation, Opening, Verdict};
@@ -697,8 +698,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 
     /// Stores a wrong code's record with the subject's failure (and, if
-    /// this locks the account, its lockout count) in one store call; the
-    /// flow locks in the same write. `None` when the compare-and-swap lost
+    /// this locks the account, its lockout count and its lock) in one store
+    /// call; the flow locks in the same write.
+    /// The values come back in that order: failures, then lockouts and
+    /// lock. `None` when the compare-and-swap lost
     /// (decide again). (The flow's own snapshot of the account's failures
     /// decides the account limit, so no lock needs reading here: a locked
     /// account has no open flow.)
@@ -712,7 +715,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let subject = self.subject_pseudonym(&flow.subject);
         let mut counters = vec![self.failure_counter_of(&subject, 1)];
         if account_locked {
-            counters.push(lockouts_counter_of(&subject));
+            counters.extend(self.locking_counters(&subject));
         }
         Ok(self
             .store
@@ -739,19 +742,28 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         if !account_locked {
             return Ok(None);
         }
-        // The lock lasts until the later of the minimum lockout and the end
-        // of the failure window; one more store call, made only when an
-        // account locks.
-        let failures_end = counted[0].resets_at.unwrap_or(now);
-        let until = failures_end.max(now.saturating_add(self.policy.account_lockout()));
-        let lock = self.lock_counter(&next.subject, until.saturating_duration_since(now), 1);
-        let set = self
-            .store
-            .increment_counters(std::slice::from_ref(&lock), now)
-            .await?;
-        let until = set[0].resets_at.unwrap_or(until);
-        let lockouts = counted.last().map_or(0, |c| c.count);
-        Ok(Some(self.lock_account(next, until, lockouts, now, ctx).await))
+        // The lock was stored with the failure that reached the limit: it
+        // lasts until the later of the failure window's end and the
+        // minimum lockout.
+        let [failures, lockouts, lock] = counted[..] else {
+            unreachable!("a locking failure counts its lockout and lock")
+        };
+        let until = self
+            .lock_end(failures, lock)
+            .unwrap_or_else(|| now.saturating_add(self.policy.account_lockout()));
+        Ok(Some(
+            self.lock_account(next, until, lockouts.count, now, ctx).await,
+        ))
+    }
+
+    /// The counters a subject's lock adds to the failure that reaches the
+    /// limit: its lockouts (counted once per lock) and its lock, open for
+    /// the minimum lockout.
+    fn locking_counters(&self, pseudonym: &str) -> [Counter; 2] {
+        [
+            lockouts_counter_of(pseudonym),
+            lock_counter_of(pseudonym, self.policy.account_lockout(), 1),
+        ]
     }
 
     /// After a counted failure whose count (`failures`, the account's own)
@@ -785,15 +797,18 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 .store
                 .increment_counters(std::slice::from_ref(&lock), now)
                 .await?;
-            return Ok(self.locked(&locked.subject, read[0].resets_at));
+            return Ok(self.locked(&locked.subject, self.lock_end(failures, read[0])));
         }
-        let lockouts = lockouts_counter_of(&self.subject_pseudonym(&locked.subject));
-        let counted = self
+        let pseudonym = self.subject_pseudonym(&locked.subject);
+        let [lockouts, lock] = self
             .store
-            .increment_counters(std::slice::from_ref(&lockouts), now)
-            .await?;
+            .increment_counters(&self.locking_counters(&pseudonym), now)
+            .await?[..]
+        else {
+            unreachable!("a store answers one value per counter")
+        };
         let locked_now =
-            Box::pin(self.after_failure(&locked, vec![failures, counted[0]], true, now, ctx)).await?;
+            Box::pin(self.after_failure(&locked, vec![failures, lockouts, lock], true, now, ctx)).await?;
         Ok(locked_now.unwrap_or_else(|| self.locked(&locked.subject, None)))
     }
 

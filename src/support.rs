@@ -484,12 +484,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
             .increment_counters(&[failures.clone(), lock.clone()], now)
             .await?;
         let (fv, lv) = (values[0], values[1]);
-        let until = if lv.count > 0 {
-            lv.resets_at
-        } else {
-            fv.resets_at
-                .filter(|_| machine::subject_locked(fv.count, &r.policy))
-        };
+        let until = r.lock_end(fv, lv);
         Ok(LockState {
             reference: until.map(|until| r.keys.support_reference(&subject.key(), until)),
             until,

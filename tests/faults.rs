@@ -136,10 +136,13 @@ struct Run {
 
 impl Run {
     fn new(reveal: bool) -> Self {
+        Run::with_policy(Policy::builder().reveal_send_failures(reveal).build().unwrap())
+    }
+
+    fn with_policy(policy: Policy) -> Self {
         let store = Arc::new(FaultyStore::new(Journal::default()));
         let sender = Arc::new(FaultySender::new(RecordingSender::new()));
         let clock = ManualClock::new(T0);
-        let policy = Policy::builder().reveal_send_failures(reveal).build().unwrap();
         let recovery = Recovery::new(store.clone(), sender.clone(), keys())
             .with_policy(policy)
             .with_clock(clock.clone());
@@ -515,4 +518,66 @@ fn a_code_write_whose_answer_was_lost_leaves_no_unsent_code_valid() {
         );
         run.check_invariants("lost resend").await;
     });
+}
+
+#[test]
+fn an_account_lock_is_stored_with_the_failure_that_reaches_the_limit() {
+    // The account's limit (5 wrong codes an hour) is reached 55 minutes
+    // into its failure window, so only the lock itself (1 hour from then)
+    // keeps recovery locked once the window ends. Whatever store operation
+    // after the counting one fails, and if the counting one applies with
+    // its answer lost, the lock holds until its end.
+    const MINUTE: Duration = Duration::from_secs(60);
+    for (n, fault) in [(3, StoreFault::Fail), (2, StoreFault::LostAnswer)] {
+        block_on(async {
+            let policy = Policy::builder()
+                .account_failures(5, 60 * MINUTE)
+                .account_lockout(60 * MINUTE)
+                .build()
+                .unwrap();
+            let run = Run::with_policy(policy);
+            let ctx = RequestContext::none();
+            let request = || run.recovery.request("alice@example.com", Some(alice()), &ctx);
+            let first = request().await.unwrap().flow_id;
+            let code = run.last_code().unwrap();
+            for _ in 0..4 {
+                let e = run
+                    .recovery
+                    .verify(&first, &wrong(code.expose_secret()), &ctx)
+                    .await;
+                assert!(matches!(e, Err(Error::InvalidCode { .. })), "{e:?}");
+            }
+            run.clock.advance(55 * MINUTE);
+            let locking_at = T0.saturating_add(55 * MINUTE);
+            let second = request().await.unwrap().flow_id;
+            let code = run.last_code().unwrap();
+            // The verify's operations: the flow and the client's counters
+            // (1), the wrong code with its counts (2), the support case (3).
+            run.store.fail_nth(n, fault);
+            let e = run
+                .recovery
+                .verify(&second, &wrong(code.expose_secret()), &ctx)
+                .await
+                .unwrap_err();
+            let until = locking_at.saturating_add(60 * MINUTE);
+            match fault {
+                StoreFault::LostAnswer => assert!(matches!(e, Error::Store(_)), "{e:?}"),
+                _ => assert!(
+                    matches!(e, Error::Locked { until: Some(u), .. } if u == until),
+                    "{fault:?} at {n}: {e:?}"
+                ),
+            }
+            // Past the failure window, the lock alone holds, to its last
+            // millisecond.
+            run.clock
+                .set(Timestamp::from_unix_millis(until.as_unix_millis() - 1));
+            let e = request().await.unwrap_err();
+            assert!(
+                matches!(e, Error::Locked { until: Some(u), .. } if u == until),
+                "{fault:?} at {n}: {e:?}"
+            );
+            run.clock.set(until);
+            request().await.unwrap();
+        });
+    }
 }

@@ -237,6 +237,18 @@ struct Subject {
     lock: Window,
 }
 
+impl Subject {
+    /// When the subject's lock ends, if it is locked: the later of the
+    /// failure window's end (while its failures are at the limit) and the
+    /// lock's own end (open for the minimum lockout from the locking
+    /// failure).
+    fn locked_until(&self, now: u64) -> Option<u64> {
+        let by_failures = (self.failures.live(now) >= u64::from(MAX_ACCOUNT)).then_some(self.failures.end);
+        let by_lock = (self.lock.live(now) > 0).then_some(self.lock.end);
+        by_failures.max(by_lock)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Model {
     subjects: Vec<Subject>,
@@ -394,10 +406,8 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
                 let actual = sut.recovery.request(&identifier, account(s), &ctx).await;
                 let subject = &mut m.subjects[s];
                 let failures = subject.failures.live(now);
-                let expected = if subject.lock.live(now) > 0 {
-                    Out::Locked(Some(subject.lock.end))
-                } else if failures >= u64::from(MAX_ACCOUNT) {
-                    Out::Locked(Some(subject.failures.end))
+                let expected = if let Some(until) = subject.locked_until(now) {
+                    Out::Locked(Some(until))
                 } else {
                     if let Some(open) = subject.flows.last_mut().filter(|f| f.state.is_open()) {
                         open.state = St::Superseded;
@@ -444,7 +454,7 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
                 let id = m.subjects[s].flows[i].id;
                 let actual = sut.recovery.resend(&id, &ctx).await;
                 let subject = &mut m.subjects[s];
-                let (lock, failures) = (subject.lock, subject.failures);
+                let locked_until = subject.locked_until(now);
                 let flow = &mut subject.flows[i];
                 let expected = if flow.state != St::CodeSent {
                     flow.refusal(now)
@@ -454,10 +464,8 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
                     Out::TooManySends
                 } else if now < flow.last_send + flow.cooldown() {
                     Out::TooSoon(flow.last_send + flow.cooldown() - now)
-                } else if lock.live(now) > 0 {
-                    Out::Locked(Some(lock.end))
-                } else if failures.live(now) >= u64::from(MAX_ACCOUNT) {
-                    Out::Locked(Some(failures.end))
+                } else if let Some(until) = locked_until {
+                    Out::Locked(Some(until))
                 } else {
                     flow.sends += 1;
                     flow.last_send = now;
@@ -500,12 +508,8 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
                         "step {step}: a code verified after a newer one was issued"
                     );
                 }
-                let Subject {
-                    flows,
-                    failures,
-                    lock,
-                } = &mut m.subjects[s];
-                let flow = &mut flows[i];
+                let subject = &mut m.subjects[s];
+                let flow = &mut subject.flows[i];
                 let expected = if !(flow.state == St::CodeSent && now < flow.code_until) {
                     flow.refusal(now)
                 } else if flow.attempts_left() == 0 {
@@ -519,20 +523,20 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                 } else {
                     flow.failures += 1;
-                    failures.add(now, FAILURE_WINDOW);
                     let left = flow.attempts_left();
                     if left == 0 {
                         flow.state = St::Locked;
                     }
-                    if flow.prior + flow.failures >= MAX_ACCOUNT {
-                        let until = failures.end.max(now + LOCKOUT);
-                        lock.add(now, until - now);
-                        let end = lock.end;
+                    let locks = flow.prior + flow.failures >= MAX_ACCOUNT;
+                    subject.failures.add(now, FAILURE_WINDOW);
+                    if locks {
+                        subject.lock.add(now, LOCKOUT);
+                        let until = subject.locked_until(now);
                         // The user's phone is told (a decoy has none).
                         if s != DECOY {
                             m.send();
                         }
-                        Out::Locked(Some(end))
+                        Out::Locked(until)
                     } else {
                         Out::InvalidCode(left)
                     }
