@@ -62,6 +62,11 @@ impl PartialEq for Mac {
 impl Eq for Mac {}
 
 impl Mac {
+    /// A MAC no code matches (all zero bits: a code whose HMAC is that
+    /// would be a preimage no one can find), stored in place of a code
+    /// that will never be sent.
+    pub(crate) const VOID: Mac = Mac([0; 32]);
+
     /// From the 32 stored bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Mac(bytes)

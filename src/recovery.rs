@@ -399,8 +399,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
         // A decoy stores its decoy MAC, under a label no code MAC shares, so
         // it can never verify; the code is drawn and MACed all the same, so
-        // both paths do the same work.
-        let code_mac = if phone.is_some() { code_mac } else { decoy };
+        // both paths do the same work. So does a real flow whose
+        // destination the limits refuse: its code will never be sent, so
+        // it is never valid, and no second write has to void it (an
+        // unknown identifier makes no such write either).
+        let sendable = phone.is_some() && self.limits.country_allowed(destination.country_code());
+        let code_mac = if sendable { code_mac } else { decoy };
         let opening = Opening {
             id,
             subject: subject.clone(),
@@ -413,7 +417,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         if let Err(e) = self.store.create_flow(&flow).await {
             // The write may have applied with its answer lost: void the
             // code, which will never be sent.
-            if flow.phone.is_some() {
+            if sendable {
                 let _ = self.void_unsent(&flow).await;
             }
             return Err(e.into());
@@ -470,12 +474,19 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let code = Code::generate(self.policy.code_digits())?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(flow_id, &code);
+        let sendable = self.limits.country_allowed(destination.country_code());
         // The first round decides on the record read above (one read, not
         // two); a lost race reads it again.
         let resent = self
             .update_from(Some(&flow), flow_id, |flow, now| {
-                // A decoy keeps its decoy MAC, which no code can match.
-                let mac = if flow.is_decoy() { flow.code_mac } else { code_mac };
+                // A decoy keeps its decoy MAC, which no code can match; a
+                // code for a destination the limits refuse is never sent,
+                // so it is stored void (as in `request`).
+                let mac = match (flow.is_decoy(), sendable) {
+                    (true, _) => flow.code_mac,
+                    (false, true) => code_mac,
+                    (false, false) => Mac::VOID,
+                };
                 machine::resend(flow, &self.policy, now, key_id, mac)
             })
             .await;
@@ -933,7 +944,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             false => (&Nowhere, &Nowhere),
         };
         let country_code = destination.country_code();
-        let error = if self.limits.country_allowed(country_code) {
+        let allowed = self.limits.country_allowed(country_code);
+        let error = if allowed {
             let body = self
                 .messages
                 .code_message(code, self.policy.code_ttl(), &flow.id, ctx.locale);
@@ -955,10 +967,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 format!("destination +{country_code} is not allowed"),
             )
         };
-        if !real {
-            // A decoy's code was never valid: nothing to void. It answers
-            // as a real flow would whose destination were its made-up one
-            // (refused, when the limits refuse its country).
+        if !real || !allowed {
+            // A decoy's code was never valid, nor was one for a refused
+            // destination (`request` and `resend` stored it void): nothing
+            // to void. A decoy answers as a real flow would whose
+            // destination were its made-up one.
             return match self.policy.reveal_send_failures() {
                 true => Err(Error::Send(error)),
                 false => Ok(()),

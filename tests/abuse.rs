@@ -323,6 +323,53 @@ async fn denied_countries_get_no_sms_and_the_same_answer() {
 }
 
 #[tokio::test]
+async fn a_refused_destination_costs_the_store_calls_of_an_unknown_identifier() {
+    // A code for a refused destination is stored void from the start: no
+    // second write voids it, so a known account there makes the store
+    // calls an unknown identifier makes (with a real store, a difference
+    // of round trips would tell them apart).
+    let store = Arc::new(common::Observed::default());
+    let sender = RecordingSender::new();
+    let clock = ManualClock::new(T0);
+    let recovery = Recovery::new(
+        store.clone(),
+        sender.clone(),
+        KeyRing::new(1, ServerKey::from_bytes(vec![3; 32]).unwrap()),
+    )
+    .with_limits(Limits::builder().deny_countries([44]).build().unwrap())
+    .with_clock(clock.clone());
+    let uk = Account::new(
+        AccountId::new("uk").unwrap(),
+        PhoneNumber::parse("+447911123456").unwrap(),
+    );
+    let known = recovery
+        .request("uk@example.com", Some(uk), &none())
+        .await
+        .unwrap();
+    let known_calls = store.take();
+    let unknown = recovery
+        .request("nobody@example.com", None, &none())
+        .await
+        .unwrap();
+    assert_eq!((known_calls, store.take()), (2, 2), "request");
+    clock.advance(Duration::from_secs(30));
+    recovery.resend(&known.flow_id, &none()).await.unwrap();
+    let known_calls = store.take();
+    recovery.resend(&unknown.flow_id, &none()).await.unwrap();
+    assert_eq!((known_calls, store.take()), (3, 3), "resend");
+    assert_eq!(sender.count(), 0);
+    // Neither code works: the flow answers as an unknown identifier's.
+    let err = recovery
+        .verify(&known.flow_id, "123456", &none())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidCode { attempts_left: 4, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn non_geographic_destinations_are_denied_by_default() {
     let h = harness(Limits::default());
     let sat = Account::new(
