@@ -9,7 +9,8 @@
 //! store call, and comparisons are constant time. What must be used once
 //! (a TOTP time step, a recovery code) is claimed with a counter whose
 //! maximum is 1 before the token is stored: of two instances racing on the
-//! same code, one claims it and the other is told the code is wrong.
+//! same code, one claims it and the other is told the code is wrong. A
+//! claim whose call issued no token (its write failed) is given back.
 
 use std::time::Duration;
 
@@ -97,9 +98,33 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ctx: &RequestContext,
     ) -> Result<Verified> {
         self.check_input(kind, code)?;
+        let mut claimed = None;
+        let answer = self.check_factor(flow_id, kind, code, ctx, &mut claimed).await;
+        if answer.is_err()
+            && let Some(claim) = claimed
+        {
+            // The code was claimed but issued no token anyone holds (its
+            // write failed, or applied with its answer lost, or the flow
+            // changed under it): it is given back, so that a saved code,
+            // the user's way in, is not lost to a store failure. If this
+            // fails too, the code stays used.
+            let _ = self.store.delete_counters(std::slice::from_ref(&claim.key)).await;
+        }
+        answer
+    }
+
+    /// [`Recovery::verify_factor`]'s rounds; `claimed` is the use claimed
+    /// for the code, if one was.
+    async fn check_factor(
+        &self,
+        flow_id: &FlowId,
+        kind: FactorKind,
+        code: &str,
+        ctx: &RequestContext,
+        claimed: &mut Option<Counter>,
+    ) -> Result<Verified> {
         let checks = self.verify_checks(ctx);
         let mut factors: Option<Factors> = None;
-        let mut claimed = false;
         for round in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
             let flow = self.load_checked(flow_id, &checks, round, now, ctx).await?;
@@ -114,7 +139,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             if let Check::Right {
                 claim: Some(claim), ..
             } = &check
-                && !claimed
+                && claimed.is_none()
             {
                 let values = self
                     .store
@@ -137,7 +162,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     });
                 } else {
                     // Ours for the rest of this call, whatever races.
-                    claimed = true;
+                    *claimed = Some(claim.clone());
                 }
             }
             if let Check::Right { index, .. } = check {

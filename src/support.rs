@@ -362,17 +362,19 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
         reference: &SupportReference,
     ) -> Result<CaseView> {
         check_reason(reason)?;
-        let case = self.recovery.store.get_case(reference).await?;
-        let subject = case.as_ref().map(|c| c.subject.clone());
+        let case = self.recovery.store.get_case(reference).await;
+        // Audited whatever the read answered, a failure included.
+        let found = case.as_ref().ok().and_then(Option::as_ref);
         self.audit(
             agent,
             reason,
             SupportAction::Lookup,
-            subject.as_ref(),
-            case.as_ref().map(|c| c.flow),
+            found.map(|c| &c.subject),
+            found.map(|c| c.flow),
             Some(*reference),
         );
-        self.view(&subject.ok_or(Error::NotFound)?).await
+        let case = case?.ok_or(Error::NotFound)?;
+        self.view(&case.subject).await
     }
 
     /// An account's case: its failures, lock and recent flows.
@@ -396,16 +398,18 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
         check_reason(reason)?;
         let r = self.recovery;
         let now = r.clock.now();
-        let state = self.lock_state(subject, now).await?;
-        // Audited before it acts: a failure half-way still leaves a trace.
+        let state = self.lock_state(subject, now).await;
+        // Audited before it acts, whatever the read answered: a failure
+        // half-way still leaves a trace.
         self.audit(
             agent,
             reason,
             SupportAction::Unlock,
             Some(subject),
             None,
-            state.reference,
+            state.as_ref().ok().and_then(|s| s.reference),
         );
+        let state = state?;
         let keys = [state.failures.key.clone(), state.lock.key.clone()];
         r.store.delete_counters(&keys).await?;
         if let Some(reference) = state.reference
@@ -426,16 +430,18 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
     /// an empty reason; [`Error::Store`], [`Error::Busy`].
     pub async fn cancel(&self, agent: &Agent, reason: &str, flow: &FlowId) -> Result<()> {
         check_reason(reason)?;
-        let current = self.recovery.store.get_flow(flow).await?;
+        let current = self.recovery.store.get_flow(flow).await;
+        // Audited whatever the read answered, a failure included.
+        let found = current.as_ref().ok().and_then(Option::as_ref);
         self.audit(
             agent,
             reason,
             SupportAction::Cancel,
-            current.as_ref().map(|f| &f.subject),
+            found.map(|f| &f.subject),
             Some(*flow),
             None,
         );
-        let current = current.ok_or(Error::NotFound)?;
+        let current = current?.ok_or(Error::NotFound)?;
         // The first round decides on the record just read.
         self.recovery
             .update_from(Some(&current), flow, machine::cancel)

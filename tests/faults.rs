@@ -581,3 +581,121 @@ fn an_account_lock_is_stored_with_the_failure_that_reaches_the_limit() {
         });
     }
 }
+
+#[test]
+fn a_recovery_code_whose_token_was_not_issued_can_be_used_again() {
+    use std::collections::HashMap;
+
+    use otp_recovery::Progress;
+    use otp_recovery::factor::{FactorKind, Factors, RecoveryCodes, SecondFactor};
+
+    // The code is claimed in the store before the write that issues the
+    // token. When that write fails (or applies with its answer lost, so
+    // the token reaches no one), the claim is given back: the saved code
+    // is the user's way in, and no token was issued with it that anyone
+    // holds.
+    for fault in [StoreFault::Fail, StoreFault::LostAnswer] {
+        block_on(async {
+            let codes = RecoveryCodes::issue(&keys(), &alice().id, 2).unwrap();
+            let policy = Policy::builder()
+                .second_factor(SecondFactor::Required)
+                .build()
+                .unwrap();
+            let mut run = Run::with_policy(policy);
+            run.recovery = run.recovery.with_factors(HashMap::from([(
+                alice().id,
+                Factors::none().with_recovery_codes(codes.set().clone()),
+            )]));
+            let ctx = RequestContext::none();
+            let saved = codes.codes()[0].expose_secret().to_owned();
+            let past_sms = async |run: &Run| {
+                let requested = run
+                    .recovery
+                    .request("alice@example.com", Some(alice()), &ctx)
+                    .await;
+                let flow = requested.unwrap().flow_id;
+                let sms = run.last_code().unwrap();
+                let progress = run
+                    .recovery
+                    .verify_code(&flow, sms.expose_secret(), &ctx)
+                    .await
+                    .unwrap();
+                assert!(matches!(progress, Progress::SecondFactor(_)), "{progress:?}");
+                flow
+            };
+            let flow = past_sms(&run).await;
+            // The factor check's operations: the flow with the client's
+            // counters (1), the claim (2), the write that issues the token
+            // (3).
+            run.store.fail_nth(3, fault);
+            let e = run
+                .recovery
+                .verify_factor(&flow, FactorKind::RecoveryCode, &saved, &ctx)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Store(_)), "{fault:?}: {e:?}");
+            // Unless the write applied, the same flow takes the code; if
+            // it did, the flow is used up and a new one takes it.
+            let flow = match fault {
+                StoreFault::LostAnswer => past_sms(&run).await,
+                _ => flow,
+            };
+            let verified = run
+                .recovery
+                .verify_factor(&flow, FactorKind::RecoveryCode, &saved, &ctx)
+                .await
+                .unwrap();
+            assert_eq!(verified.recovery_code_used, Some(0));
+            // Used now: refused on the next flow.
+            let flow = past_sms(&run).await;
+            let e = run
+                .recovery
+                .verify_factor(&flow, FactorKind::RecoveryCode, &saved, &ctx)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::InvalidFactorCode { .. }), "{fault:?}: {e:?}");
+        });
+    }
+}
+
+#[test]
+fn a_support_action_whose_read_fails_is_audited() {
+    use otp_recovery::events::{EventKind, RecordingSink, SupportAction};
+    use otp_recovery::support::SupportReference;
+
+    // Support actions are audited before they act; a store that fails the
+    // action's first read must not take the audit event with it.
+    block_on(async {
+        let mut run = Run::new(false);
+        let sink = RecordingSink::new();
+        run.recovery = run.recovery.with_events(sink.clone());
+        let ctx = RequestContext::none();
+        let requested = run
+            .recovery
+            .request("alice@example.com", Some(alice()), &ctx)
+            .await;
+        let flow = requested.unwrap().flow_id;
+        let agent = Agent::new("dana@support").unwrap();
+        let subject = Subject::Account(alice().id);
+        let reference = SupportReference::parse("ABCD-1234").unwrap();
+        let support = run.recovery.support();
+        for action in [
+            SupportAction::Lookup,
+            SupportAction::Unlock,
+            SupportAction::Cancel,
+        ] {
+            run.store.fail_nth(1, StoreFault::Fail);
+            let answer = match action {
+                SupportAction::Lookup => support.lookup_reference(&agent, "caller", &reference).await.err(),
+                SupportAction::Unlock => support.unlock(&agent, "caller", &subject).await.err(),
+                _ => support.cancel(&agent, "caller", &flow).await.err(),
+            };
+            assert!(matches!(answer, Some(Error::Store(_))), "{action:?}: {answer:?}");
+            let audited = sink.events().into_iter().any(|e| {
+                matches!(&e.kind, EventKind::Support { action: a, agent, .. }
+                    if *a == action && agent == "dana@support")
+            });
+            assert!(audited, "{action:?} left no audit event");
+        }
+    });
+}
