@@ -200,10 +200,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 // Reported once per window: the first call past the
                 // threshold opens the "reported" counter.
                 let reported = Counter::new(key(&["det:reported:", p_ip]), d.window, 1);
-                let first = self
-                    .store
-                    .increment_counters(std::slice::from_ref(&reported), now)
-                    .await?;
+                let first = self.count(std::slice::from_ref(&reported), now).await?;
                 if first[0].opened(&reported, now) {
                     let target = d.auto_block.map(|_| BlockTarget::Ip(ip.clone()));
                     found.push((Suspicion::ManySubjectsFromOneIp { subjects }, target));
@@ -264,7 +261,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             .iter()
             .map(|target| Counter::new(self.block_key(target), duration, 1))
             .collect();
-        let set = self.store.increment_counters(&blocks, now).await?;
+        let set = self.count(&blocks, now).await?;
         let mut until = now;
         for (target, value) in targets.into_iter().zip(set) {
             let end = value.resets_at.unwrap_or(now);

@@ -123,6 +123,12 @@ impl Policy {
     /// for it until the window ends (default 20, at most 50 so that even a
     /// burst across two windows stays within NIST SP 800-63B's 100). New
     /// requests and resends never reset this count.
+    ///
+    /// A lock's end is read from the stored counts under the policy in
+    /// force, so raising this limit shortens running locks whose failures
+    /// are now under it (to [`Policy::account_lockout`] from their locking
+    /// code), and their support reference changes with their end; support
+    /// still finds their case by account.
     pub fn max_account_failures(&self) -> u32 {
         self.max_account_failures
     }

@@ -30,7 +30,7 @@ use crate::record::{DecoyId, FlowRecord, FlowState, Subject};
 use crate::second_factor::Requirement;
 use crate::secret::{Code, ResetToken, SecretString};
 use crate::sms::{MessageKind, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
-use crate::store::{CodeStore, Counter, CounterValue};
+use crate::store::{CodeStore, Counter, CounterValue, one_per_counter};
 
 /// How many times one call re-reads a flow after losing a compare-and-swap
 /// before it gives up with [`Error::Busy`]. Each loss means another call
@@ -393,18 +393,24 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let who = self.subject_pseudonym(&subject);
         let locks = self.plan_locks(&mut plan, &who);
         let detection = self.plan_send(&mut plan, &who, destination, ctx);
-        let values = self.store.increment_counters(&plan.counters, now).await?;
+        let values = self.count(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &subject, locks, &event)?;
 
         // A decoy stores its decoy MAC, under a label no code MAC shares, so
         // it can never verify; the code is drawn and MACed all the same, so
-        // both paths do the same work. So does a real flow whose
-        // destination the limits refuse: its code will never be sent, so
-        // it is never valid, and no second write has to void it (an
-        // unknown identifier makes no such write either).
-        let sendable = phone.is_some() && self.limits.country_allowed(destination.country_code());
-        let code_mac = if sendable { code_mac } else { decoy };
+        // both paths do the same work. A real flow whose destination the
+        // limits refuse stores a void MAC (not the identifier's decoy MAC,
+        // which would link it to the identifier's unknown flows): its code
+        // will never be sent, so it is never valid, and no second write has
+        // to void it (an unknown identifier makes no such write either).
+        // Both paths look the country up.
+        let allowed = self.limits.country_allowed(destination.country_code());
+        let code_mac = match (phone.is_some(), allowed) {
+            (false, _) => decoy,
+            (true, true) => code_mac,
+            (true, false) => Mac::VOID,
+        };
         let opening = Opening {
             id,
             subject: subject.clone(),
@@ -417,7 +423,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         if let Err(e) = self.store.create_flow(&flow).await {
             // The write may have applied with its answer lost: void the
             // code, which will never be sent.
-            if sendable {
+            if flow.phone.is_some() && allowed {
                 let _ = self.void_unsent(&flow).await;
             }
             return Err(e.into());
@@ -467,7 +473,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let who = self.subject_pseudonym(&flow.subject);
         let locks = self.plan_locks(&mut plan, &who);
         let detection = self.plan_send(&mut plan, &who, destination, ctx);
-        let values = self.store.increment_counters(&plan.counters, now).await?;
+        let values = self.count(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &flow.subject, locks, &event)?;
 
@@ -589,10 +595,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                         self.verified_counters(cc.format(phone.country_code()), &block, 1)
                     })
                     .collect();
-                let stored = self
-                    .store
-                    .compare_and_swap_counting(flow.version, &next, &verified, now)
-                    .await?;
+                let stored = self.swap_counting(flow.version, &next, &verified, now).await?;
                 if stored.is_none() {
                     continue;
                 }
@@ -669,7 +672,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ctx: &RequestContext,
     ) -> Result<FlowRecord> {
         let (flow, values) = if round == 0 {
-            self.store.load_counting(flow_id, &checks.counters, now).await?
+            let (flow, values) = self.store.load_counting(flow_id, &checks.counters, now).await?;
+            (flow, one_per_counter(&checks.counters, values)?)
         } else {
             (self.store.get_flow(flow_id).await?, Vec::new())
         };
@@ -728,10 +732,30 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         if account_locked {
             counters.extend(self.locking_counters(&subject));
         }
-        Ok(self
+        self.swap_counting(flow.version, next, &counters, now).await
+    }
+
+    /// [`CodeStore::increment_counters`], its answer checked (one value
+    /// per counter).
+    pub(crate) async fn count(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
+        let values = self.store.increment_counters(counters, now).await?;
+        Ok(one_per_counter(counters, values)?)
+    }
+
+    /// [`CodeStore::compare_and_swap_counting`], its answer checked (one
+    /// value per counter).
+    async fn swap_counting(
+        &self,
+        expected_version: u64,
+        next: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<CounterValue>>> {
+        let values = self
             .store
-            .compare_and_swap_counting(flow.version, next, &counters, now)
-            .await?)
+            .compare_and_swap_counting(expected_version, next, counters, now)
+            .await?;
+        Ok(values.map(|v| one_per_counter(counters, v)).transpose()?)
     }
 
     /// After a counted failure: reports a locked flow and, when the account
@@ -757,7 +781,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // lasts until the later of the failure window's end and the
         // minimum lockout.
         let [failures, lockouts, lock] = counted[..] else {
-            unreachable!("a locking failure counts its lockout and lock")
+            unreachable!("a locking failure's counts are checked: failures, lockouts, lock")
         };
         let until = self
             .lock_end(failures, lock)
@@ -792,6 +816,17 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         now: Timestamp,
         ctx: &RequestContext,
     ) -> Result<Error> {
+        let reached_first = failures.count > u64::from(self.policy.max_account_failures());
+        let pseudonym = self.subject_pseudonym(&next.subject);
+        // The lock is stored (with the lockout count) before the flow is
+        // written, so that no failure after leaves the account unlocked;
+        // if another flow's failure reached the limit first, it is read.
+        let counters = if reached_first {
+            vec![lock_counter_of(&pseudonym, Duration::from_secs(1), 0)]
+        } else {
+            self.locking_counters(&pseudonym).to_vec()
+        };
+        let values = self.count(&counters, now).await?;
         // A flow its own attempts have just locked needs no second write.
         let locked = if next.state == FlowState::Locked {
             next.clone()
@@ -801,25 +836,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             })
             .await?
         };
-        if failures.count > u64::from(self.policy.max_account_failures()) {
+        if reached_first {
             self.emit(flow_event(now, EventKind::FlowLocked, &locked, ctx));
-            let lock = self.lock_counter(&locked.subject, std::time::Duration::from_secs(1), 0);
-            let read = self
-                .store
-                .increment_counters(std::slice::from_ref(&lock), now)
-                .await?;
-            return Ok(self.locked(&locked.subject, self.lock_end(failures, read[0])));
+            return Ok(self.locked(&locked.subject, self.lock_end(failures, values[0])));
         }
-        let pseudonym = self.subject_pseudonym(&locked.subject);
-        let [lockouts, lock] = self
-            .store
-            .increment_counters(&self.locking_counters(&pseudonym), now)
-            .await?[..]
-        else {
-            unreachable!("a store answers one value per counter")
-        };
-        let locked_now =
-            Box::pin(self.after_failure(&locked, vec![failures, lockouts, lock], true, now, ctx)).await?;
+        let counted = vec![failures, values[0], values[1]];
+        let locked_now = Box::pin(self.after_failure(&locked, counted, true, now, ctx)).await?;
         Ok(locked_now.unwrap_or_else(|| self.locked(&locked.subject, None)))
     }
 

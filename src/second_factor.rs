@@ -10,7 +10,10 @@
 //! (a TOTP time step, a recovery code) is claimed with a counter whose
 //! maximum is 1 before the token is stored: of two instances racing on the
 //! same code, one claims it and the other is told the code is wrong. A
-//! claim whose call issued no token (its write failed) is given back.
+//! claim whose call ends in an error (its write failed, or applied with its
+//! answer lost, so the token reached no one) is given back; a call the
+//! host drops half-way (a timeout around it) keeps its claim, and the code
+//! stays used.
 
 use std::time::Duration;
 
@@ -141,10 +144,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             } = &check
                 && claimed.is_none()
             {
-                let values = self
-                    .store
-                    .increment_counters(std::slice::from_ref(claim), now)
-                    .await?;
+                let values = self.count(std::slice::from_ref(claim), now).await?;
                 if Counter::refused(std::slice::from_ref(claim), &values) {
                     // A code that matched but was used before (on this
                     // flow or another): refused, but without costing an

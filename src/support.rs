@@ -349,8 +349,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 }
 
 impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
-    /// The case a user's reference names. Audited before the look-up, so
-    /// a guessed reference leaves a trace too.
+    /// The case a user's reference names. Audited as soon as the look-up
+    /// answers (whatever it answered, a store failure included), so a
+    /// guessed reference leaves a trace too.
     ///
     /// # Errors
     /// [`Error::NotFound`] for a reference no stored case has;
@@ -485,10 +486,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
         let r = self.recovery;
         let failures = r.failure_counter(subject, 0);
         let lock = r.lock_counter(subject, std::time::Duration::from_secs(1), 0);
-        let values = r
-            .store
-            .increment_counters(&[failures.clone(), lock.clone()], now)
-            .await?;
+        let values = r.count(&[failures.clone(), lock.clone()], now).await?;
         let (fv, lv) = (values[0], values[1]);
         let until = r.lock_end(fv, lv);
         Ok(LockState {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use otp_recovery::events::{EventKind, RecordingSink, SupportAction, Suspicion};
 use otp_recovery::limits::{BlockTarget, Detectors, LimitScope, Limits, LimitsError, Rule};
 use otp_recovery::sms::{MessageKind, RecordingSender, SendError, SendErrorKind};
-use otp_recovery::store::MemoryStore;
+use otp_recovery::store::{CodeStore, Counter, MemoryStore};
 use otp_recovery::support::{Agent, SupportReference};
 use otp_recovery::{
     Account, AccountId, Code, EffectiveState, Error, FlowId, FlowState, InputError, KeyRing, ManualClock,
@@ -352,11 +352,19 @@ async fn a_refused_destination_costs_the_store_calls_of_an_unknown_identifier() 
         .await
         .unwrap();
     assert_eq!((known_calls, store.take()), (2, 2), "request");
+    // The stored code is void (all zero bits, which no code's MAC is).
+    let stored_mac = || async {
+        let flow = recovery.store().get_flow(&known.flow_id).await.unwrap().unwrap();
+        store.take();
+        *flow.code_mac.as_bytes()
+    };
+    assert_eq!(stored_mac().await, [0; 32], "request");
     clock.advance(Duration::from_secs(30));
     recovery.resend(&known.flow_id, &none()).await.unwrap();
     let known_calls = store.take();
     recovery.resend(&unknown.flow_id, &none()).await.unwrap();
     assert_eq!((known_calls, store.take()), (3, 3), "resend");
+    assert_eq!(stored_mac().await, [0; 32], "resend");
     assert_eq!(sender.count(), 0);
     // Neither code works: the flow answers as an unknown identifier's.
     let err = recovery
@@ -1333,6 +1341,7 @@ async fn wrong_code_on_a_flow_opened_behind(
     spent_flows: u32,
     wrong_meanwhile: u32,
     wrong_here: u32,
+    fail_flow_write: bool,
 ) -> (Error, Vec<EventKind>, Rec2) {
     let store = Arc::new(common::Observed::default());
     let sender = RecordingSender::new();
@@ -1395,6 +1404,9 @@ async fn wrong_code_on_a_flow_opened_behind(
         assert!(matches!(err, Error::InvalidCode { .. }), "{err:?}");
     }
     let before = events.kinds().len();
+    store
+        .fail_swaps
+        .store(fail_flow_write, std::sync::atomic::Ordering::SeqCst);
     let err = recovery.verify(&flow, &wrong(&code), &ctx).await.unwrap_err();
     let kinds = events.kinds().split_off(before);
     (err, kinds, recovery)
@@ -1423,7 +1435,7 @@ async fn a_flow_opened_while_other_wrong_codes_landed_allows_none_past_the_accou
         );
     };
     // Its wrong code is the account's 10th: the account locks here.
-    let (err, kinds, recovery) = wrong_code_on_a_flow_opened_behind(10, 1, 4, 1).await;
+    let (err, kinds, recovery) = wrong_code_on_a_flow_opened_behind(10, 1, 4, 1, false).await;
     locked_the_account(&err, &kinds);
     assert!(kinds.contains(&EventKind::FlowLocked), "{kinds:?}");
     let again = recovery
@@ -1434,7 +1446,7 @@ async fn a_flow_opened_while_other_wrong_codes_landed_allows_none_past_the_accou
 
     // The 10th landed on the other flow, which locked the account: this
     // flow locks and answers with that lock, and locks nothing again.
-    let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(10, 1, 5, 1).await;
+    let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(10, 1, 5, 1, false).await;
     assert!(matches!(err, Error::Locked { until: Some(_), .. }), "{err:?}");
     assert!(kinds.contains(&EventKind::FlowLocked), "{kinds:?}");
     assert!(
@@ -1444,6 +1456,16 @@ async fn a_flow_opened_while_other_wrong_codes_landed_allows_none_past_the_accou
 
     // The account's 20th wrong code is also the flow's own 5th, which
     // locks the flow by itself: the account still locks.
-    let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(20, 2, 5, 5).await;
+    let (err, kinds, _) = wrong_code_on_a_flow_opened_behind(20, 2, 5, 5, false).await;
     locked_the_account(&err, &kinds);
+
+    // The account's 10th again, and the flow's write after it fails: the
+    // account's lock was stored before it.
+    let (err, _, recovery) = wrong_code_on_a_flow_opened_behind(10, 1, 4, 1, true).await;
+    assert!(matches!(err, Error::Store(_)), "{err:?}");
+    let store = recovery.store();
+    let lock_key = store.keys().into_iter().find(|k| k.starts_with("lock:")).unwrap();
+    let lock = Counter::new(lock_key, Duration::from_secs(1), 0);
+    let read = store.increment_counters(&[lock], T0).await.unwrap();
+    assert_eq!(read[0].count, 1, "the lock was not stored");
 }

@@ -23,6 +23,8 @@ use otp_recovery::sms::{RecordingSender, SendErrorKind};
 use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result as StoreResult};
 use otp_recovery::support::{Agent, SupportCase, SupportReference};
 use otp_recovery::testing::{FaultySender, FaultyStore, SendFault, StoreFault};
+mod common;
+
 use otp_recovery::{
     Account, AccountId, Code, Error, FlowId, FlowRecord, FlowState, KeyRing, Mac, ManualClock, PhoneNumber,
     Policy, Recovery, RequestContext, ServerKey, Subject, Timestamp,
@@ -697,5 +699,34 @@ fn a_support_action_whose_read_fails_is_audited() {
             });
             assert!(audited, "{action:?} left no audit event");
         }
+    });
+}
+
+#[test]
+fn a_store_that_answers_too_few_counter_values_gets_a_typed_error() {
+    use otp_recovery::store::StoreError;
+
+    // A broken store (one value short for the counters it was given) is
+    // an error, never a panic or a limit read off the wrong counter.
+    block_on(async {
+        let store = Arc::new(common::Observed::default());
+        let sender = RecordingSender::new();
+        let recovery = Recovery::new(store.clone(), sender.clone(), keys());
+        let ctx = RequestContext::none();
+        let flow = recovery
+            .request("alice@example.com", Some(alice()), &ctx)
+            .await
+            .unwrap()
+            .flow_id;
+        store
+            .short_answers
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = recovery
+            .request("alice@example.com", Some(alice()), &ctx)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Store(StoreError::Decode(_))), "{e:?}");
+        let e = recovery.verify(&flow, "000000", &ctx).await.unwrap_err();
+        assert!(matches!(e, Error::Store(StoreError::Decode(_))), "{e:?}");
     });
 }

@@ -526,6 +526,21 @@ pub trait CodeStore: Send + Sync {
     async fn purge_expired(&self, now: Timestamp) -> Result<u64>;
 }
 
+/// Checks that a store answered one value per counter it was given, so
+/// that a store that answers more or fewer gets a typed error
+/// ([`StoreError::Decode`]) rather than a wrong count or a panic further on.
+pub(crate) fn one_per_counter(counters: &[Counter], values: Vec<CounterValue>) -> Result<Vec<CounterValue>> {
+    if values.len() == counters.len() {
+        Ok(values)
+    } else {
+        Err(StoreError::Decode(format!(
+            "{} counter values for {} counters",
+            values.len(),
+            counters.len()
+        )))
+    }
+}
+
 #[async_trait]
 impl<S: CodeStore + ?Sized> CodeStore for Arc<S> {
     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {

@@ -3,22 +3,27 @@
 #![allow(dead_code)]
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{FlowId, FlowRecord, Timestamp};
 
 /// A memory store that counts every call made to it and records every
 /// counter key it is given. A test that holds `create_gate` holds every
-/// `create_flow` at its start (to run other calls in between).
+/// `create_flow` at its start (to run other calls in between); while
+/// `fail_swaps` is set, every plain `compare_and_swap` fails (the counting
+/// one still works); while `short_answers` is set, every call that counts
+/// answers one value too few (a broken store).
 #[derive(Default)]
 pub struct Observed {
     inner: MemoryStore,
     calls: AtomicUsize,
     keys: Mutex<Vec<String>>,
     pub create_gate: tokio::sync::Mutex<()>,
+    pub fail_swaps: AtomicBool,
+    pub short_answers: AtomicBool,
 }
 
 impl Observed {
@@ -66,10 +71,17 @@ impl CodeStore for Observed {
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         self.tick(counters);
-        self.inner.load_counting(id, counters, now).await
+        let (flow, mut values) = self.inner.load_counting(id, counters, now).await?;
+        if self.short_answers.load(Ordering::SeqCst) {
+            values.pop();
+        }
+        Ok((flow, values))
     }
     async fn compare_and_swap(&self, expected: u64, flow: &FlowRecord) -> Result<bool> {
         self.tick(&[]);
+        if self.fail_swaps.load(Ordering::SeqCst) {
+            return Err(StoreError::backend("injected failure", false));
+        }
         self.inner.compare_and_swap(expected, flow).await
     }
     async fn compare_and_swap_counting(
@@ -80,13 +92,22 @@ impl CodeStore for Observed {
         now: Timestamp,
     ) -> Result<Option<Vec<CounterValue>>> {
         self.tick(counters);
-        self.inner
+        let mut values = self
+            .inner
             .compare_and_swap_counting(expected, flow, counters, now)
-            .await
+            .await?;
+        if self.short_answers.load(Ordering::SeqCst) {
+            values.as_mut().map(Vec::pop);
+        }
+        Ok(values)
     }
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
         self.tick(counters);
-        self.inner.increment_counters(counters, now).await
+        let mut values = self.inner.increment_counters(counters, now).await?;
+        if self.short_answers.load(Ordering::SeqCst) {
+            values.pop();
+        }
+        Ok(values)
     }
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
         self.tick(&[]);
