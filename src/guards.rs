@@ -123,7 +123,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     pub(crate) fn plan_locks(&self, plan: &mut Plan, subject_key: &str) -> (usize, usize) {
         let max = u64::from(self.policy.max_account_failures());
         let failures = plan.lock(self.failure_counter_of(subject_key, 0), max - 1);
-        let lock = plan.lock(lock_counter_of(subject_key, Duration::from_secs(1), 0), 0);
+        let lock = plan.lock(lock_read_of(subject_key), 0);
         (failures, lock)
     }
 
@@ -329,24 +329,13 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         by_failures.max(by_lock)
     }
 
-    /// The counter of a subject's lock, open for at least the minimum
-    /// lockout once the subject locks (`by` 1), read with `by` 0.
-    pub(crate) fn lock_counter(&self, subject: &Subject, window: Duration, by: u32) -> Counter {
-        lock_counter_of(&self.subject_pseudonym(subject), window, by)
-    }
-
-    /// The counter of a subject's wrong codes.
-    pub(crate) fn failure_counter(&self, subject: &Subject, by: u32) -> Counter {
-        self.failure_counter_of(&self.subject_pseudonym(subject), by)
-    }
-
     /// The pseudonym of a subject's key, which its counters are keyed by.
     pub(crate) fn subject_pseudonym(&self, subject: &Subject) -> String {
         let [kind, id] = subject.key_parts();
         self.keys.pseudonym_of(&[kind.as_bytes(), id.as_bytes()])
     }
 
-    /// [`Recovery::failure_counter`] from the subject's pseudonym.
+    /// The counter of a subject's wrong codes, by its pseudonym.
     pub(crate) fn failure_counter_of(&self, pseudonym: &str, by: u32) -> Counter {
         Counter::new(
             key(&["fail:", pseudonym]),
@@ -356,7 +345,23 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 }
 
-/// [`Recovery::lock_counter`] from the subject's pseudonym.
+/// The counter of a subject's lock (by its pseudonym): open for the
+/// minimum lockout once the subject locks (`by` 1).
 pub(crate) fn lock_counter_of(pseudonym: &str, window: Duration, by: u32) -> Counter {
     Counter::new(key(&["lock:", pseudonym]), window, by)
+}
+
+/// A read of a subject's lock counter (by its pseudonym): it counts
+/// nothing, and opens no window that matters.
+pub(crate) fn lock_read_of(pseudonym: &str) -> Counter {
+    lock_counter_of(pseudonym, Duration::from_secs(1), 0)
+}
+
+/// The window in which repeated lockouts of one account are counted.
+const LOCKOUT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+
+/// The counter of a subject's lockouts (by its pseudonym), counted once
+/// per account lock.
+pub(crate) fn lockouts_counter_of(pseudonym: &str) -> Counter {
+    Counter::new(key(&["lockouts:", pseudonym]), LOCKOUT_WINDOW, 1)
 }

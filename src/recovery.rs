@@ -12,16 +12,15 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
 use crate::error::{Error, InputError, Result};
 use crate::events::{Event, EventKind, EventSink, TracingSink};
 use crate::factor::{ChannelSender, FactorKind, FactorSource};
-use crate::guards::lock_counter_of;
+use crate::guards::{lock_counter_of, lock_read_of, lockouts_counter_of};
 use crate::id::{AccountId, FlowId};
-use crate::limits::{self, BlockTarget, Limits, Plan, key};
+use crate::limits::{self, BlockTarget, Limits, Plan};
 use crate::machine::{self, Evaluation, Opening, Verdict};
 use crate::message::{Locale, Messages};
 use crate::phone::{MaskedPhone, PhoneNumber};
@@ -37,15 +36,6 @@ use crate::store::{CodeStore, Counter, CounterValue, one_per_counter};
 /// changed the flow, and a flow allows only a handful of changes, so this
 /// is reached only under pathological contention.
 pub(crate) const MAX_CAS_ROUNDS: usize = 64;
-/// The window in which repeated lockouts of one account are counted.
-const LOCKOUT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
-
-/// The counter of a subject's lockouts (by its pseudonym), counted once
-/// per account lock.
-fn lockouts_counter_of(pseudonym: &str) -> Counter {
-    Counter::new(key(&["lockouts:", pseudonym]), LOCKOUT_WINDOW, 1)
-}
-
 /// An account as the host resolved it: its id and verified phone number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -822,7 +812,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // written, so that no failure after leaves the account unlocked;
         // if another flow's failure reached the limit first, it is read.
         let counters = if reached_first {
-            vec![lock_counter_of(&pseudonym, Duration::from_secs(1), 0)]
+            vec![lock_read_of(&pseudonym)]
         } else {
             self.locking_counters(&pseudonym).to_vec()
         };
@@ -936,11 +926,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
     /// Sends the code stored in `flow` to `destination` (its phone; for a
     /// decoy, its made-up one, through a sender that sends nothing). If
-    /// the send fails, or the destination country is not allowed, the code
-    /// is voided at once (its MAC replaced by one nothing matches) so that
-    /// no code the user never received stays valid; the send still counts
-    /// toward the flow's limit. The failure is returned only when the
-    /// policy reveals send failures (a decoy's, too).
+    /// the send fails, the code is voided at once (its MAC replaced by one
+    /// nothing matches) so that no code the user never received stays
+    /// valid; a code for a refused destination was stored void already.
+    /// The send still counts toward the flow's limit. The failure is
+    /// returned only when the policy reveals send failures (a decoy's,
+    /// too).
     ///
     /// `event` makes the caller's events; they carry the time of the send,
     /// read here on both paths.
@@ -989,19 +980,14 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 format!("destination +{country_code} is not allowed"),
             )
         };
-        if !real || !allowed {
-            // A decoy's code was never valid, nor was one for a refused
-            // destination (`request` and `resend` stored it void): nothing
-            // to void. A decoy answers as a real flow would whose
-            // destination were its made-up one.
-            return match self.policy.reveal_send_failures() {
-                true => Err(Error::Send(error)),
-                false => Ok(()),
-            };
+        // A decoy's code was never valid, nor was one for a refused
+        // destination (`request` and `resend` stored it void): nothing to
+        // void. If the undo fails (store down), the code nobody received
+        // expires with its TTL. A decoy answers as a real flow would whose
+        // destination were its made-up one.
+        if real && allowed {
+            let _ = self.void_unsent(flow).await;
         }
-        // If the undo fails too (store down), the code nobody received
-        // expires with its TTL.
-        let _ = self.void_unsent(flow).await;
         if self.policy.reveal_send_failures() {
             return Err(Error::Send(error));
         }

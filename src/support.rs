@@ -27,6 +27,7 @@ use std::str::FromStr;
 use crate::clock::{Clock, Timestamp};
 use crate::error::{Error, InputError, Result};
 use crate::events::{Event, EventKind, SupportAction};
+use crate::guards::lock_read_of;
 use crate::id::{AccountId, FlowId};
 use crate::limits::BlockTarget;
 use crate::machine;
@@ -484,8 +485,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
     /// The subject's failure count and lock, read in one store call.
     async fn lock_state(&self, subject: &Subject, now: Timestamp) -> Result<LockState> {
         let r = self.recovery;
-        let failures = r.failure_counter(subject, 0);
-        let lock = r.lock_counter(subject, std::time::Duration::from_secs(1), 0);
+        let who = r.subject_pseudonym(subject);
+        let failures = r.failure_counter_of(&who, 0);
+        let lock = lock_read_of(&who);
         let values = r.count(&[failures.clone(), lock.clone()], now).await?;
         let (fv, lv) = (values[0], values[1]);
         let until = r.lock_end(fv, lv);
