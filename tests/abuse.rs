@@ -78,6 +78,14 @@ fn account(n: u32) -> Account {
     )
 }
 
+/// An account whose phone is in the United Kingdom (+44).
+fn uk_account() -> Account {
+    Account::new(
+        AccountId::new("uk").unwrap(),
+        PhoneNumber::parse("+447911123456").unwrap(),
+    )
+}
+
 fn ip(s: &str) -> RequestContext {
     RequestContext::from_ip(s.parse::<IpAddr>().unwrap())
 }
@@ -201,10 +209,7 @@ async fn the_country_and_global_budgets_cap_all_sends() {
         ),
         "{err:?}"
     );
-    let uk = Account::new(
-        AccountId::new("uk").unwrap(),
-        PhoneNumber::parse("+447911123456").unwrap(),
-    );
+    let uk = uk_account();
     h.recovery
         .request("uk@example.com", Some(uk), &none())
         .await
@@ -235,10 +240,7 @@ async fn the_country_and_global_budgets_cap_all_sends() {
 #[tokio::test]
 async fn denied_countries_get_no_sms_and_the_same_answer() {
     let h = harness(Limits::builder().deny_countries([44]).build().unwrap());
-    let uk = Account::new(
-        AccountId::new("uk").unwrap(),
-        PhoneNumber::parse("+447911123456").unwrap(),
-    );
+    let uk = uk_account();
     let requested = h
         .recovery
         .request("uk@example.com", Some(uk), &none())
@@ -265,10 +267,7 @@ async fn denied_countries_get_no_sms_and_the_same_answer() {
     let allow = harness(Limits::builder().allow_countries([44]).build().unwrap());
     allow.request(1, &none()).await.unwrap();
     assert_eq!(allow.sender.count(), 0, "+1 is not on the allow list");
-    let uk = Account::new(
-        AccountId::new("uk").unwrap(),
-        PhoneNumber::parse("+447911123456").unwrap(),
-    );
+    let uk = uk_account();
     allow
         .recovery
         .request("uk@example.com", Some(uk), &none())
@@ -300,10 +299,7 @@ async fn denied_countries_get_no_sms_and_the_same_answer() {
     );
     // ...and an unknown identifier answers as an account in an allowed
     // country does: its made-up destination is there.
-    let uk = Account::new(
-        AccountId::new("uk").unwrap(),
-        PhoneNumber::parse("+447911123456").unwrap(),
-    );
+    let uk = uk_account();
     let known = strict
         .recovery
         .request("uk@example.com", Some(uk), &none())
@@ -338,10 +334,7 @@ async fn a_refused_destination_costs_the_store_calls_of_an_unknown_identifier() 
     )
     .with_limits(Limits::builder().deny_countries([44]).build().unwrap())
     .with_clock(clock.clone());
-    let uk = Account::new(
-        AccountId::new("uk").unwrap(),
-        PhoneNumber::parse("+447911123456").unwrap(),
-    );
+    let uk = uk_account();
     let known = recovery
         .request("uk@example.com", Some(uk), &none())
         .await
