@@ -69,6 +69,26 @@ impl CodeStore for Journal {
         self.note(flow).await;
         self.inner.compare_and_swap(expected, flow).await
     }
+    async fn compare_and_swap_counting(
+        &self,
+        expected: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> StoreResult<Option<Vec<CounterValue>>> {
+        self.note(flow).await;
+        self.inner
+            .compare_and_swap_counting(expected, flow, counters, now)
+            .await
+    }
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> StoreResult<(Option<FlowRecord>, Vec<CounterValue>)> {
+        self.inner.load_counting(id, counters, now).await
+    }
     async fn increment_counters(
         &self,
         counters: &[Counter],

@@ -6,8 +6,6 @@
 
 #![cfg(all(feature = "postgres", feature = "conformance"))]
 
-use std::sync::Arc;
-
 use otp_recovery::store::conformance::{self, server_url};
 use otp_recovery::store::postgres::PostgresStore;
 use otp_recovery::store::{CodeStore, StoreError};
@@ -22,16 +20,10 @@ async fn store() -> Option<PostgresStore> {
     Some(store)
 }
 
-otp_recovery::code_store_conformance!(optional: store());
-
-#[test]
-fn two_instances_with_their_own_pools_hold_every_limit() {
-    conformance::block_on(async {
-        let (Some(a), Some(b)) = (store().await, store().await) else {
-            return;
-        };
-        conformance::two_instances_hold_every_limit(Arc::new(a), Arc::new(b)).await;
-    });
+otp_recovery::code_store_conformance! {
+    optional: store: store(),
+    // Two host instances with their own pools.
+    two_instances: async { Some((store().await?, store().await?)) },
 }
 
 #[test]

@@ -10,7 +10,6 @@
 
 #![cfg(all(feature = "redis", feature = "conformance"))]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use otp_recovery::limits::Limits;
@@ -66,30 +65,31 @@ async fn ask<T: redis::FromRedisValue>(
         .unwrap_or_else(|e| panic!("{command}: {e}"))
 }
 
-otp_recovery::code_store_conformance!(optional: async {
-    match server_url(URL_VAR) {
-        Some(url) => Some(connect(&url, &fresh_prefix()).await),
-        None => None,
-    }
-});
+otp_recovery::code_store_conformance! {
+    optional: store: async {
+        match server_url(URL_VAR) {
+            Some(url) => Some(connect(&url, &fresh_prefix()).await),
+            None => None,
+        }
+    },
+    // Two host instances, each with its own connection manager to the same
+    // server and prefix.
+    two_instances: async {
+        match server_url(URL_VAR) {
+            Some(url) => {
+                let prefix = fresh_prefix();
+                Some((connect(&url, &prefix).await, connect(&url, &prefix).await))
+            }
+            None => None,
+        }
+    },
+}
 
 /// An account of its own, so no limit carries over between tests.
 fn account() -> Account {
     let id =
         AccountId::new(format!("redis-test-{}", FlowId::generate().expect("randomness"))).expect("valid id");
     Account::new(id, PhoneNumber::parse("+14155550123").expect("valid phone"))
-}
-
-/// Two host instances, each with its own connection manager to the same
-/// server and prefix, race on the same flows: every limit holds exactly.
-#[test]
-fn two_instances_with_their_own_connections_hold_every_limit() {
-    conformance::block_on(async {
-        let Some(url) = server_url(URL_VAR) else { return };
-        let prefix = fresh_prefix();
-        let (a, b) = (connect(&url, &prefix).await, connect(&url, &prefix).await);
-        conformance::two_instances_hold_every_limit(Arc::new(a), Arc::new(b)).await;
-    });
 }
 
 /// A flow and its counts survive the connection being dropped and made

@@ -26,18 +26,38 @@ fn temp_db() -> PathBuf {
     dir.join(format!("{}.db", FlowId::generate().expect("randomness")))
 }
 
-otp_recovery::code_store_conformance!(async {
-    let db = TempDb::new();
-    Scratch {
-        store: SqliteStore::open(db.path()).await.unwrap(),
-        _file: db,
-    }
-});
+otp_recovery::code_store_conformance! {
+    store: async {
+        let db = Arc::new(TempDb::new());
+        Scratch {
+            store: SqliteStore::open(db.path()).await.unwrap(),
+            _file: db,
+        }
+    },
+    // Two stores on one file, as two processes of the host would have.
+    two_instances: async {
+        let db = Arc::new(TempDb::new());
+        let open = || async { SqliteStore::open(db.path()).await.unwrap() };
+        let (a, b) = (open().await, open().await);
+        (
+            Scratch { store: a, _file: db.clone() },
+            Scratch { store: b, _file: db.clone() },
+        )
+    },
+}
 
 mod in_memory {
+    use std::sync::Arc;
+
     use otp_recovery::store::sqlite::SqliteStore;
 
-    otp_recovery::code_store_conformance!(async { SqliteStore::open_in_memory().await.unwrap() });
+    otp_recovery::code_store_conformance! {
+        store: async { SqliteStore::open_in_memory().await.unwrap() },
+        two_instances: async {
+            let shared = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+            (shared.clone(), shared)
+        },
+    }
 }
 
 /// A database file deleted, with its WAL and shared-memory files, when the
@@ -78,8 +98,8 @@ impl Drop for TempDb {
 /// to the `SqliteStore`.
 struct Scratch {
     store: SqliteStore,
-    /// Dropped after the store.
-    _file: TempDb,
+    /// Dropped after the last store on it.
+    _file: Arc<TempDb>,
 }
 
 #[async_trait]
@@ -182,24 +202,6 @@ async fn request<S: CodeStore>(
         .await
         .unwrap();
     (requested.flow_id, sender.last_code().unwrap())
-}
-
-/// Two stores on one file, as two processes of the host would have, race
-/// on the same flows: every limit holds exactly.
-#[test]
-fn two_stores_on_one_file_hold_every_limit() {
-    otp_recovery::store::conformance::block_on(async {
-        let path = temp_db();
-        let (a, b) = (
-            SqliteStore::open(&path).await.unwrap(),
-            SqliteStore::open(&path).await.unwrap(),
-        );
-        otp_recovery::store::conformance::two_instances_hold_every_limit(
-            std::sync::Arc::new(a),
-            std::sync::Arc::new(b),
-        )
-        .await;
-    });
 }
 
 #[tokio::test]

@@ -324,6 +324,31 @@ impl MemoryStore {
         Ok(())
     }
 
+    fn swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+        let hash = self.flow_hash(&flow.id);
+        let mut shard = lock(&self.flows[shard_of(hash)]);
+        match shard.table.find_mut(hash, |s| s.is(&flow.id)) {
+            Some(current) if current.version() == expected_version => {
+                let seq = current.head()?.seq;
+                current.replace(flow, seq);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn count(&self, counters: &[Counter], now: Timestamp) -> Vec<CounterValue> {
+        // Each counter is atomic on its own shard; a refused call undoes its
+        // guarded increments one by one, so a racing call may briefly see
+        // a count above a limit (and be refused: never admitted past it).
+        Counter::apply_all(
+            counters,
+            now,
+            |c| self.step_counter(c, now),
+            |c, applied| self.undo_counter(c, applied),
+        )
+    }
+
     /// Applies one counter atomically on its shard.
     fn step_counter(&self, c: &Counter, now: Timestamp) -> CounterValue {
         let hash = self.counter_hash(&c.key);
@@ -465,29 +490,36 @@ impl CodeStore for MemoryStore {
         self.read_flow(id)
     }
 
-    async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
-        let hash = self.flow_hash(&flow.id);
-        let mut shard = lock(&self.flows[shard_of(hash)]);
-        match shard.table.find_mut(hash, |s| s.is(&flow.id)) {
-            Some(current) if current.version() == expected_version => {
-                let seq = current.head()?.seq;
-                current.replace(flow, seq);
-                Ok(true)
-            }
-            _ => Ok(false),
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
+        // No await between the two: nothing can fail or cancel in between.
+        let flow = self.read_flow(id)?;
+        Ok((flow, self.count(counters, now)))
+    }
+
+    async fn compare_and_swap_counting(
+        &self,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<CounterValue>>> {
+        if !self.swap(expected_version, flow)? {
+            return Ok(None);
         }
+        Ok(Some(self.count(counters, now)))
+    }
+
+    async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+        self.swap(expected_version, flow)
     }
 
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
-        // Each counter is atomic on its own shard; a refused call undoes its
-        // guarded increments one by one, so a racing call may briefly see
-        // a count above a limit (and be refused: never admitted past it).
-        Ok(Counter::apply_all(
-            counters,
-            now,
-            |c| self.step_counter(c, now),
-            |c, applied| self.undo_counter(c, applied),
-        ))
+        Ok(self.count(counters, now))
     }
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {

@@ -33,6 +33,42 @@
 //!     cases: HashMap<SupportReference, SupportCase>,
 //! }
 //!
+//! impl Inner {
+//!     /// One call's counters, each applied (and undone) by the shared rules.
+//!     fn count(&mut self, counters: &[Counter], now: Timestamp) -> Vec<CounterValue> {
+//!         let map = std::cell::RefCell::new(&mut self.counters);
+//!         Counter::apply_all(
+//!             counters,
+//!             now,
+//!             |c| {
+//!                 let mut map = map.borrow_mut();
+//!                 let value = c.apply(map.get(&c.key).copied(), now);
+//!                 if value.resets_at.is_some() {
+//!                     map.insert(c.key.clone(), value);
+//!                 }
+//!                 value
+//!             },
+//!             |c, applied| {
+//!                 let mut map = map.borrow_mut();
+//!                 match c.unapply(applied, map.get(&c.key).copied()) {
+//!                     Some(v) => drop(map.insert(c.key.clone(), v)),
+//!                     None => drop(map.remove(&c.key)),
+//!                 }
+//!             },
+//!         )
+//!     }
+//!
+//!     fn swap(&mut self, expected_version: u64, flow: &FlowRecord) -> bool {
+//!         match self.flows.get_mut(&flow.id) {
+//!             Some(current) if current.version == expected_version => {
+//!                 *current = flow.clone();
+//!                 true
+//!             }
+//!             _ => false,
+//!         }
+//!     }
+//! }
+//!
 //! #[async_trait]
 //! impl CodeStore for MapStore {
 //!     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
@@ -58,39 +94,26 @@
 //!         Ok(self.inner.lock().unwrap().flows.get(id).cloned())
 //!     }
 //!
-//!     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+//!     async fn load_counting(
+//!         &self, id: &FlowId, counters: &[Counter], now: Timestamp,
+//!     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
 //!         let mut inner = self.inner.lock().unwrap();
-//!         match inner.flows.get_mut(&flow.id) {
-//!             Some(current) if current.version == expected_version => {
-//!                 *current = flow.clone();
-//!                 Ok(true)
-//!             }
-//!             _ => Ok(false),
-//!         }
+//!         Ok((inner.flows.get(id).cloned(), inner.count(counters, now)))
+//!     }
+//!
+//!     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+//!         Ok(self.inner.lock().unwrap().swap(expected_version, flow))
+//!     }
+//!
+//!     async fn compare_and_swap_counting(
+//!         &self, expected_version: u64, flow: &FlowRecord, counters: &[Counter], now: Timestamp,
+//!     ) -> Result<Option<Vec<CounterValue>>> {
+//!         let mut inner = self.inner.lock().unwrap();
+//!         Ok(inner.swap(expected_version, flow).then(|| inner.count(counters, now)))
 //!     }
 //!
 //!     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
-//!         let inner = &mut *self.inner.lock().unwrap();
-//!         let map = std::cell::RefCell::new(&mut inner.counters);
-//!         Ok(Counter::apply_all(
-//!             counters,
-//!             now,
-//!             |c| {
-//!                 let mut map = map.borrow_mut();
-//!                 let value = c.apply(map.get(&c.key).copied(), now);
-//!                 if value.resets_at.is_some() {
-//!                     map.insert(c.key.clone(), value);
-//!                 }
-//!                 value
-//!             },
-//!             |c, applied| {
-//!                 let mut map = map.borrow_mut();
-//!                 match c.unapply(applied, map.get(&c.key).copied()) {
-//!                     Some(v) => drop(map.insert(c.key.clone(), v)),
-//!                     None => drop(map.remove(&c.key)),
-//!                 }
-//!             },
-//!         ))
+//!         Ok(self.inner.lock().unwrap().count(counters, now))
 //!     }
 //!
 //!     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
@@ -452,24 +475,16 @@ pub trait CodeStore: Send + Sync {
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>>;
 
     /// [`get_flow`](CodeStore::get_flow) and
-    /// [`increment_counters`](CodeStore::increment_counters) together. The
-    /// default makes two calls; a store that can do both in one round trip
-    /// should override it (a verify uses it to read the client's blocks and
-    /// limits along with the flow).
+    /// [`increment_counters`](CodeStore::increment_counters) in one atomic
+    /// step (a verify reads the client's blocks and limits along with the
+    /// flow). It has no default: two calls would let a failure between
+    /// them lose the counts after the flow was read.
     async fn load_counting(
         &self,
         id: &FlowId,
         counters: &[Counter],
         now: Timestamp,
-    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
-        let flow = self.get_flow(id).await?;
-        let values = if counters.is_empty() {
-            Vec::new()
-        } else {
-            self.increment_counters(counters, now).await?
-        };
-        Ok((flow, values))
-    }
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)>;
 
     /// The subject's most recent flows, newest first, at most `limit` (for
     /// support look-ups). `subject_key` is [`Subject::key`](crate::Subject::key).
@@ -491,27 +506,20 @@ pub trait CodeStore: Send + Sync {
     /// `false` also when no such flow is stored.
     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool>;
 
-    /// [`compare_and_swap`](CodeStore::compare_and_swap), then, only if it
-    /// wrote, [`increment_counters`](CodeStore::increment_counters).
-    /// Returns `None` when the swap did not write (no counter changed), or
-    /// the counts after the increments.
-    ///
-    /// The default makes two calls; a store that can do both in one round
-    /// trip (a Lua script, one SQL statement) should override it. A verify
-    /// that records a wrong code uses it to count the account's failure
-    /// together with the flow's.
+    /// [`compare_and_swap`](CodeStore::compare_and_swap) and, only if it
+    /// wrote, [`increment_counters`](CodeStore::increment_counters), in one
+    /// atomic step. Returns `None` when the swap did not write (no counter
+    /// changed), or the counts after the increments. A verify that records
+    /// a wrong code counts the account's failure with the flow's here. It
+    /// has no default: with two calls, a failure between them would record
+    /// the flow's attempt and lose the account's failure.
     async fn compare_and_swap_counting(
         &self,
         expected_version: u64,
         flow: &FlowRecord,
         counters: &[Counter],
         now: Timestamp,
-    ) -> Result<Option<Vec<CounterValue>>> {
-        if !self.compare_and_swap(expected_version, flow).await? {
-            return Ok(None);
-        }
-        Ok(Some(self.increment_counters(counters, now).await?))
-    }
+    ) -> Result<Option<Vec<CounterValue>>>;
 
     /// Atomically applies each counter (see [`Counter::apply`]) and returns
     /// the values after it, in order. Each counter's step is atomic; a key

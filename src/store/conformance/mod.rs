@@ -5,13 +5,22 @@
 //! One macro call in a test file gives one `#[test]` per check:
 //!
 //! ```
+//! use std::sync::Arc;
 //! use otp_recovery::store::MemoryStore;
 //!
-//! otp_recovery::code_store_conformance!(async { MemoryStore::new() });
+//! otp_recovery::code_store_conformance! {
+//!     store: async { MemoryStore::new() },
+//!     // Two handles on the same data, as two host processes would have.
+//!     two_instances: async {
+//!         let shared = Arc::new(MemoryStore::new());
+//!         (shared.clone(), shared)
+//!     },
+//! }
 //! # fn main() {}
 //! ```
 //!
-//! The expression is evaluated once per check (it may connect to a server).
+//! The `store` expression is evaluated once per check (it may connect to a
+//! server).
 //! Checks use fresh random ids, so they may share one database, and they
 //! drive the store through [`Recovery`] where a rule spans
 //! several calls. Each check is also a public async function, and [`run`]
@@ -23,6 +32,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Barrier;
+
+mod limits;
+
+pub use limits::*;
 
 use super::{CodeStore, Counter, CounterValue, Result as StoreResult};
 use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
@@ -40,15 +53,21 @@ use crate::sms::RecordingSender;
 use crate::support::{SupportCase, SupportReference};
 
 /// Generates one `#[test]` per conformance check, each running on a
-/// multi-threaded runtime against a store made by `$make` (an expression
-/// of type `impl Future<Output = impl CodeStore + 'static>`).
+/// multi-threaded runtime.
 ///
-/// With `optional:` in front, `$make` yields an `Option` of a store, and
-/// `None` skips the check (see [`server_url`] for stores that need a
-/// server).
+/// - `store:` an expression of type `impl Future<Output = impl CodeStore +
+///   'static>`, evaluated once per check (it may connect to a server);
+/// - `two_instances:` an expression of type `impl Future<Output = (A, A)>`
+///   where `A: CodeStore + 'static`: two stores on the *same* data, as two
+///   processes of the host would open them (two pools, two connections,
+///   or two handles of one in-memory store), for
+///   [`two_instances_hold_every_limit`].
+///
+/// With `optional:` in front, both yield an `Option`, and `None` skips the
+/// check (see [`server_url`] for stores that need a server).
 #[macro_export]
 macro_rules! code_store_conformance {
-    (optional: $make:expr) => {
+    (optional: store: $make:expr, two_instances: $pair:expr $(,)?) => {
         $crate::code_store_conformance!(@optional $make;
             create_then_get_returns_every_field,
             get_of_an_unknown_flow_is_none,
@@ -58,6 +77,7 @@ macro_rules! code_store_conformance {
             compare_and_swap_applies_only_on_the_expected_version,
             compare_and_swap_counting_counts_only_when_it_writes,
             counters_count_per_key_and_per_window,
+            counters_hold_windows_of_a_day_and_a_week,
             conditional_counters_count_only_when_their_condition_opened,
             a_refused_call_undoes_its_guarded_counts,
             load_counting_returns_the_flow_and_the_counts,
@@ -69,13 +89,30 @@ macro_rules! code_store_conformance {
             concurrent_counter_increments_are_all_counted,
             concurrent_compare_and_swaps_have_one_winner,
             concurrent_counting_swaps_count_once,
+            counting_swaps_on_many_flows_lose_no_count,
             counters_raced_in_opposite_orders_all_succeed,
+            a_max_holds_under_concurrent_calls,
+            conditional_counters_hold_under_concurrent_calls,
             concurrent_creates_leave_one_open_flow_per_account,
+            creates_raced_on_many_subjects_leave_one_open_flow_each,
             wrong_code_race_evaluates_exactly_the_attempt_limit,
             right_code_race_issues_exactly_one_token,
             reset_race_completes_exactly_once,
             resend_race_sends_exactly_once,
+            request_races_hold_the_send_limits,
         );
+        #[test]
+        fn two_instances_hold_every_limit() {
+            $crate::store::conformance::block_on(async {
+                if let Some((a, b)) = $pair.await {
+                    $crate::store::conformance::two_instances_hold_every_limit(
+                        ::std::sync::Arc::new(a),
+                        ::std::sync::Arc::new(b),
+                    )
+                    .await;
+                }
+            });
+        }
     };
     (@optional $make:expr; $($check:ident),* $(,)?) => {
         $(
@@ -89,8 +126,11 @@ macro_rules! code_store_conformance {
             }
         )*
     };
-    ($make:expr) => {
-        $crate::code_store_conformance!(optional: async { ::core::option::Option::Some($make.await) });
+    (store: $make:expr, two_instances: $pair:expr $(,)?) => {
+        $crate::code_store_conformance!(
+            optional: store: async { ::core::option::Option::Some($make.await) },
+            two_instances: async { ::core::option::Option::Some($pair.await) },
+        );
     };
 }
 
@@ -125,7 +165,8 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-/// Runs every check in sequence against one store.
+/// Runs every check in sequence against one store (the two-instance check
+/// with two host instances over this one store).
 pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     create_then_get_returns_every_field(store.clone()).await;
     get_of_an_unknown_flow_is_none(store.clone()).await;
@@ -135,6 +176,7 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     compare_and_swap_applies_only_on_the_expected_version(store.clone()).await;
     compare_and_swap_counting_counts_only_when_it_writes(store.clone()).await;
     counters_count_per_key_and_per_window(store.clone()).await;
+    counters_hold_windows_of_a_day_and_a_week(store.clone()).await;
     conditional_counters_count_only_when_their_condition_opened(store.clone()).await;
     a_refused_call_undoes_its_guarded_counts(store.clone()).await;
     load_counting_returns_the_flow_and_the_counts(store.clone()).await;
@@ -146,12 +188,18 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     concurrent_counter_increments_are_all_counted(store.clone()).await;
     concurrent_compare_and_swaps_have_one_winner(store.clone()).await;
     concurrent_counting_swaps_count_once(store.clone()).await;
+    counting_swaps_on_many_flows_lose_no_count(store.clone()).await;
     counters_raced_in_opposite_orders_all_succeed(store.clone()).await;
+    a_max_holds_under_concurrent_calls(store.clone()).await;
+    conditional_counters_hold_under_concurrent_calls(store.clone()).await;
     concurrent_creates_leave_one_open_flow_per_account(store.clone()).await;
+    creates_raced_on_many_subjects_leave_one_open_flow_each(store.clone()).await;
     wrong_code_race_evaluates_exactly_the_attempt_limit(store.clone()).await;
     right_code_race_issues_exactly_one_token(store.clone()).await;
     reset_race_completes_exactly_once(store.clone()).await;
-    resend_race_sends_exactly_once(store).await;
+    resend_race_sends_exactly_once(store.clone()).await;
+    request_races_hold_the_send_limits(store.clone()).await;
+    two_instances_hold_every_limit(store.clone(), store).await;
 }
 
 // ---- helpers ----
@@ -168,10 +216,13 @@ fn phone() -> PhoneNumber {
     PhoneNumber::parse("+14155550123").expect("valid phone")
 }
 
-/// Now, to the millisecond: stores that expire keys natively measure their
-/// TTLs against real time, so the checks stay near it.
+/// Now, with a fixed odd millisecond (537) so that a store that keeps
+/// whole seconds fails on every run, not one run in a thousand: stores that
+/// expire keys natively measure their TTLs against real time, so the checks
+/// stay within a second of it.
 fn now() -> Timestamp {
-    SystemClock.now()
+    let millis = SystemClock.now().as_unix_millis();
+    Timestamp::from_unix_millis(millis - millis % 1000 + 537)
 }
 
 fn decoy() -> Subject {
@@ -304,30 +355,73 @@ fn recovery<S: CodeStore>(store: Arc<S>) -> (Arc<TestRecovery<S>>, RecordingSend
     (Arc::new(recovery), sender, clock)
 }
 
-/// Spawns `n` copies of `task`, all released at once by a barrier, and
-/// returns their outputs.
+/// Runs `n` copies of `task` at once and returns their outputs in order.
+///
+/// The copies are dealt into four groups, one spawned task each, released
+/// together by a barrier: the groups run in parallel, and within a group
+/// the copies are polled in turn, so each copy reaches its first await (a
+/// round trip to the store) before any copy goes past it. A store that
+/// checks in one round trip and writes in another therefore fails these
+/// races on every run, not only when the scheduler happens to interleave.
 async fn race<T, F, Fut>(n: usize, task: F) -> Vec<T>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut,
     Fut: Future<Output = T> + Send + 'static,
 {
-    let barrier = Arc::new(Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
+    const GROUPS: usize = 4;
+    let mut groups: Vec<Vec<Fut>> = (0..GROUPS.min(n)).map(|_| Vec::new()).collect();
+    for i in 0..n {
+        groups[i % GROUPS].push(task(i));
+    }
+    let barrier = Arc::new(Barrier::new(groups.len()));
+    let handles: Vec<_> = groups
+        .into_iter()
+        .map(|group| {
             let barrier = barrier.clone();
-            let fut = task(i);
             tokio::spawn(async move {
                 barrier.wait().await;
-                fut.await
+                in_turn(group).await
             })
         })
         .collect();
-    let mut out = Vec::with_capacity(n);
+    let mut grouped = Vec::with_capacity(handles.len());
     for handle in handles {
-        out.push(handle.await.expect("a racing task panicked"));
+        grouped.push(handle.await.expect("a racing task panicked").into_iter());
     }
-    out
+    // Back to the order of `i`: copy i is the (i / GROUPS)th of group i % GROUPS.
+    let width = grouped.len();
+    (0..n)
+        .map(|i| grouped[i % width].next().expect("one output per copy"))
+        .collect()
+}
+
+/// Polls every future in turn until all are done (a `join_all` that
+/// gives each future one poll per round, in order).
+async fn in_turn<T, Fut: Future<Output = T>>(futures: Vec<Fut>) -> Vec<T> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future is done"))
+        .collect()
 }
 
 async fn requested_flow<S: CodeStore>(recovery: &TestRecovery<S>) -> FlowId {
@@ -734,7 +828,11 @@ pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: 
         .await
         .expect("load");
     assert_eq!(got, Some(flow));
-    assert_eq!(values, [CounterValue::new(2, Some(t.saturating_add(hour)))]);
+    assert_eq!(
+        values,
+        [CounterValue::new(2, Some(t.saturating_add(hour)))],
+        "load_counting must apply its counters"
+    );
     let missing = FlowId::generate().expect("randomness");
     let (none, values) = store
         .load_counting(&missing, &[Counter::read(&key, hour)], t)
@@ -799,14 +897,16 @@ pub async fn cases_are_stored_replaced_and_found_by_reference<S: CodeStore>(stor
         subject: of(&account()),
         flow: FlowId::generate().expect("randomness"),
         opened_at: t,
-        locked_until: t.saturating_add(Duration::from_secs(3600)),
+        locked_until: t.saturating_add(Duration::from_secs(5)),
         unlocked_at: None,
-        purge_after: t.saturating_add(Duration::from_secs(7200)),
+        // Soon: purging at it also deletes the counters that end by then,
+        // and checks that share a database must not lose theirs.
+        purge_after: t.saturating_add(PURGE_HORIZON),
     };
     assert_eq!(store.get_case(&reference).await.expect("get"), None);
     store.put_case(&case).await.expect("put");
     assert_eq!(store.get_case(&reference).await.expect("get"), Some(case.clone()));
-    case.unlocked_at = Some(t.saturating_add(Duration::from_secs(60)));
+    case.unlocked_at = Some(t.saturating_add(Duration::from_secs(1)));
     store.put_case(&case).await.expect("put");
     assert_eq!(store.get_case(&reference).await.expect("get"), Some(case.clone()));
     store.purge_expired(case.purge_after).await.expect("purge");
@@ -851,15 +951,19 @@ pub async fn deleted_counters_start_again_from_zero<S: CodeStore>(store: Arc<S>)
     assert_eq!(values[2], CounterValue::new(1, Some(later.saturating_add(hour))));
 }
 
+/// How far ahead of real time the checks ever purge. Checks share one
+/// database, so every counter a check relies on ends later than this.
+const PURGE_HORIZON: Duration = Duration::from_secs(10);
+
 /// Purging deletes flows whose `purge_after` is at or before `now`, keeps
 /// later ones, and a purged subject can open a new flow.
 pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
     let t = now();
     let alice = account();
     let mut expiring = flow_at(t, of(&alice));
-    expiring.purge_after = t.saturating_add(Duration::from_secs(10));
+    expiring.purge_after = t.saturating_add(PURGE_HORIZON);
     let mut staying = flow_at(t, of(&account()));
-    staying.purge_after = t.saturating_add(Duration::from_secs(10) + Duration::from_millis(1));
+    staying.purge_after = t.saturating_add(PURGE_HORIZON + Duration::from_millis(1));
     store.create_flow(&expiring).await.expect("create");
     store.create_flow(&staying).await.expect("create");
 

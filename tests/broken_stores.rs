@@ -1,0 +1,504 @@
+//! The conformance suite rejects broken stores, each on every run.
+//!
+//! `MapStore` is the `store` module's documentation example (one map
+//! behind one mutex), which passes the suite; each [`Break`] changes one
+//! thing in it the way a real store gets it wrong. A "round trip" is a
+//! `yield_now` between two critical sections: what a store does when it
+//! checks in one call to its backend and writes in another.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use otp_recovery::store::conformance;
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use otp_recovery::support::{SupportCase, SupportReference};
+use otp_recovery::{FlowId, FlowRecord, FlowState, Timestamp};
+
+/// One way to get a store wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Break {
+    /// Nothing: the store is correct.
+    None,
+    /// `compare_and_swap` checks the version, then writes after a round trip.
+    NonAtomicSwap,
+    /// A `max` is checked on a read, and the increments applied after a
+    /// round trip.
+    CheckThenActMax,
+    /// A condition (`only_if_opened`) is decided on a read before the
+    /// increment.
+    ConditionOnARead,
+    /// Windows are capped at one hour (a TTL the backend caps).
+    CappedWindow,
+    /// Every increment moves the window's end.
+    SlidingWindow,
+    /// The subject's open flow is read, then the new one inserted and the
+    /// old one superseded, each after a round trip.
+    NonAtomicSupersede,
+    /// A counting swap swaps, then read-modify-writes each counter over
+    /// round trips.
+    NonAtomicCountingSwap,
+    /// A counting swap counts even when it did not write.
+    CountsWhenLosing,
+    /// `load_counting` reads the counters without incrementing them.
+    LoadWithoutCounting,
+    /// Timestamps are kept to the second.
+    WholeSeconds,
+    /// A refused call keeps its increments.
+    RefusalKept,
+    /// A read (an increment by zero) opens a window.
+    ReadOpensWindow,
+    /// A flow is purged only after its `purge_after`, not at it.
+    PurgedLate,
+    /// A new flow supersedes the subject's newest flow even when closed.
+    SupersedesClosed,
+}
+
+#[derive(Default)]
+struct Inner {
+    flows: HashMap<FlowId, FlowRecord>,
+    subjects: HashMap<String, Vec<FlowId>>,
+    counters: HashMap<String, CounterValue>,
+    cases: HashMap<SupportReference, SupportCase>,
+}
+
+struct MapStore {
+    inner: Mutex<Inner>,
+    broken: Break,
+}
+
+async fn round_trip() {
+    tokio::task::yield_now().await;
+}
+
+fn whole_seconds(t: Timestamp) -> Timestamp {
+    Timestamp::from_unix_millis(t.as_unix_millis() / 1000 * 1000)
+}
+
+impl MapStore {
+    fn new(broken: Break) -> Self {
+        MapStore {
+            inner: Mutex::default(),
+            broken,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One call's counters under the lock, by the shared rules (and the
+    /// breaks that live inside one step).
+    fn count(&self, counters: &[Counter], now: Timestamp) -> Vec<CounterValue> {
+        let broken = self.broken;
+        let now = if broken == Break::WholeSeconds {
+            whole_seconds(now)
+        } else {
+            now
+        };
+        let counters: Vec<Counter> = counters
+            .iter()
+            .cloned()
+            .map(|mut c| {
+                if broken == Break::CappedWindow {
+                    c.window = c.window.min(Duration::from_secs(3600));
+                }
+                c
+            })
+            .collect();
+        let mut inner = self.lock();
+        let map = std::cell::RefCell::new(&mut inner.counters);
+        Counter::apply_all(
+            &counters,
+            now,
+            |c| {
+                let mut map = map.borrow_mut();
+                let stored = map.get(&c.key).copied();
+                let mut value = c.apply(stored, now);
+                if broken == Break::SlidingWindow && c.by > 0 {
+                    value.resets_at = Some(c.window_end_from(now));
+                }
+                if broken == Break::ReadOpensWindow && value.resets_at.is_none() {
+                    value.resets_at = Some(c.window_end_from(now));
+                }
+                if value.resets_at.is_some() {
+                    map.insert(c.key.clone(), value);
+                }
+                value
+            },
+            |c, applied| {
+                if broken == Break::RefusalKept {
+                    return;
+                }
+                let mut map = map.borrow_mut();
+                match c.unapply(applied, map.get(&c.key).copied()) {
+                    Some(v) => drop(map.insert(c.key.clone(), v)),
+                    None => drop(map.remove(&c.key)),
+                }
+            },
+        )
+    }
+
+    /// What `count` would answer, changing nothing.
+    fn dry_run(&self, counters: &[Counter], now: Timestamp) -> Vec<CounterValue> {
+        let mut copy = self.lock().counters.clone();
+        Counter::apply_all(
+            counters,
+            now,
+            |c| {
+                let value = c.apply(copy.get(&c.key).copied(), now);
+                copy.insert(c.key.clone(), value);
+                value
+            },
+            |_, _| {},
+        )
+    }
+
+    async fn increment(&self, counters: &[Counter], now: Timestamp) -> Vec<CounterValue> {
+        match self.broken {
+            Break::CheckThenActMax if counters.iter().any(|c| c.max.is_some()) => {
+                let seen = self.dry_run(counters, now);
+                if Counter::refused(counters, &seen) {
+                    return self.count(counters, now);
+                }
+                round_trip().await;
+                let unchecked: Vec<Counter> = counters
+                    .iter()
+                    .cloned()
+                    .map(|mut c| {
+                        c.max = None;
+                        c
+                    })
+                    .collect();
+                // It answers the counts it checked, as `count + 1` from
+                // its read would.
+                self.count(&unchecked, now);
+                seen
+            }
+            Break::ConditionOnARead if counters.iter().any(|c| c.only_if_opened.is_some()) => {
+                let seen = self.dry_run(counters, now);
+                round_trip().await;
+                let decided: Vec<Counter> = counters
+                    .iter()
+                    .cloned()
+                    .map(|mut c| {
+                        if let Some(i) = c.only_if_opened.take()
+                            && !seen[i].opened(&counters[i], now)
+                        {
+                            c.by = 0;
+                        }
+                        c
+                    })
+                    .collect();
+                self.count(&decided, now)
+            }
+            _ => self.count(counters, now),
+        }
+    }
+
+    fn swap(&self, expected_version: u64, flow: &FlowRecord) -> bool {
+        let mut inner = self.lock();
+        match inner.flows.get_mut(&flow.id) {
+            Some(current) if current.version == expected_version => {
+                *current = self.stored(flow);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn stored(&self, flow: &FlowRecord) -> FlowRecord {
+        let mut flow = flow.clone();
+        if self.broken == Break::WholeSeconds {
+            flow.created_at = whole_seconds(flow.created_at);
+            flow.updated_at = whole_seconds(flow.updated_at);
+        }
+        flow
+    }
+
+    fn supersede(inner: &mut Inner, old: Option<FlowId>, at: Timestamp, closed_too: bool) {
+        if let Some(old) = old.and_then(|id| inner.flows.get_mut(&id))
+            && (old.state.is_open() || (closed_too && old.state != FlowState::Superseded))
+        {
+            old.state = FlowState::Superseded;
+            old.version += 1;
+            old.updated_at = at;
+        }
+    }
+}
+
+#[async_trait]
+impl CodeStore for MapStore {
+    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+        let key = flow.subject.key();
+        if self.broken == Break::NonAtomicSupersede {
+            let open = {
+                let inner = self.lock();
+                let newest = inner.subjects.get(&key).and_then(|ids| ids.last()).copied();
+                newest.filter(|id| inner.flows[id].state.is_open())
+            };
+            round_trip().await;
+            {
+                let mut inner = self.lock();
+                if inner.flows.contains_key(&flow.id) {
+                    return Err(StoreError::Duplicate);
+                }
+                inner.subjects.entry(key).or_default().push(flow.id);
+                inner.flows.insert(flow.id, self.stored(flow));
+            }
+            round_trip().await;
+            MapStore::supersede(&mut self.lock(), open, flow.created_at, false);
+            return Ok(());
+        }
+        let mut inner = self.lock();
+        if inner.flows.contains_key(&flow.id) {
+            return Err(StoreError::Duplicate);
+        }
+        let newest = inner.subjects.get(&key).and_then(|ids| ids.last()).copied();
+        let closed_too = self.broken == Break::SupersedesClosed;
+        MapStore::supersede(&mut inner, newest, flow.created_at, closed_too);
+        inner.subjects.entry(key).or_default().push(flow.id);
+        inner.flows.insert(flow.id, self.stored(flow));
+        Ok(())
+    }
+
+    async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
+        Ok(self.lock().flows.get(id).cloned())
+    }
+
+    async fn load_counting(
+        &self,
+        id: &FlowId,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
+        let flow = self.lock().flows.get(id).cloned();
+        let values = if self.broken == Break::LoadWithoutCounting {
+            let reads: Vec<Counter> = counters.iter().map(|c| Counter::read(&c.key, c.window)).collect();
+            self.count(&reads, now)
+        } else {
+            self.increment(counters, now).await
+        };
+        Ok((flow, values))
+    }
+
+    async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
+        if self.broken == Break::NonAtomicSwap {
+            let current = self.lock().flows.get(&flow.id).map(|f| f.version);
+            if current != Some(expected_version) {
+                return Ok(false);
+            }
+            round_trip().await;
+            self.lock().flows.insert(flow.id, self.stored(flow));
+            return Ok(true);
+        }
+        Ok(self.swap(expected_version, flow))
+    }
+
+    async fn compare_and_swap_counting(
+        &self,
+        expected_version: u64,
+        flow: &FlowRecord,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<Option<Vec<CounterValue>>> {
+        match self.broken {
+            Break::CountsWhenLosing => {
+                let wrote = self.swap(expected_version, flow);
+                let values = self.count(counters, now);
+                Ok(wrote.then_some(values))
+            }
+            Break::NonAtomicCountingSwap => {
+                if !self.swap(expected_version, flow) {
+                    return Ok(None);
+                }
+                let mut values = Vec::new();
+                for c in counters {
+                    round_trip().await;
+                    let value = c.apply(self.lock().counters.get(&c.key).copied(), now);
+                    round_trip().await;
+                    self.lock().counters.insert(c.key.clone(), value);
+                    values.push(value);
+                }
+                Ok(Some(values))
+            }
+            _ => {
+                // The swap and the count under one lock.
+                let wrote = self.swap(expected_version, flow);
+                Ok(wrote.then(|| self.count(counters, now)))
+            }
+        }
+    }
+
+    async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
+        Ok(self.increment(counters, now).await)
+    }
+
+    async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
+        let inner = self.lock();
+        let ids = inner.subjects.get(subject_key).into_iter().flatten().rev();
+        Ok(ids
+            .filter_map(|id| inner.flows.get(id).cloned())
+            .take(limit)
+            .collect())
+    }
+
+    async fn put_case(&self, case: &SupportCase) -> Result<()> {
+        self.lock().cases.insert(case.reference, case.clone());
+        Ok(())
+    }
+
+    async fn get_case(&self, reference: &SupportReference) -> Result<Option<SupportCase>> {
+        Ok(self.lock().cases.get(reference).cloned())
+    }
+
+    async fn delete_counters(&self, keys: &[String]) -> Result<()> {
+        let mut inner = self.lock();
+        for k in keys {
+            inner.counters.remove(k);
+        }
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
+        let late = self.broken == Break::PurgedLate;
+        let mut inner = self.lock();
+        let Inner {
+            flows,
+            subjects,
+            counters,
+            cases,
+        } = &mut *inner;
+        let before = flows.len();
+        flows.retain(|_, f| {
+            if late {
+                f.purge_after >= now
+            } else {
+                f.purge_after > now
+            }
+        });
+        subjects
+            .values_mut()
+            .for_each(|ids| ids.retain(|id| flows.contains_key(id)));
+        subjects.retain(|_, ids| !ids.is_empty());
+        counters.retain(|_, v| v.resets_at.is_some_and(|end| end > now));
+        cases.retain(|_, c| c.purge_after > now);
+        Ok((before - flows.len()) as u64)
+    }
+}
+
+/// Runs the whole suite against `broken` and returns its panic message,
+/// or `None` if the store passed.
+fn suite_verdict(broken: Break) -> Option<String> {
+    conformance::block_on(async move {
+        let store = Arc::new(MapStore::new(broken));
+        let outcome = tokio::spawn(conformance::run(store)).await;
+        match outcome {
+            Ok(()) => None,
+            Err(e) => {
+                let payload = e.into_panic();
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()));
+                Some(message.unwrap_or_else(|| "a panic without a message".to_owned()))
+            }
+        }
+    })
+}
+
+/// The suite rejects `broken`, with the check that is about its fault.
+fn rejects(broken: Break, because: &str) {
+    match suite_verdict(broken) {
+        None => panic!("the conformance suite passed a store with {broken:?}"),
+        Some(message) => assert!(
+            message.contains(because),
+            "{broken:?} was rejected, but not by the check about it: {message}"
+        ),
+    }
+}
+
+#[test]
+fn the_unbroken_map_store_passes() {
+    assert_eq!(suite_verdict(Break::None), None);
+}
+
+#[test]
+fn a_non_atomic_compare_and_swap_is_rejected() {
+    rejects(Break::NonAtomicSwap, "one version, one winner");
+}
+
+#[test]
+fn a_max_checked_before_the_increment_is_rejected() {
+    rejects(Break::CheckThenActMax, "a max of 5 admitted another number");
+}
+
+#[test]
+fn a_condition_decided_on_a_read_is_rejected() {
+    rejects(Break::ConditionOnARead, "concurrent calls counted");
+}
+
+#[test]
+fn a_window_capped_at_an_hour_is_rejected() {
+    rejects(Break::CappedWindow, "window must end exactly its length");
+}
+
+#[test]
+fn a_sliding_window_is_rejected() {
+    rejects(Break::SlidingWindow, "must not move its end");
+}
+
+#[test]
+fn a_non_atomic_supersede_is_rejected() {
+    rejects(
+        Break::NonAtomicSupersede,
+        "exactly one flow of the account may stay open",
+    );
+}
+
+#[test]
+fn a_counting_swap_that_loses_counts_is_rejected() {
+    rejects(Break::NonAtomicCountingSwap, "counting swaps lost counts");
+}
+
+#[test]
+fn a_counting_swap_that_counts_when_it_loses_is_rejected() {
+    rejects(Break::CountsWhenLosing, "a losing swap must not count");
+}
+
+#[test]
+fn a_load_that_does_not_count_is_rejected() {
+    rejects(
+        Break::LoadWithoutCounting,
+        "load_counting must apply its counters",
+    );
+}
+
+#[test]
+fn timestamps_kept_to_the_second_are_rejected() {
+    rejects(Break::WholeSeconds, "a stored flow must read back unchanged");
+}
+
+#[test]
+fn a_refusal_that_keeps_its_counts_is_rejected() {
+    rejects(Break::RefusalKept, "the limit's own increment was undone");
+}
+
+#[test]
+fn a_read_that_opens_a_window_is_rejected() {
+    rejects(
+        Break::ReadOpensWindow,
+        "a counter never incremented reads as zero",
+    );
+}
+
+#[test]
+fn a_flow_purged_late_is_rejected() {
+    rejects(Break::PurgedLate, "not purged at purge_after");
+}
+
+#[test]
+fn superseding_a_closed_flow_is_rejected() {
+    rejects(Break::SupersedesClosed, "a closed flow must not be touched");
+}
