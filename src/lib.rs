@@ -55,6 +55,7 @@ mod phone;
 mod policy;
 mod record;
 mod recovery;
+pub mod rng;
 mod second_factor;
 mod secret;
 pub mod sms;
@@ -76,6 +77,8 @@ pub use policy::{
     MAX_ATTEMPTS_CAP, MAX_TOKEN_TTL, NIST_MAX_ACCOUNT_FAILURES, NIST_MAX_CODE_TTL, Policy, PolicyBuilder,
     PolicyError,
 };
+/// The `rand_core` whose `TryCryptoRng` [`Recovery::with_rng`] takes.
+pub use rand_core;
 pub use record::{
     DecodeError, DecoyId, EffectiveState, FactorProgress, FlowRecord, FlowState, Subject, UnknownState,
 };

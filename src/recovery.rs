@@ -26,6 +26,7 @@ use crate::message::{Locale, Messages};
 use crate::phone::{MaskedPhone, PhoneNumber};
 use crate::policy::Policy;
 use crate::record::{DecoyId, FlowRecord, FlowState, Subject};
+use crate::rng::Randomness;
 use crate::second_factor::Requirement;
 use crate::secret::{Code, ResetToken, SecretString};
 use crate::sms::{MessageKind, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
@@ -200,6 +201,7 @@ pub struct Recovery<S, T, C = SystemClock> {
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) factors: Option<Arc<dyn FactorSource>>,
     pub(crate) channel: Option<Arc<dyn ChannelSender>>,
+    pub(crate) rng: Randomness,
 }
 
 impl<S, T, C> fmt::Debug for Recovery<S, T, C> {
@@ -209,6 +211,7 @@ impl<S, T, C> fmt::Debug for Recovery<S, T, C> {
             .field("policy", &self.policy)
             .field("messages", &self.messages)
             .field("limits", &self.limits)
+            .field("rng", &self.rng)
             .finish_non_exhaustive()
     }
 }
@@ -228,6 +231,7 @@ impl<S: CodeStore, T: SmsSender> Recovery<S, T, SystemClock> {
             events: Arc::new(TracingSink),
             factors: None,
             channel: None,
+            rng: Randomness::os(),
         }
     }
 }
@@ -277,6 +281,16 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self
     }
 
+    /// Draws codes, flow ids and reset tokens from `rng` instead of the
+    /// operating system's generator (a seeded generator in tests). Its
+    /// failures are [`Error::Random`], and the call that met one writes
+    /// nothing.
+    #[must_use]
+    pub fn with_rng<R: rand_core::TryCryptoRng + Send + 'static>(mut self, rng: R) -> Self {
+        self.rng = Randomness::from_rng(rng);
+        self
+    }
+
     /// Replaces the clock (a [`ManualClock`](crate::ManualClock) in tests).
     pub fn with_clock<C2: Clock>(self, clock: C2) -> Recovery<S, T, C2> {
         Recovery {
@@ -290,6 +304,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             events: self.events,
             factors: self.factors,
             channel: self.channel,
+            rng: self.rng,
         }
     }
 
@@ -350,7 +365,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ctx: &RequestContext,
     ) -> Result<Requested> {
         let now = self.clock.now();
-        let (id, code) = crate::secret::new_flow_and_code(self.policy.code_digits())?;
+        let (id, code) = crate::secret::new_flow_and_code(self.policy.code_digits(), &self.rng)?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(&id, &code);
         let decoy = self.keys.decoy(&canonical(identifier));
@@ -467,7 +482,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &flow.subject, locks, &event)?;
 
-        let code = Code::generate(self.policy.code_digits())?;
+        let code = Code::generate_with(self.policy.code_digits(), |b| self.rng.fill(b))?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(flow_id, &code);
         let sendable = self.limits.country_allowed(destination.country_code());
@@ -693,7 +708,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// A fresh reset token for `flow_id`, and the evaluation that stores
     /// its MAC under the current key.
     pub(crate) fn new_token(&self, flow_id: &FlowId) -> Result<(u32, Mac, ResetToken)> {
-        let token = ResetToken::generate(*flow_id)?;
+        let token = ResetToken::generate(*flow_id, &self.rng)?;
         let key_id = self.keys.current_id();
         let token_mac = self
             .keys
@@ -1019,7 +1034,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
     async fn void_unsent(&self, sent: &FlowRecord) -> Result<()> {
         let mut void = [0u8; 32];
-        crate::secret::fill_random(&mut void)?;
+        self.rng.fill(&mut void)?;
         let void = Mac::from_bytes(void);
         // `None`: replaced, used or expired already; nothing to undo.
         self.undo(&sent.id, |current, now| {

@@ -218,7 +218,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             kind: FactorKind::Channel,
         };
         let channel = self.channel.as_ref().ok_or_else(unavailable)?;
-        let code = Code::generate(self.policy.code_digits())?;
+        let code = Code::generate_with(self.policy.code_digits(), |b| self.rng.fill(b))?;
         let key_id = self.keys.current_id();
         let code_mac = self
             .keys

@@ -21,6 +21,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::error::InputError;
 use crate::hex;
 use crate::id::FlowId;
+use crate::rng::Randomness;
 
 /// Fewest digits a code may have.
 pub const MIN_CODE_DIGITS: u8 = 6;
@@ -150,10 +151,13 @@ pub struct ResetToken {
 }
 
 impl ResetToken {
-    pub(crate) fn generate(flow: FlowId) -> Result<Self, RandomError> {
-        let mut secret = [0u8; TOKEN_SECRET_LEN];
-        fill_random(&mut secret)?;
-        Ok(ResetToken { flow, secret })
+    pub(crate) fn generate(flow: FlowId, rng: &Randomness) -> Result<Self, RandomError> {
+        let mut token = ResetToken {
+            flow,
+            secret: [0u8; TOKEN_SECRET_LEN],
+        };
+        rng.fill(&mut token.secret)?;
+        Ok(token)
     }
 
     /// Parses the text form of a token.
@@ -299,12 +303,12 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
 /// read is a system call, the largest single cost of a request); the code
 /// falls back to further reads only in the rare case its half of the read
 /// had too many rejected bytes.
-pub(crate) fn new_flow_and_code(digits: u8) -> Result<(FlowId, Code), RandomError> {
+pub(crate) fn new_flow_and_code(digits: u8, rng: &Randomness) -> Result<(FlowId, Code), RandomError> {
     let mut bytes = Zeroizing::new([0u8; 2 * FlowId::LEN]);
-    fill_random(&mut bytes[..])?;
+    rng.fill(&mut bytes[..])?;
     let (id, pool) = bytes.split_at(FlowId::LEN);
     let id = FlowId::from_bytes(id.try_into().expect("half of the read"));
-    let code = draw_code(digits, pool, fill_random)?;
+    let code = draw_code(digits, pool, |buf| rng.fill(buf))?;
     Ok((id, code))
 }
 
@@ -404,8 +408,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!((reads, code.expose_secret()), (1, "123777"));
-        let (a, code_a) = new_flow_and_code(6).unwrap();
-        let (b, code_b) = new_flow_and_code(6).unwrap();
+        let (a, code_a) = new_flow_and_code(6, &Randomness::os()).unwrap();
+        let (b, code_b) = new_flow_and_code(6, &Randomness::os()).unwrap();
         assert_ne!(a, b);
         assert_eq!(
             (code_a.expose_secret().len(), code_b.expose_secret().len()),
@@ -434,7 +438,7 @@ mod tests {
 
     #[test]
     fn token_round_trips_through_text_and_rejects_garbage() {
-        let token = ResetToken::generate(FlowId::generate().unwrap()).unwrap();
+        let token = ResetToken::generate(FlowId::generate().unwrap(), &Randomness::os()).unwrap();
         let text = token.expose_secret();
         assert_eq!(text.len(), 96);
         let back = ResetToken::parse(&text).unwrap();
@@ -455,7 +459,7 @@ mod tests {
     #[test]
     fn secrets_are_redacted_in_debug() {
         let code = Code::parse("123456").unwrap();
-        let token = ResetToken::generate(FlowId::generate().unwrap()).unwrap();
+        let token = ResetToken::generate(FlowId::generate().unwrap(), &Randomness::os()).unwrap();
         let key = ServerKey::generate().unwrap();
         let body = SecretString::new("code 123456".into());
         for dbg in [
