@@ -28,10 +28,10 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::clock::Timestamp;
-use crate::error::InputError;
 use crate::id::FlowId;
+use crate::input::InputError;
+use crate::reference::SupportReference;
 use crate::secret::{Code, ServerKey};
-use crate::support::SupportReference;
 
 type HmacSha256 = Hmac<Sha256>;
 

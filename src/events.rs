@@ -33,8 +33,8 @@ use crate::factor::FactorKind;
 use crate::id::{AccountId, FlowId};
 use crate::limits::{BlockTarget, LimitScope};
 use crate::phone::MaskedPhone;
+use crate::reference::SupportReference;
 use crate::sms::SendErrorKind;
-use crate::support::SupportReference;
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,6 +6,10 @@
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// Crockford's base-32 alphabet (support references, recovery codes): no
+/// I, L, O or U, so a value read out over the phone is not misheard.
+pub(crate) const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
 /// Appends the lowercase hex form of `bytes` to `out`.
 pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
     for &b in bytes {

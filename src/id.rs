@@ -4,9 +4,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::error::InputError;
 use crate::hex;
-use crate::secret::{RandomError, fill_random};
+use crate::input::InputError;
+use crate::rng::{RandomError, fill_random};
 
 /// The id of one recovery flow: 128 random bits, written as 32 lowercase
 /// hex characters.

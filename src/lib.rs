@@ -37,17 +37,20 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod answer;
+mod case;
 mod clock;
 mod code;
+mod counter;
 mod error;
 pub mod events;
 pub mod factor;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
-mod guards;
 mod hex;
 mod id;
+mod input;
 pub mod limits;
 pub mod machine;
 mod message;
@@ -55,8 +58,8 @@ mod phone;
 mod policy;
 mod record;
 mod recovery;
+mod reference;
 pub mod rng;
-mod second_factor;
 mod secret;
 pub mod sms;
 pub mod store;
@@ -67,8 +70,9 @@ pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use code::{KeyRing, Mac};
-pub use error::{Error, InputError, Result};
+pub use error::{Error, Result};
 pub use id::{AccountId, FlowId};
+pub use input::InputError;
 pub use message::{
     Encoding, Locale, MAX_APP_NAME_CHARS, MessageError, Messages, MessagesBuilder, Segments, Templates,
 };
@@ -82,13 +86,12 @@ pub use rand_core;
 pub use record::{
     DecodeError, DecoyId, EffectiveState, FactorProgress, FlowRecord, FlowState, Subject, UnknownState,
 };
+pub use recovery::FactorCodeSent;
 pub use recovery::{
     Account, Completed, FactorChallenge, Progress, Recovery, RequestContext, Requested, Verified,
 };
-pub use second_factor::FactorCodeSent;
-pub use secret::{
-    Code, MAX_CODE_DIGITS, MIN_CODE_DIGITS, MIN_KEY_LEN, RandomError, ResetToken, SecretString, ServerKey,
-};
+pub use rng::RandomError;
+pub use secret::{Code, MAX_CODE_DIGITS, MIN_CODE_DIGITS, MIN_KEY_LEN, ResetToken, SecretString, ServerKey};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -24,8 +24,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
+use crate::counter::{Counter, CounterValue};
 use crate::phone::{NON_GEOGRAPHIC_CODES, PhoneNumber, is_country_code};
-use crate::store::{Counter, CounterValue};
 
 /// What a send limit counts by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

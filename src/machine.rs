@@ -5,7 +5,8 @@
 //!
 //! Each step returns the next record (with `version` grown by one) for the
 //! driver to compare-and-swap into the store; a step that is refused returns
-//! the [`Error`] the caller sees and changes nothing.
+//! a [`Refusal`] (which becomes the caller's [`Error`](crate::Error)) and changes
+//! nothing.
 //!
 //! ```
 //! use otp_recovery::machine::{self, Evaluation, Opening, Verdict};
@@ -29,14 +30,63 @@
 //! assert_eq!(flow.version, 2);
 //! ```
 
+use std::time::Duration;
+
 use crate::clock::Timestamp;
 use crate::code::Mac;
-use crate::error::Error;
 use crate::factor::{FactorKind, FactorSet};
 use crate::id::FlowId;
 use crate::phone::PhoneNumber;
 use crate::policy::Policy;
 use crate::record::{EffectiveState, FactorProgress, FlowRecord, FlowState, Subject};
+
+/// Why the machine refuses a step: the flow's own state or the policy,
+/// never a store, a sender or randomness (those are the driver's). Each
+/// becomes the [`Error`](crate::Error) variant of the same name
+/// (`Locked` as a lock of the flow alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Too many wrong codes on this flow.
+    #[error("too many wrong codes: this recovery is locked")]
+    Locked,
+    /// The code's lifetime has passed.
+    #[error("the code has expired")]
+    Expired,
+    /// Resends come too soon after the last one.
+    #[error("too soon to send another code")]
+    TooSoon {
+        /// Time to wait before asking again.
+        retry_after: Duration,
+    },
+    /// The flow has sent all the codes it may.
+    #[error("no more codes can be sent for this recovery")]
+    TooManySends,
+    /// A newer request replaced this flow.
+    #[error("this code was replaced by a newer one")]
+    Superseded,
+    /// Support or the host cancelled the flow.
+    #[error("this recovery was cancelled")]
+    Cancelled,
+    /// The code (or token) was used already.
+    #[error("this code was already used")]
+    AlreadyUsed,
+    /// The reset token does not match.
+    #[error("invalid reset token")]
+    InvalidToken,
+    /// This factor is not offered, or has no attempts left.
+    #[error("this second factor is not available")]
+    FactorUnavailable {
+        /// The factor asked for.
+        kind: FactorKind,
+    },
+    /// The SMS code has not been verified yet.
+    #[error("the SMS code has not been verified yet")]
+    CodeNotVerified,
+    /// A state the step does not expect (another call changed the flow).
+    #[error("the recovery changed meanwhile; try again")]
+    Busy,
+}
 
 /// What comparing the presented code with the stored MAC showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,10 +214,10 @@ fn account_attempts_left(flow: &FlowRecord, policy: &Policy) -> u32 {
 ///
 /// # Errors
 /// `Expired`, `Locked`, `AlreadyUsed`, `Superseded` or `Cancelled`.
-pub fn verify_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Error> {
+pub fn verify_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Refusal> {
     match flow.state_at(now) {
         EffectiveState::Stored(FlowState::CodeSent) if attempts_left(flow, policy) == 0 => {
-            Err(Error::flow_locked())
+            Err(Refusal::Locked)
         }
         EffectiveState::Stored(FlowState::CodeSent) => Ok(()),
         other => Err(refusal(other)),
@@ -186,7 +236,7 @@ pub fn verify(
     policy: &Policy,
     now: Timestamp,
     evaluation: Evaluation,
-) -> Result<(FlowRecord, Verdict), Error> {
+) -> Result<(FlowRecord, Verdict), Refusal> {
     verify_gate(flow, policy, now)?;
     let mut next = step(flow, now);
     match evaluation {
@@ -255,12 +305,12 @@ pub fn usable_factors(flow: &FlowRecord, policy: &Policy) -> FactorSet {
         .collect()
 }
 
-fn factor_step_gate(flow: &FlowRecord, now: Timestamp) -> Result<&FactorProgress, Error> {
+fn factor_step_gate(flow: &FlowRecord, now: Timestamp) -> Result<&FactorProgress, Refusal> {
     match flow.state_at(now) {
         EffectiveState::Stored(FlowState::FactorPending) => {
-            flow.factor.as_ref().ok_or(Error::CodeNotVerified)
+            flow.factor.as_ref().ok_or(Refusal::CodeNotVerified)
         }
-        EffectiveState::Stored(FlowState::CodeSent) => Err(Error::CodeNotVerified),
+        EffectiveState::Stored(FlowState::CodeSent) => Err(Refusal::CodeNotVerified),
         other => Err(refusal(other)),
     }
 }
@@ -279,16 +329,16 @@ pub fn factor_gate(
     policy: &Policy,
     now: Timestamp,
     kind: FactorKind,
-) -> Result<(), Error> {
+) -> Result<(), Refusal> {
     let f = factor_step_gate(flow, now)?;
     if account_attempts_left(flow, policy) == 0 {
-        return Err(Error::flow_locked());
+        return Err(Refusal::Locked);
     }
     if factor_attempts_left(flow, policy, kind) == 0 {
-        return Err(Error::FactorUnavailable { kind });
+        return Err(Refusal::FactorUnavailable { kind });
     }
     if kind == FactorKind::Channel && (f.channel_mac.is_none() || now >= f.channel_expires_at) {
-        return Err(Error::Expired);
+        return Err(Refusal::Expired);
     }
     Ok(())
 }
@@ -306,7 +356,7 @@ pub fn verify_factor(
     now: Timestamp,
     kind: FactorKind,
     evaluation: FactorEvaluation,
-) -> Result<(FlowRecord, Verdict), Error> {
+) -> Result<(FlowRecord, Verdict), Refusal> {
     factor_gate(flow, policy, now, kind)?;
     let mut next = step(flow, now);
     match evaluation {
@@ -339,19 +389,19 @@ pub fn verify_factor(
 /// As [`factor_gate`] (but an expired or missing code is what a send is
 /// for), `TooManySends` past the flow's allowance of sends, `TooSoon`
 /// within the cooldown.
-pub fn channel_send_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Error> {
+pub fn channel_send_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Refusal> {
     let f = factor_step_gate(flow, now)?;
     if account_attempts_left(flow, policy) == 0 {
-        return Err(Error::flow_locked());
+        return Err(Refusal::Locked);
     }
     if factor_attempts_left(flow, policy, FactorKind::Channel) == 0 {
-        return Err(Error::FactorUnavailable {
+        return Err(Refusal::FactorUnavailable {
             kind: FactorKind::Channel,
         });
     }
     match next_channel_send_at(f, policy) {
-        None => Err(Error::TooManySends),
-        Some(at) if f.channel_sends > 0 && now < at => Err(Error::TooSoon {
+        None => Err(Refusal::TooManySends),
+        Some(at) if f.channel_sends > 0 && now < at => Err(Refusal::TooSoon {
             retry_after: at.saturating_duration_since(now),
         }),
         Some(_) => Ok(()),
@@ -379,7 +429,7 @@ pub fn channel_code_sent(
     now: Timestamp,
     key_id: u32,
     code_mac: Mac,
-) -> Result<FlowRecord, Error> {
+) -> Result<FlowRecord, Refusal> {
     channel_send_gate(flow, policy, now)?;
     let mut next = step(flow, now);
     next.key_id = key_id;
@@ -411,16 +461,16 @@ pub fn channel_send_failed(flow: &FlowRecord, now: Timestamp, code_mac: &Mac) ->
 /// `TooManySends` once the flow has sent its allowance, and the state
 /// refusals of [`verify_gate`] except `Expired`: an expired code is exactly
 /// what a resend is for.
-pub fn resend_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Error> {
+pub fn resend_gate(flow: &FlowRecord, policy: &Policy, now: Timestamp) -> Result<(), Refusal> {
     if flow.state != FlowState::CodeSent {
         return Err(refusal(flow.state_at(now)));
     }
     if attempts_left(flow, policy) == 0 {
-        return Err(Error::flow_locked());
+        return Err(Refusal::Locked);
     }
     match next_send_at(flow, policy) {
-        None => Err(Error::TooManySends),
-        Some(at) if now < at => Err(Error::TooSoon {
+        None => Err(Refusal::TooManySends),
+        Some(at) if now < at => Err(Refusal::TooSoon {
             retry_after: at.saturating_duration_since(now),
         }),
         Some(_) => Ok(()),
@@ -438,7 +488,7 @@ pub fn resend(
     now: Timestamp,
     key_id: u32,
     code_mac: Mac,
-) -> Result<FlowRecord, Error> {
+) -> Result<FlowRecord, Refusal> {
     resend_gate(flow, policy, now)?;
     let mut next = step(flow, now);
     next.key_id = key_id;
@@ -479,9 +529,9 @@ pub fn send_failed(flow: &FlowRecord, now: Timestamp, code_mac: &Mac, void_mac: 
 /// `InvalidToken` when the token does not match; for a matching token,
 /// `AlreadyUsed` when it was used, `Expired` past its lifetime,
 /// `Superseded` or `Cancelled`.
-pub fn reset(flow: &FlowRecord, now: Timestamp, token_matched: bool) -> Result<FlowRecord, Error> {
+pub fn reset(flow: &FlowRecord, now: Timestamp, token_matched: bool) -> Result<FlowRecord, Refusal> {
     if !token_matched || flow.token_mac.is_none() {
-        return Err(Error::InvalidToken);
+        return Err(Refusal::InvalidToken);
     }
     match flow.state_at(now) {
         EffectiveState::Stored(FlowState::Verified) => {
@@ -501,7 +551,7 @@ pub fn reset(flow: &FlowRecord, now: Timestamp, token_matched: bool) -> Result<F
 ///
 /// # Errors
 /// The refusal of the flow's state when it is not open.
-pub fn cancel(flow: &FlowRecord, now: Timestamp) -> Result<FlowRecord, Error> {
+pub fn cancel(flow: &FlowRecord, now: Timestamp) -> Result<FlowRecord, Refusal> {
     if !flow.state.is_open() {
         return Err(refusal(EffectiveState::Stored(flow.state)));
     }
@@ -523,7 +573,7 @@ pub fn catch_up(
     policy: &Policy,
     now: Timestamp,
     failures: u64,
-) -> Result<FlowRecord, Error> {
+) -> Result<FlowRecord, Refusal> {
     if !flow.state.is_open() {
         return Err(refusal(EffectiveState::Stored(flow.state)));
     }
@@ -561,16 +611,16 @@ fn step(flow: &FlowRecord, now: Timestamp) -> FlowRecord {
     next
 }
 
-fn refusal(state: EffectiveState) -> Error {
+fn refusal(state: EffectiveState) -> Refusal {
     match state {
-        EffectiveState::Expired => Error::Expired,
-        EffectiveState::Stored(FlowState::Locked) => Error::flow_locked(),
+        EffectiveState::Expired => Refusal::Expired,
+        EffectiveState::Stored(FlowState::Locked) => Refusal::Locked,
         EffectiveState::Stored(FlowState::Verified | FlowState::Completed | FlowState::FactorPending) => {
-            Error::AlreadyUsed
+            Refusal::AlreadyUsed
         }
-        EffectiveState::Stored(FlowState::Superseded) => Error::Superseded,
-        EffectiveState::Stored(FlowState::Cancelled) => Error::Cancelled,
+        EffectiveState::Stored(FlowState::Superseded) => Refusal::Superseded,
+        EffectiveState::Stored(FlowState::Cancelled) => Refusal::Cancelled,
         // Only reached for a state the caller accepts; keep a safe answer.
-        EffectiveState::Stored(FlowState::CodeSent) => Error::Busy,
+        EffectiveState::Stored(FlowState::CodeSent) => Refusal::Busy,
     }
 }

@@ -39,8 +39,8 @@ use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::id::FlowId;
+use crate::reference::SupportReference;
 use crate::secret::{Code, MAX_CODE_DIGITS, SecretString};
-use crate::support::SupportReference;
 
 /// Longest app name, in characters.
 pub const MAX_APP_NAME_CHARS: usize = 30;

@@ -22,7 +22,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::error::InputError;
+use crate::input::InputError;
 
 /// Country calling codes assigned by ITU-T (E.164 and its annex), one to
 /// three digits. Includes the non-geographic codes (international freephone,

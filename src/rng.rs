@@ -8,7 +8,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rand_core::TryCryptoRng;
 
-use crate::secret::RandomError;
+/// The operating system could not supply random bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the operating system random number generator failed")]
+pub struct RandomError;
+
+/// Fills `buf` from the OS CSPRNG.
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
+    getrandom::fill(buf).map_err(|_| RandomError)
+}
 
 /// The randomness of one [`Recovery`](crate::Recovery).
 ///
@@ -47,7 +55,7 @@ impl Randomness {
     /// [`RandomError`] if the generator fails.
     pub fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
         match &self.0 {
-            None => getrandom::fill(buf).map_err(|_| RandomError),
+            None => fill_random(buf),
             // A generator that panicked mid-fill left no half-made secret
             // behind: the buffer it was filling belonged to that call.
             Some(rng) => rng.lock().unwrap_or_else(PoisonError::into_inner).fill(buf),

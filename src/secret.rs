@@ -18,10 +18,12 @@ use std::str::FromStr;
 
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::error::InputError;
 use crate::hex;
 use crate::id::FlowId;
+use crate::input::InputError;
+use crate::rng::RandomError;
 use crate::rng::Randomness;
+use crate::rng::fill_random;
 
 /// Fewest digits a code may have.
 pub const MIN_CODE_DIGITS: u8 = 6;
@@ -287,16 +289,6 @@ impl fmt::Debug for SecretString {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(REDACTED)
     }
-}
-
-/// The operating system could not supply random bytes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the operating system random number generator failed")]
-pub struct RandomError;
-
-/// Fills `buf` from the OS CSPRNG.
-pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), RandomError> {
-    getrandom::fill(buf).map_err(|_| RandomError)
 }
 
 /// A new flow's id and first code, from one read of the OS CSPRNG (the

@@ -43,12 +43,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
+use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::FlowRecord;
 use crate::sms::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
 use crate::store::{CodeStore, Counter, CounterValue, Result, StoreError};
-use crate::support::{SupportCase, SupportReference};
 
 /// What happens to the store operation a [`FaultyStore`] was told to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use otp_recovery::machine::{self, Evaluation, Opening, Verdict};
+use otp_recovery::machine::{self, Evaluation, Opening, Refusal, Verdict};
 use otp_recovery::{
-    AccountId, EffectiveState, Error, FlowId, FlowRecord, FlowState, Mac, PhoneNumber, Policy, Subject,
-    Timestamp,
+    AccountId, EffectiveState, FlowId, FlowRecord, FlowState, Mac, PhoneNumber, Policy, Subject, Timestamp,
 };
 use proptest::prelude::*;
 
@@ -152,7 +151,7 @@ proptest! {
         for op in ops {
             let ts = Timestamp::from_unix_millis(now);
             let before = flow.clone();
-            let result: Result<FlowRecord, Error> = match op {
+            let result: Result<FlowRecord, Refusal> = match op {
                 Op::Advance(ms) => { now += ms; continue; }
                 Op::Jump(boundary, delta) => {
                     let target = match boundary {
@@ -203,7 +202,7 @@ proptest! {
                         && m.sends < policy.max_sends_per_flow()
                         && now >= m.last_send + cooldown;
                     prop_assert_eq!(out.is_ok(), expected_ok, "resend acceptance at {} ({:?})", now, m);
-                    if let Err(Error::TooSoon { retry_after, .. }) = &out {
+                    if let Err(Refusal::TooSoon { retry_after, .. }) = &out {
                         prop_assert_eq!(retry_after.as_millis() as u64, m.last_send + cooldown - now);
                     }
                     if out.is_ok() {
@@ -220,7 +219,7 @@ proptest! {
                     let expected_ok = matched && m.state == ModelState::Verified && now < m.token_until;
                     prop_assert_eq!(out.is_ok(), expected_ok, "reset acceptance at {} ({:?})", now, m);
                     if !matched {
-                        prop_assert!(matches!(out, Err(Error::InvalidToken)), "a wrong token must learn nothing: {:?}", out);
+                        prop_assert!(matches!(out, Err(Refusal::InvalidToken)), "a wrong token must learn nothing: {:?}", out);
                     }
                     if out.is_ok() {
                         m.state = ModelState::Completed;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::error::InputError;
+use crate::input::InputError;
 use crate::secret::{Code, SecretString};
 use crate::sms::recording::Recorder;
 use crate::sms::{SendError, SendReceipt};

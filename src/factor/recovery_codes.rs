@@ -36,11 +36,13 @@ use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::code::{KeyRing, Mac};
-use crate::error::{Error, InputError};
+use crate::error::Error;
+use crate::hex::CROCKFORD as ALPHABET;
 use crate::id::AccountId;
+use crate::input::InputError;
 use crate::record::{DecodeError, Reader};
-use crate::secret::{REDACTED, fill_random};
-use crate::support::ALPHABET;
+use crate::rng::fill_random;
+use crate::secret::REDACTED;
 
 /// Bytes of randomness in one code: 80 bits, 16 Crockford characters.
 const CODE_BYTES: usize = 10;

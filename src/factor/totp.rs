@@ -33,8 +33,9 @@ use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::clock::Timestamp;
-use crate::error::InputError;
-use crate::secret::{Code, REDACTED, RandomError, fill_random};
+use crate::input::InputError;
+use crate::rng::{RandomError, fill_random};
+use crate::secret::{Code, REDACTED};
 
 /// Fewest bytes an authenticator secret may have (RFC 4226 requires 128
 /// bits and recommends 160).

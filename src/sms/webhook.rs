@@ -174,7 +174,8 @@ use zeroize::Zeroizing;
 use super::http::{self, Endpoint};
 use super::{MessageKind, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
 use crate::hex;
-use crate::secret::{MIN_KEY_LEN, SecretString, ServerKey, fill_random};
+use crate::rng::fill_random;
+use crate::secret::{MIN_KEY_LEN, SecretString, ServerKey};
 
 /// The header carrying the signing time, in Unix seconds.
 pub const TIMESTAMP_HEADER: &str = "X-Otp-Timestamp";

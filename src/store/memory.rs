@@ -12,10 +12,10 @@ use hashbrown::HashTable;
 
 use self::packed::Stored;
 use super::{CodeStore, Counter, CounterValue, Result, StoreError};
+use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::FlowRecord;
-use crate::support::{SupportCase, SupportReference};
 
 const SHARDS: usize = 64;
 /// Flows remembered per subject for support look-ups.

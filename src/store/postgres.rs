@@ -50,10 +50,10 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
 
 use super::{CodeStore, Counter, CounterValue, Result, StoreError};
+use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::{FlowRecord, FlowState};
-use crate::support::{SupportCase, SupportReference};
 
 /// A [`CodeStore`] on PostgreSQL.
 #[derive(Clone)]

@@ -116,10 +116,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
 
 use super::{CodeStore, Counter, CounterValue, Result, StoreError};
+use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::{FlowRecord, FlowState};
-use crate::support::{SupportCase, SupportReference};
 
 /// The default key prefix.
 const DEFAULT_PREFIX: &str = "otp";

@@ -103,10 +103,10 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, SqliteExecutor, Transaction};
 
 use super::{CodeStore, Counter, CounterValue, Result, StoreError};
+use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::{FlowRecord, FlowState};
-use crate::support::{SupportCase, SupportReference};
 
 /// The schema version this store writes, kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;

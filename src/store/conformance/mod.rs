@@ -38,6 +38,7 @@ mod limits;
 pub use limits::*;
 
 use super::{CodeStore, Counter, CounterValue, Result as StoreResult};
+use crate::case::{SupportCase, SupportReference};
 use crate::clock::{Clock, ManualClock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
 use crate::error::Error;
@@ -50,7 +51,6 @@ use crate::record::{DecoyId, FlowRecord, FlowState, Subject};
 use crate::recovery::{Account, Recovery, RequestContext};
 use crate::secret::ServerKey;
 use crate::sms::RecordingSender;
-use crate::support::{SupportCase, SupportReference};
 
 /// Generates one `#[test]` per conformance check, each running on a
 /// multi-threaded runtime.
@@ -250,7 +250,7 @@ fn of(account: &AccountId) -> Subject {
 
 fn random_mac() -> Mac {
     let mut bytes = [0u8; 32];
-    crate::secret::fill_random(&mut bytes).expect("randomness");
+    crate::rng::fill_random(&mut bytes).expect("randomness");
     Mac::from_bytes(bytes)
 }
 
@@ -890,7 +890,7 @@ pub async fn find_flows_lists_a_subjects_recent_flows_newest_first<S: CodeStore>
 pub async fn cases_are_stored_replaced_and_found_by_reference<S: CodeStore>(store: Arc<S>) {
     let t = now();
     let mut bytes = [0u8; 5];
-    crate::secret::fill_random(&mut bytes).expect("randomness");
+    crate::rng::fill_random(&mut bytes).expect("randomness");
     let reference = SupportReference::from_bits(bytes);
     let mut case = SupportCase {
         reference,
@@ -1371,7 +1371,7 @@ pub async fn two_instances_hold_every_limit<S: CodeStore + 'static>(a: Arc<S>, b
 /// A phone number of its own, so send limits start from zero.
 fn phone_with_random_line() -> PhoneNumber {
     let mut b = [0u8; 4];
-    crate::secret::fill_random(&mut b).expect("randomness");
+    crate::rng::fill_random(&mut b).expect("randomness");
     let line = u32::from_be_bytes(b) % 10_000_000;
     PhoneNumber::parse(&format!("+1415{line:07}")).expect("valid phone")
 }

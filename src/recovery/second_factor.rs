@@ -19,10 +19,11 @@ use std::time::Duration;
 
 use crate::clock::{Clock, Timestamp};
 use crate::code::Mac;
-use crate::error::{Error, InputError, Result};
+use crate::error::{Error, Result};
 use crate::events::EventKind;
 use crate::factor::{ChannelMessage, FactorKind, FactorSet, Factors, RecoveryCodeSet, SecondFactor};
 use crate::id::{AccountId, FlowId};
+use crate::input::InputError;
 use crate::limits::{BlockTarget, Plan};
 use crate::machine::{self, FactorEvaluation, Verdict};
 use crate::record::FlowRecord;

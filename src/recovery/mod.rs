@@ -9,17 +9,20 @@
 //! calls can evaluate more codes than the policy allows. Limits, blocks and
 //! detectors are windowed counters applied in the same store calls.
 
+mod guards;
+mod second_factor;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::{KeyRing, Mac};
-use crate::error::{Error, InputError, Result};
+use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventSink, TracingSink};
-use crate::factor::{ChannelSender, FactorKind, FactorSource};
-use crate::guards::{lock_counter_of, lock_read_of, lockouts_counter_of};
+use crate::factor::{ChannelSender, FactorSource};
 use crate::id::{AccountId, FlowId};
+use crate::input::InputError;
 use crate::limits::{self, BlockTarget, Limits, Plan};
 use crate::machine::{self, Evaluation, Opening, Verdict};
 use crate::message::{Locale, Messages};
@@ -27,10 +30,13 @@ use crate::phone::{MaskedPhone, PhoneNumber};
 use crate::policy::Policy;
 use crate::record::{DecoyId, FlowRecord, FlowState, Subject};
 use crate::rng::Randomness;
-use crate::second_factor::Requirement;
 use crate::secret::{Code, ResetToken, SecretString};
 use crate::sms::{MessageKind, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
 use crate::store::{CodeStore, Counter, CounterValue, one_per_counter};
+pub(crate) use guards::lock_read_of;
+use guards::{lock_counter_of, lockouts_counter_of};
+pub use second_factor::FactorCodeSent;
+use second_factor::Requirement;
 
 /// How many times one call re-reads a flow after losing a compare-and-swap
 /// before it gives up with [`Error::Busy`]. Each loss means another call
@@ -92,77 +98,7 @@ impl RequestContext {
     }
 }
 
-/// The answer to a request or resend. It has the same shape and the same
-/// kind of values whether or not the identifier matched an account.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Requested {
-    /// The flow to verify against (put it in the link or the form).
-    pub flow_id: FlowId,
-    /// Where the code went, masked.
-    pub masked_phone: MaskedPhone,
-    /// The code is valid strictly before this instant.
-    pub code_expires_at: Timestamp,
-    /// When a resend will be accepted; `None` once the flow has sent all
-    /// the codes it may.
-    pub next_send_at: Option<Timestamp>,
-    /// Wrong codes the flow still allows.
-    pub attempts_left: u32,
-}
-
-/// A verified code: the single-use reset token.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Verified {
-    /// Hand this to the user's browser; give it back to [`Recovery::reset`].
-    pub token: ResetToken,
-    /// The token is valid strictly before this instant.
-    pub token_expires_at: Timestamp,
-    /// The second factor that passed, if one was required.
-    pub factor: Option<FactorKind>,
-    /// When a saved recovery code passed: its index in the account's
-    /// [`RecoveryCodeSet`](crate::factor::RecoveryCodeSet). The crate
-    /// already refuses it from now on; strike it from the stored set with
-    /// [`RecoveryCodeSet::without`](crate::factor::RecoveryCodeSet::without).
-    pub recovery_code_used: Option<usize>,
-}
-
-/// Where a right SMS code leads.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Progress {
-    /// The reset token: no second factor is needed.
-    Reset(Verified),
-    /// A second factor is needed: continue with
-    /// [`Recovery::verify_factor`] (and, for the second channel,
-    /// [`Recovery::send_factor_code`]).
-    SecondFactor(FactorChallenge),
-}
-
-/// What the user may prove next, after the right SMS code on a flow that
-/// needs a second factor. Safe to show: no secret, addresses masked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FactorChallenge {
-    /// The flow.
-    pub flow_id: FlowId,
-    /// The factors the user may use (offered, with attempts left).
-    pub kinds: Vec<FactorKind>,
-    /// The second channel's masked address, when it is offered.
-    pub channel: Option<String>,
-    /// The factor must be given strictly before this instant.
-    pub expires_at: Timestamp,
-}
-
-/// A consumed reset token: the host may now set the account's password.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Completed {
-    /// Whose password to set.
-    pub account: AccountId,
-    /// The flow that completed.
-    pub flow_id: FlowId,
-}
+pub use crate::answer::{Completed, FactorChallenge, Progress, Requested, Verified};
 
 /// Account recovery by SMS code over a store, a sender and a clock.
 ///
@@ -869,7 +805,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     .token_mac(flow.key_id, &flow_id, token.secret_bytes())
                     .ok_or(Error::UnknownKey(flow.key_id))?;
                 let matched = flow.token_mac.is_some_and(|stored| stored.ct_matches(&presented));
-                machine::reset(flow, now, matched)
+                Ok::<_, Error>(machine::reset(flow, now, matched)?)
             })
             .await
             .map_err(|e| match e {
@@ -905,21 +841,21 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 
     /// Load, decide, compare-and-swap; again on a lost race.
-    pub(crate) async fn update(
+    pub(crate) async fn update<E: Into<Error>>(
         &self,
         flow_id: &FlowId,
-        decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord>,
+        decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord, E>,
     ) -> Result<FlowRecord> {
         self.update_from(None, flow_id, decide).await
     }
 
     /// [`Recovery::update`], whose first round decides on `read`, a record
     /// of the flow the caller has just read, when it has one.
-    pub(crate) async fn update_from(
+    pub(crate) async fn update_from<E: Into<Error>>(
         &self,
         mut read: Option<&FlowRecord>,
         flow_id: &FlowId,
-        decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord>,
+        decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord, E>,
     ) -> Result<FlowRecord> {
         for _ in 0..MAX_CAS_ROUNDS {
             let now = self.clock.now();
@@ -931,7 +867,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     &loaded
                 }
             };
-            let next = decide(flow, now)?;
+            let next = decide(flow, now).map_err(Into::into)?;
             if self.store.compare_and_swap(flow.version, &next).await? {
                 return Ok(next);
             }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::case::SupportCase;
 use crate::clock::{Clock, Timestamp};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, Suspicion};
@@ -16,7 +17,6 @@ use crate::record::{FlowRecord, Subject};
 use crate::recovery::{Recovery, RequestContext, flow_event};
 use crate::sms::SmsSender;
 use crate::store::{CodeStore, Counter, CounterValue};
-use crate::support::SupportCase;
 
 /// Which detectors a request's counters feed, by index in its plan.
 #[derive(Debug, Default)]
