@@ -64,12 +64,10 @@ use async_trait::async_trait;
 use common::{LastCode, NullSender, account, client, ready};
 use criterion::Criterion;
 use hmac::{Hmac, KeyInit, Mac as _};
+use otp_recovery::record::{FlowRecord, Subject};
 use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result as StoreResult};
 use otp_recovery::support::{SupportCase, SupportReference};
-use otp_recovery::{
-    AccountId, FlowId, FlowRecord, KeyRing, ManualClock, Recovery, RequestContext, ServerKey, Subject,
-    Timestamp,
-};
+use otp_recovery::{AccountId, FlowId, KeyRing, ManualClock, Recovery, RequestContext, ServerKey, Timestamp};
 use sha2::Sha256;
 
 /// Criterion's samples per benchmark (its minimum).

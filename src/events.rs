@@ -156,7 +156,7 @@ pub enum EventKind {
         agent: String,
         /// Why, as the agent wrote it.
         reason: String,
-        /// Whose case: [`Subject::key`](crate::Subject::key) (an account,
+        /// Whose case: [`Subject::key`](crate::record::Subject::key) (an account,
         /// or an unknown identifier's stand-in, which holds no personal data).
         subject: Option<String>,
         /// The reference the agent used or the lock had.

@@ -10,10 +10,10 @@
 #[cfg(feature = "redis")]
 pub use redis::Value as RedisValue;
 
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
-use crate::FlowRecord;
 #[cfg(feature = "redis")]
 use crate::id::FlowId;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+use crate::record::FlowRecord;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 use crate::store::{CounterValue, StoreError};
 

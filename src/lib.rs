@@ -56,7 +56,7 @@ pub mod machine;
 mod message;
 mod phone;
 mod policy;
-mod record;
+pub mod record;
 mod recovery;
 mod reference;
 pub mod rng;
@@ -69,7 +69,7 @@ pub mod support;
 pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use code::{KeyRing, Mac};
+pub use code::KeyRing;
 pub use error::{Error, Result};
 pub use id::{AccountId, FlowId};
 pub use input::InputError;
@@ -83,9 +83,6 @@ pub use policy::{
 };
 /// The `rand_core` whose `TryCryptoRng` [`Recovery::with_rng`] takes.
 pub use rand_core;
-pub use record::{
-    DecodeError, DecoyId, EffectiveState, FactorProgress, FlowRecord, FlowState, Subject, UnknownState,
-};
 pub use recovery::FactorCodeSent;
 pub use recovery::{
     Account, Completed, FactorChallenge, Progress, Recovery, RequestContext, Requested, Verified,

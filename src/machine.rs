@@ -10,7 +10,8 @@
 //!
 //! ```
 //! use otp_recovery::machine::{self, Evaluation, Opening, Verdict};
-//! use otp_recovery::{AccountId, FlowId, Mac, PhoneNumber, Policy, Subject, Timestamp};
+//! use otp_recovery::{AccountId, FlowId, PhoneNumber, Policy, Timestamp};
+//! use otp_recovery::record::{Mac, Subject};
 //!
 //! let policy = Policy::default();
 //! let t0 = Timestamp::from_unix_millis(1_000_000);

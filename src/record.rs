@@ -1,11 +1,12 @@
 //! The flow record: everything a store keeps about one recovery, and no
-//! secret (codes and tokens appear only as MACs).
+//! secret (codes and tokens appear only as MACs). Store authors and support
+//! tools need these types; the basic flow of a host does not.
 
 use std::fmt;
 use std::str::FromStr;
 
 use crate::clock::Timestamp;
-use crate::code::Mac;
+pub use crate::code::Mac;
 use crate::factor::{FactorKind, FactorSet};
 use crate::id::{AccountId, FlowId};
 use crate::phone::PhoneNumber;

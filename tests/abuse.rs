@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use otp_recovery::events::{EventKind, RecordingSink, SupportAction, Suspicion};
 use otp_recovery::limits::{BlockTarget, Detectors, LimitScope, Limits, LimitsError, Rule};
+use otp_recovery::record::{EffectiveState, FlowState, Subject};
 use otp_recovery::sms::{MessageKind, RecordingSender, SendError, SendErrorKind};
 use otp_recovery::store::{CodeStore, Counter, MemoryStore};
 use otp_recovery::support::{Agent, SupportReference};
 use otp_recovery::{
-    Account, AccountId, Code, EffectiveState, Error, FlowId, FlowState, InputError, KeyRing, ManualClock,
-    Messages, PhoneNumber, Policy, Recovery, RequestContext, Requested, ServerKey, Subject, Timestamp,
+    Account, AccountId, Code, Error, FlowId, InputError, KeyRing, ManualClock, Messages, PhoneNumber, Policy,
+    Recovery, RequestContext, Requested, ServerKey, Timestamp,
 };
 
 type Rec = Recovery<Arc<MemoryStore>, RecordingSender, ManualClock>;

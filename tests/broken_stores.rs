@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use otp_recovery::record::{FlowRecord, FlowState};
 use otp_recovery::store::conformance;
 use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
-use otp_recovery::{FlowId, FlowRecord, FlowState, Timestamp};
+use otp_recovery::{FlowId, Timestamp};
 
 /// One way to get a store wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,9 +25,10 @@ use otp_recovery::support::{Agent, SupportCase, SupportReference};
 use otp_recovery::testing::{FaultySender, FaultyStore, SendFault, StoreFault};
 mod common;
 
+use otp_recovery::record::{FlowRecord, FlowState, Mac, Subject};
 use otp_recovery::{
-    Account, AccountId, Code, Error, FlowId, FlowRecord, FlowState, KeyRing, Mac, ManualClock, PhoneNumber,
-    Policy, Recovery, RequestContext, ServerKey, Subject, Timestamp,
+    Account, AccountId, Code, Error, FlowId, KeyRing, ManualClock, PhoneNumber, Policy, Recovery,
+    RequestContext, ServerKey, Timestamp,
 };
 
 const T0: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use otp_recovery::record::FlowState;
 use otp_recovery::sms::{RecordingSender, SendError, SendErrorKind};
 use otp_recovery::store::MemoryStore;
 use otp_recovery::{
-    Account, AccountId, Code, Error, FlowId, FlowState, InputError, KeyRing, ManualClock, PhoneNumber,
-    Policy, Recovery, RequestContext, Requested, ServerKey, Timestamp,
+    Account, AccountId, Code, Error, FlowId, InputError, KeyRing, ManualClock, PhoneNumber, Policy, Recovery,
+    RequestContext, Requested, ServerKey, Timestamp,
 };
 
 type Rec = Recovery<Arc<MemoryStore>, RecordingSender, ManualClock>;

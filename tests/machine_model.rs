@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use otp_recovery::machine::{self, Evaluation, Opening, Refusal, Verdict};
-use otp_recovery::{
-    AccountId, EffectiveState, FlowId, FlowRecord, FlowState, Mac, PhoneNumber, Policy, Subject, Timestamp,
-};
+use otp_recovery::record::{EffectiveState, FlowRecord, FlowState, Mac, Subject};
+use otp_recovery::{AccountId, FlowId, PhoneNumber, Policy, Timestamp};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, Copy)]

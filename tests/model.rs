@@ -600,7 +600,7 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Unlock(s) => {
                 let subject = match account(s) {
-                    Some(a) => otp_recovery::Subject::Account(a.id),
+                    Some(a) => otp_recovery::record::Subject::Account(a.id),
                     None => match m.subjects[s].flows.last() {
                         // The decoy's subject, as the store has it.
                         Some(f) => {

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use otp_recovery::rand_core::{TryCryptoRng, TryRng};
+use otp_recovery::record::Subject;
 use otp_recovery::sms::RecordingSender;
 use otp_recovery::store::{CodeStore, MemoryStore};
 use otp_recovery::{
     Account, AccountId, Error, KeyRing, ManualClock, PhoneNumber, Recovery, RequestContext, ServerKey,
-    Subject, Timestamp,
+    Timestamp,
 };
 
 /// splitmix64, seeded: reproducible, and for tests only. `fail` makes

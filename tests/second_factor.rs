@@ -11,11 +11,12 @@ use otp_recovery::factor::{
     ChannelAddress, FactorKind, FactorSet, Factors, RecordingChannel, RecoveryCodes, SecondFactor, Totp,
     TotpSecret,
 };
+use otp_recovery::record::FlowState;
 use otp_recovery::sms::{RecordingSender, SendError, SendErrorKind};
 use otp_recovery::store::MemoryStore;
 use otp_recovery::{
-    Account, AccountId, Error, FactorChallenge, FlowId, FlowState, InputError, KeyRing, ManualClock,
-    PhoneNumber, Policy, Progress, Recovery, RequestContext, ServerKey, Timestamp,
+    Account, AccountId, Error, FactorChallenge, FlowId, InputError, KeyRing, ManualClock, PhoneNumber,
+    Policy, Progress, Recovery, RequestContext, ServerKey, Timestamp,
 };
 
 type Rec = Recovery<Arc<MemoryStore>, RecordingSender, ManualClock>;

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use otp_recovery::factor::{FactorKind, Factors, RecoveryCodes, SecondFactor, Totp, TotpSecret};
+use otp_recovery::record::{FlowRecord, FlowState};
 use otp_recovery::sms::RecordingSender;
 use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result as StoreResult};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{
-    Account, AccountId, Clock, Error, FlowId, FlowRecord, FlowState, KeyRing, ManualClock, PhoneNumber,
-    Policy, Progress, Recovery, RequestContext, ServerKey, Timestamp,
+    Account, AccountId, Clock, Error, FlowId, KeyRing, ManualClock, PhoneNumber, Policy, Progress, Recovery,
+    RequestContext, ServerKey, Timestamp,
 };
 use tokio::sync::Notify;
 

@@ -6,11 +6,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use otp_recovery::record::FlowRecord;
 use otp_recovery::sms::{MessageKind, RecordingSender, SendError, SendErrorKind, SmsMessage};
 use otp_recovery::store::{CodeStore, StoreError};
 use otp_recovery::{
-    Account, AccountId, Code, Error, FlowRecord, InputError, KeyRing, ManualClock, PhoneNumber, Policy,
-    Recovery, RequestContext, ResetToken, SecretString, ServerKey, Timestamp,
+    Account, AccountId, Code, Error, InputError, KeyRing, ManualClock, PhoneNumber, Policy, Recovery,
+    RequestContext, ResetToken, SecretString, ServerKey, Timestamp,
 };
 
 /// Calls come from this client, so IP limits and detectors run too.

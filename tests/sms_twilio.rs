@@ -727,7 +727,7 @@ fn plain_http_is_refused_except_on_loopback() {
 fn the_default_url_is_the_real_api() {
     let sender = TwilioSender::new(ACCOUNT_SID, token(), from_number()).unwrap();
     assert_eq!(
-        sender.url().as_str(),
+        sender.url(),
         format!("https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json")
     );
     assert_eq!(twilio::DEFAULT_BASE_URL, "https://api.twilio.com");

@@ -523,7 +523,7 @@ fn plain_http_is_refused_except_on_loopback() {
 #[test]
 fn the_default_url_is_the_real_api() {
     let sender = VonageSender::new(API_KEY, secret(), sender_id()).unwrap();
-    assert_eq!(sender.url().as_str(), "https://rest.nexmo.com/sms/json");
+    assert_eq!(sender.url(), "https://rest.nexmo.com/sms/json");
     assert_eq!(vonage::DEFAULT_BASE_URL, "https://rest.nexmo.com");
 }
 

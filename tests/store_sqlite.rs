@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use otp_recovery::record::{FlowRecord, FlowState, Subject};
 use otp_recovery::sms::RecordingSender;
 use otp_recovery::store::sqlite::SqliteStore;
 use otp_recovery::store::{CodeStore, Counter, CounterValue, Result as StoreResult, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{
-    Account, AccountId, Code, Error, FlowId, FlowRecord, FlowState, KeyRing, ManualClock, PhoneNumber,
-    Recovery, RequestContext, ServerKey, Subject, Timestamp,
+    Account, AccountId, Code, Error, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, RequestContext,
+    ServerKey, Timestamp,
 };
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, SqliteConnection};

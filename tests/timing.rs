@@ -63,10 +63,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use otp_recovery::limits::{Limits, Rule};
+use otp_recovery::record::Mac;
 use otp_recovery::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
 use otp_recovery::store::MemoryStore;
 use otp_recovery::{
-    Account, AccountId, KeyRing, Mac, ManualClock, PhoneNumber, Policy, Recovery, RequestContext, ServerKey,
+    Account, AccountId, KeyRing, ManualClock, PhoneNumber, Policy, Recovery, RequestContext, ServerKey,
     Timestamp,
 };
 

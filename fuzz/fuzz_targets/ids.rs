@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use otp_recovery::support::SupportReference;
-use otp_recovery::{AccountId, FlowId, FlowState, Locale};
+use otp_recovery::{AccountId, FlowId, Locale};
+use otp_recovery::record::FlowState;
 
 const CROCKFORD: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 

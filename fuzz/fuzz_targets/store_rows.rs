@@ -7,7 +7,8 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use otp_recovery::fuzzing::{self, RedisValue};
-use otp_recovery::{FlowId, FlowRecord, FlowState, Timestamp};
+use otp_recovery::{FlowId, Timestamp};
+use otp_recovery::record::{FlowRecord, FlowState};
 
 /// A valid record (fuzz/seeds/make_seeds.py), so that the decoders'
 /// paths after the blob are reached from the first run: flow id `09` x 16.

@@ -28,9 +28,19 @@ mod console;
 mod failover;
 pub(crate) mod recording;
 
+// The gateways' shared HTTPS plumbing: private, so that reqwest's types
+// are not part of the public API. Each gateway uses part of it.
+#[cfg(feature = "http")]
+#[cfg_attr(
+    not(all(feature = "twilio", feature = "vonage", feature = "webhook")),
+    allow(dead_code)
+)]
+mod http;
+
+/// How long one gateway request may take unless configured otherwise.
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub mod http;
+pub use http::DEFAULT_TIMEOUT;
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]

@@ -61,7 +61,7 @@ const MAX_SECRET: usize = 256;
 /// Twilio error codes and the kind of send error each one is.
 ///
 /// A code not listed here is classified by the HTTP status of the answer
-/// (see [`http::status_error`]); an answer of HTTP 429 or 5xx is always
+/// (by the shared status mapping); an answer of HTTP 429 or 5xx is always
 /// retryable, whatever its code.
 pub const ERROR_CODES: &[(u32, SendErrorKind)] = &[
     // The recipient's number is wrong or cannot take SMS.
@@ -187,7 +187,7 @@ impl TwilioSenderBuilder {
     }
 
     /// The time Twilio has to answer one request (default
-    /// [`http::DEFAULT_TIMEOUT`]).
+    /// [`DEFAULT_TIMEOUT`](crate::sms::DEFAULT_TIMEOUT)).
     ///
     /// # Panics
     /// If `timeout` is zero (every send would time out).
@@ -283,8 +283,8 @@ impl TwilioSender {
     }
 
     /// The Messages URL this sender posts to.
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
+    pub fn url(&self) -> &str {
+        self.url.as_str()
     }
 }
 

@@ -166,7 +166,7 @@ impl VonageSenderBuilder {
     }
 
     /// The time Vonage has to answer one request (default
-    /// [`http::DEFAULT_TIMEOUT`]).
+    /// [`DEFAULT_TIMEOUT`](crate::sms::DEFAULT_TIMEOUT)).
     ///
     /// # Panics
     /// If `timeout` is zero (every send would time out).
@@ -254,8 +254,8 @@ impl VonageSender {
     }
 
     /// The URL this sender posts to.
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
+    pub fn url(&self) -> &str {
+        self.url.as_str()
     }
 }
 

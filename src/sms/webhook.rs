@@ -227,7 +227,7 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     /// A sender posting to `url`, signing with `secret`, with a timeout of
-    /// [`DEFAULT_TIMEOUT`](http::DEFAULT_TIMEOUT) per request.
+    /// [`DEFAULT_TIMEOUT`](crate::sms::DEFAULT_TIMEOUT)(http::DEFAULT_TIMEOUT) per request.
     ///
     /// # Errors
     /// A [`SendErrorKind::Configuration`] error if `url` does not parse, is
@@ -268,9 +268,9 @@ impl WebhookSender {
         self.timeout
     }
 
-    /// The endpoint requests go to.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+    /// The URL requests go to, as configured.
+    pub fn endpoint(&self) -> &str {
+        self.endpoint.url().as_str()
     }
 }
 

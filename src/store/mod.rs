@@ -17,7 +17,8 @@
 //! use async_trait::async_trait;
 //! use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
 //! use otp_recovery::support::{SupportCase, SupportReference};
-//! use otp_recovery::{FlowId, FlowRecord, FlowState, Timestamp};
+//! use otp_recovery::{FlowId, Timestamp};
+//! use otp_recovery::record::{FlowRecord, FlowState};
 //!
 //! #[derive(Default)]
 //! struct MapStore {
@@ -246,8 +247,8 @@ impl From<DecodeError> for StoreError {
 #[async_trait]
 pub trait CodeStore: Send + Sync {
     /// Inserts a new flow. If its subject (keyed by
-    /// [`Subject::key`](crate::Subject::key), decoys included) has an open
-    /// flow ([`FlowState::is_open`](crate::FlowState::is_open)), that flow
+    /// [`Subject::key`](crate::record::Subject::key), decoys included) has an open
+    /// flow ([`FlowState::is_open`](crate::record::FlowState::is_open)), that flow
     /// becomes `Superseded` (its `version` grows by one and its `updated_at`
     /// becomes `flow.created_at`) in the same atomic step, and the new flow
     /// becomes the subject's open one.
@@ -273,7 +274,7 @@ pub trait CodeStore: Send + Sync {
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)>;
 
     /// The subject's most recent flows, newest first, at most `limit` (for
-    /// support look-ups). `subject_key` is [`Subject::key`](crate::Subject::key).
+    /// support look-ups). `subject_key` is [`Subject::key`](crate::record::Subject::key).
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>>;
 
     /// Stores a support case under its reference, replacing any case with

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use otp_recovery::record::FlowRecord;
 use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
-use otp_recovery::{FlowId, FlowRecord, Timestamp};
+use otp_recovery::{FlowId, Timestamp};
 
 /// A memory store that counts every call made to it and records every
 /// counter key it is given. A test that holds `create_gate` holds every

@@ -531,7 +531,7 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
     // So is a flow awaiting a second factor.
     let mut pending = third.clone();
     pending.state = FlowState::FactorPending;
-    pending.factor = Some(crate::FactorProgress::new(
+    pending.factor = Some(crate::record::FactorProgress::new(
         crate::factor::FactorSet::ALL,
         later.saturating_add(Duration::from_secs(600)),
     ));
