@@ -4,7 +4,7 @@
 //! ```sh
 //! OTP_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1/test \
 //! OTP_TEST_REDIS_URL=redis://127.0.0.1:6379/ \
-//!   cargo bench --features postgres,redis,sqlite --bench stores
+//!   cargo bench ,sqlite --bench stores
 //! ```
 //!
 //! A store whose URL is not set is left out (SQLite needs none).
@@ -115,9 +115,8 @@ fn rand_seed() -> u64 {
 
 fn stores(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
-    #[cfg(feature = "sqlite")]
     {
-        use otp_recovery::store::sqlite::SqliteStore;
+        use otp_recovery_sqlx::sqlite::SqliteStore;
         let path = std::env::temp_dir().join(format!("otp-bench-{}.db", rand_seed()));
         let store = rt.block_on(SqliteStore::open(&path)).unwrap();
         bench_store(c, &rt, "sqlite", store);
@@ -125,9 +124,8 @@ fn stores(c: &mut Criterion) {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
     }
-    #[cfg(feature = "postgres")]
     if let Ok(url) = std::env::var("OTP_TEST_POSTGRES_URL") {
-        use otp_recovery::store::postgres::PostgresStore;
+        use otp_recovery_sqlx::postgres::PostgresStore;
         let store = rt.block_on(PostgresStore::connect(&url)).unwrap();
         rt.block_on(store.migrate()).unwrap();
         let pool = rt.block_on(sqlx::PgPool::connect(&url)).unwrap();
@@ -136,15 +134,13 @@ fn stores(c: &mut Criterion) {
         });
         bench_store(c, &rt, "postgres", store);
     }
-    #[cfg(feature = "redis")]
     redis(c, &rt);
 }
 
 criterion_group!(benches, stores);
 
-#[cfg(feature = "redis")]
 fn redis(c: &mut Criterion, rt: &Runtime) {
-    use otp_recovery::store::redis::RedisStore;
+    use otp_recovery_redis::RedisStore;
     let Ok(url) = std::env::var("OTP_TEST_REDIS_URL") else {
         return;
     };

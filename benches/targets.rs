@@ -4,7 +4,7 @@
 //! ```sh
 //! OTP_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
 //! OTP_TEST_REDIS_URL=redis://127.0.0.1:6379/ \
-//!   cargo bench --bench targets --features postgres,redis
+//!   cargo bench --bench targets
 //! ```
 //!
 //! A store whose URL is unset (or whose feature is off) gets "skipped"
@@ -796,23 +796,19 @@ fn seed() -> u64 {
     u64::from_le_bytes(b) % 1_000_000_000
 }
 
-#[cfg(feature = "postgres")]
 struct Postgres(sqlx::PgPool);
 
-#[cfg(feature = "postgres")]
 impl Backend for Postgres {
-    type Store = otp_recovery::store::postgres::PostgresStore;
+    type Store = otp_recovery_sqlx::postgres::PostgresStore;
     async fn round_trip(&self) {
         sqlx::query("SELECT 1").execute(&self.0).await.unwrap();
     }
 }
 
-#[cfg(feature = "redis")]
 struct Redis(::redis::aio::MultiplexedConnection);
 
-#[cfg(feature = "redis")]
 impl Backend for Redis {
-    type Store = otp_recovery::store::redis::RedisStore<::redis::aio::MultiplexedConnection>;
+    type Store = otp_recovery_redis::RedisStore<::redis::aio::MultiplexedConnection>;
     async fn round_trip(&self) {
         let mut conn = self.0.clone();
         let _: String = ::redis::cmd("PING").query_async(&mut conn).await.unwrap();
@@ -825,14 +821,12 @@ fn stores(c: &mut Criterion, s: &Samples, trips: &Mutex<BTreeMap<String, Trips>>
     #[allow(unused_mut)]
     let mut ran = Vec::new();
     let _ = (&c, &s, &trips);
-    #[cfg(any(feature = "postgres", feature = "redis"))]
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    #[cfg(feature = "postgres")]
     if let Ok(url) = std::env::var("OTP_TEST_POSTGRES_URL") {
-        use otp_recovery::store::postgres::PostgresStore;
+        use otp_recovery_sqlx::postgres::PostgresStore;
         // The run's own schema, dropped at the end: every run starts from
         // empty tables and leaves nothing behind (its clock is decades
         // ahead, so its rows would never expire).
@@ -882,9 +876,8 @@ fn stores(c: &mut Criterion, s: &Samples, trips: &Mutex<BTreeMap<String, Trips>>
         rt.block_on(sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&admin))
             .unwrap();
     }
-    #[cfg(feature = "redis")]
     if let Ok(url) = std::env::var("OTP_TEST_REDIS_URL") {
-        use otp_recovery::store::redis::RedisStore;
+        use otp_recovery_redis::RedisStore;
         let client = ::redis::Client::open(url.as_str()).unwrap();
         let conn = rt.block_on(client.get_multiplexed_async_connection()).unwrap();
         let prefix = format!("bench-{}", seed());

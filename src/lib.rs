@@ -29,9 +29,11 @@
 //! # Cargo features
 //! - `conformance`: the `store::conformance` suite for testing a store, and
 //!   the fault-injecting wrappers of `testing`.
-//! - `sqlite`, `postgres`, `redis`: the stores in [`store`].
-//! - `twilio`, `vonage`, `webhook`: the gateway senders in [`sms`], over
-//!   one HTTPS client (feature `http`, which also brings `sms::retry`).
+//!
+//! # Adapters (workspace crates of their own)
+//! - `otp-recovery-sqlx`: the SQLite and PostgreSQL stores;
+//! - `otp-recovery-redis`: the Redis store;
+//! - `otp-recovery-gateways`: Twilio, Vonage, a signed webhook, retries.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -45,9 +47,6 @@ mod counter;
 mod error;
 pub mod events;
 pub mod factor;
-#[cfg(fuzzing)]
-#[doc(hidden)]
-pub mod fuzzing;
 mod hex;
 mod id;
 mod input;

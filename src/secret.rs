@@ -250,7 +250,9 @@ impl ServerKey {
         Ok(ServerKey(bytes))
     }
 
-    pub(crate) fn expose_secret(&self) -> &[u8] {
+    /// The key's bytes, for an adapter that signs with it (the webhook
+    /// sender of `otp-recovery-gateways`). Never log or store them.
+    pub fn expose_secret(&self) -> &[u8] {
         &self.0
     }
 }

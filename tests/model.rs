@@ -677,7 +677,6 @@ proptest! {
     }
 }
 
-#[cfg(feature = "sqlite")]
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -685,7 +684,7 @@ proptest! {
     fn driver_agrees_with_the_model_on_sqlite(ops in ops()) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let store = otp_recovery::store::sqlite::SqliteStore::open_in_memory().await.unwrap();
+            let store = otp_recovery_sqlx::sqlite::SqliteStore::open_in_memory().await.unwrap();
             run(store, &ops).await
         })?;
     }

@@ -17,9 +17,9 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use libfuzzer_sys::fuzz_target;
-use otp_recovery::store::{CodeStore, MemoryStore};
 use otp_recovery::PhoneNumber;
 use otp_recovery::record::FlowRecord;
+use otp_recovery::store::{CodeStore, MemoryStore};
 
 /// The memory store's futures never wait.
 fn ready<F: Future>(future: F) -> F::Output {

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use otp_recovery::record::FlowState;
 use otp_recovery::support::SupportReference;
 use otp_recovery::{AccountId, FlowId, Locale};
-use otp_recovery::record::FlowState;
 
 const CROCKFORD: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 

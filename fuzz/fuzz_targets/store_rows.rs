@@ -1,14 +1,15 @@
 //! Each store's own decoding of what its database returns: the SQLite and
 //! PostgreSQL row columns around the record blob, the Redis flow hash and
 //! the counter replies of all three. The decoders are private to the
-//! stores and reached through `otp_recovery::fuzzing` (`--cfg fuzzing`).
+//! stores and reached through each adapter crate's `fuzzing` module (`--cfg fuzzing`).
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use otp_recovery::fuzzing::{self, RedisValue};
-use otp_recovery::{FlowId, Timestamp};
 use otp_recovery::record::{FlowRecord, FlowState};
+use otp_recovery::{FlowId, Timestamp};
+use otp_recovery_redis::fuzzing::{self as redis_fuzzing, RedisValue};
+use otp_recovery_sqlx::fuzzing;
 
 /// A valid record (fuzz/seeds/make_seeds.py), so that the decoders'
 /// paths after the blob are reached from the first run: flow id `09` x 16.
@@ -231,7 +232,7 @@ fuzz_target!(|input: Input<'_>| match input {
             s.value(),
             u.value(),
         ]);
-        match fuzzing::redis_flow(&id, fields) {
+        match redis_fuzzing::redis_flow(&id, fields) {
             Ok(Some(flow)) => {
                 assert_eq!(flow.id, id);
                 assert_eq!(Some(flow.version), decimal(&v));
@@ -251,14 +252,14 @@ fuzz_target!(|input: Input<'_>| match input {
     Input::RedisHash { id, reply } => {
         let id = FlowId::from_bytes(id);
         let all_nil = matches!(&reply, Reply::Array(items) if items.iter().all(|l| matches!(l, Leaf::Nil)));
-        match fuzzing::redis_flow(&id, reply.value()) {
+        match redis_fuzzing::redis_flow(&id, reply.value()) {
             Ok(None) => assert!(all_nil),
             Ok(Some(flow)) => assert_eq!(flow.id, id),
             Err(_) => assert!(!all_nil),
         }
     }
     Input::RedisCounters { reply, n } => {
-        if let Ok(values) = fuzzing::redis_counters(&reply.value(), usize::from(n)) {
+        if let Ok(values) = redis_fuzzing::redis_counters(&reply.value(), usize::from(n)) {
             assert_eq!(values.len(), usize::from(n));
         }
     }

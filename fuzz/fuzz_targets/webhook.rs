@@ -10,7 +10,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use otp_recovery::ServerKey;
-use otp_recovery::sms::webhook::{VerifyError, WebhookSecret, sign_request, verify_request};
+use otp_recovery_gateways::webhook::{VerifyError, WebhookSecret, sign_request, verify_request};
 
 #[derive(Debug, Arbitrary)]
 struct Input {

@@ -2,8 +2,8 @@
 //! senders.
 //!
 //! A sender delivers one rendered message to one E.164 number and says,
-//! when it fails, whether trying again may help. Gateway adapters come as
-//! cargo features; for development, [`ConsoleSender`] prints messages and
+//! when it fails, whether trying again may help. Gateway adapters live in
+//! the `otp-recovery-gateways` crate; for development, [`ConsoleSender`] prints messages and
 //! [`RecordingSender`] keeps them for tests.
 //!
 //! Your own gateway is one method:
@@ -27,36 +27,6 @@
 mod console;
 mod failover;
 pub(crate) mod recording;
-
-// The gateways' shared HTTPS plumbing: private, so that reqwest's types
-// are not part of the public API. Each gateway uses part of it.
-#[cfg(feature = "http")]
-#[cfg_attr(
-    not(all(feature = "twilio", feature = "vonage", feature = "webhook")),
-    allow(dead_code)
-)]
-mod http;
-
-/// How long one gateway request may take unless configured otherwise.
-#[cfg(feature = "http")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub use http::DEFAULT_TIMEOUT;
-
-#[cfg(feature = "http")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-pub mod retry;
-
-#[cfg(feature = "twilio")]
-#[cfg_attr(docsrs, doc(cfg(feature = "twilio")))]
-pub mod twilio;
-
-#[cfg(feature = "vonage")]
-#[cfg_attr(docsrs, doc(cfg(feature = "vonage")))]
-pub mod vonage;
-
-#[cfg(feature = "webhook")]
-#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
-pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;

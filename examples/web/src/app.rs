@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use otp_recovery::store::sqlite::SqliteStore;
 use otp_recovery::{
     Clock, Completed, Error, FlowId, KeyRing, Messages, Policy, Recovery, RequestContext, Requested,
     ServerKey, SystemClock, Timestamp, Verified,
 };
+use otp_recovery_sqlx::sqlite::SqliteStore;
 
 use crate::csrf::CsrfKey;
 use crate::outbox::Outbox;

@@ -2,7 +2,7 @@
 //! development mode only, keeps it for the `/dev/messages` page.
 //!
 //! In production, put a gateway sender here instead (e.g.
-//! `otp_recovery::sms::twilio::TwilioSender`, feature `twilio`): nothing
+//! `otp_recovery_gateways::twilio::TwilioSender`, feature `twilio`): nothing
 //! in the rest of the application changes.
 
 use std::sync::Arc;

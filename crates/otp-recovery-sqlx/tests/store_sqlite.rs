@@ -1,7 +1,7 @@
 //! The SQLite store: the conformance suite on a file and in memory, and
 //! what only a persistent store has: restarts, a file shared by several
 //! openers, and corrupt data written behind its back.
-#![cfg(all(feature = "sqlite", feature = "conformance"))]
+#![cfg(feature = "sqlite")]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,13 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otp_recovery::record::{FlowRecord, FlowState, Subject};
 use otp_recovery::sms::RecordingSender;
-use otp_recovery::store::sqlite::SqliteStore;
 use otp_recovery::store::{CodeStore, Counter, CounterValue, Result as StoreResult, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{
     Account, AccountId, Code, Error, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, RequestContext,
     ServerKey, Timestamp,
 };
+use otp_recovery_sqlx::sqlite::SqliteStore;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 
@@ -50,7 +50,7 @@ otp_recovery::code_store_conformance! {
 mod in_memory {
     use std::sync::Arc;
 
-    use otp_recovery::store::sqlite::SqliteStore;
+    use otp_recovery_sqlx::sqlite::SqliteStore;
 
     otp_recovery::code_store_conformance! {
         store: async { SqliteStore::open_in_memory().await.unwrap() },

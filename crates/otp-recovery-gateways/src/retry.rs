@@ -24,14 +24,14 @@
 //! received a request but answered too late may deliver twice, the usual
 //! price of retrying a send that has no idempotency key.
 //!
-//! It composes with [`Failover`](super::Failover): retry each gateway, then
+//! It composes with [`Failover`](otp_recovery::sms::Failover): retry each gateway, then
 //! fail over, with `Failover::new(Retrying::new(primary), Retrying::new(secondary))`.
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! use std::time::Duration;
 //!
-//! use otp_recovery::sms::retry::Retrying;
+//! use otp_recovery_gateways::retry::Retrying;
 //! use otp_recovery::sms::{MessageKind, RecordingSender, SendError, SendErrorKind, SmsMessage, SmsSender};
 //! use otp_recovery::{PhoneNumber, SecretString};
 //!
@@ -62,8 +62,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::http::DEFAULT_TIMEOUT;
-use super::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
+use crate::http::DEFAULT_TIMEOUT;
+use otp_recovery::sms::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
 
 /// Tries in all, by default (the first and two retries).
 pub const DEFAULT_ATTEMPTS: u32 = 3;

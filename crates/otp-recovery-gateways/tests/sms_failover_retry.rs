@@ -67,7 +67,6 @@ impl Scripted {
         self.0.lock().unwrap().1.clone()
     }
 
-    #[cfg(feature = "http")]
     fn gaps(&self) -> Vec<Duration> {
         self.calls().windows(2).map(|w| w[1] - w[0]).collect()
     }
@@ -184,9 +183,8 @@ fn failover_debug_shows_no_contents() {
 
 // --- Retrying ---------------------------------------------------------------
 
-#[cfg(feature = "http")]
 mod retrying {
-    use otp_recovery::sms::retry::Retrying;
+    use otp_recovery_gateways::retry::Retrying;
 
     use super::*;
 
@@ -389,8 +387,8 @@ mod retrying {
 #[cfg(feature = "webhook")]
 mod webhook {
     use otp_recovery::ServerKey;
-    use otp_recovery::sms::retry::Retrying;
-    use otp_recovery::sms::webhook::WebhookSender;
+    use otp_recovery_gateways::retry::Retrying;
+    use otp_recovery_gateways::webhook::WebhookSender;
     use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
 

@@ -17,7 +17,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use otp_recovery::SecretString;
-//! use otp_recovery::sms::vonage::{VonageFrom, VonageSender};
+//! use otp_recovery_gateways::vonage::{VonageFrom, VonageSender};
 //!
 //! let sender = VonageSender::new(
 //!     std::env::var("VONAGE_API_KEY")?,
@@ -33,11 +33,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::http::{self, Endpoint};
-use super::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
-use crate::message::{Encoding, Segments};
-use crate::phone::PhoneNumber;
-use crate::secret::SecretString;
+use crate::http::{self, Endpoint};
+use otp_recovery::PhoneNumber;
+use otp_recovery::SecretString;
+use otp_recovery::sms::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
+use otp_recovery::{Encoding, Segments};
 
 /// The Vonage SMS API.
 pub const DEFAULT_BASE_URL: &str = "https://rest.nexmo.com";
@@ -166,7 +166,7 @@ impl VonageSenderBuilder {
     }
 
     /// The time Vonage has to answer one request (default
-    /// [`DEFAULT_TIMEOUT`](crate::sms::DEFAULT_TIMEOUT)).
+    /// [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT)).
     ///
     /// # Panics
     /// If `timeout` is zero (every send would time out).

@@ -5,7 +5,7 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use otp_recovery::sms::RecordingSender;
-//! use otp_recovery::store::sqlite::SqliteStore;
+//! use otp_recovery_sqlx::sqlite::SqliteStore;
 //! use otp_recovery::{Account, AccountId, KeyRing, PhoneNumber, Recovery, RequestContext, ServerKey};
 //!
 //! // A file keeps everything across restarts, e.g.
@@ -102,11 +102,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteExecutor, Transaction};
 
-use super::{CodeStore, Counter, CounterValue, Result, StoreError};
-use crate::case::{SupportCase, SupportReference};
-use crate::clock::Timestamp;
-use crate::id::FlowId;
-use crate::record::{FlowRecord, FlowState};
+use otp_recovery::FlowId;
+use otp_recovery::Timestamp;
+use otp_recovery::record::{FlowRecord, FlowState};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use otp_recovery::support::{SupportCase, SupportReference};
 
 /// The schema version this store writes, kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;

@@ -3,7 +3,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), otp_recovery::store::StoreError> {
-//! use otp_recovery::store::postgres::PostgresStore;
+//! use otp_recovery_sqlx::postgres::PostgresStore;
 //!
 //! let store = PostgresStore::connect("postgres://app@127.0.0.1/app").await?;
 //! store.migrate().await?; // or run PostgresStore::SCHEMA with your migrations
@@ -49,11 +49,11 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Row};
 
-use super::{CodeStore, Counter, CounterValue, Result, StoreError};
-use crate::case::{SupportCase, SupportReference};
-use crate::clock::Timestamp;
-use crate::id::FlowId;
-use crate::record::{FlowRecord, FlowState};
+use otp_recovery::FlowId;
+use otp_recovery::Timestamp;
+use otp_recovery::record::{FlowRecord, FlowState};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use otp_recovery::support::{SupportCase, SupportReference};
 
 /// A [`CodeStore`] on PostgreSQL.
 #[derive(Clone)]

@@ -4,12 +4,12 @@
 //! Set `OTP_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1/test`);
 //! without it these tests print a notice and pass, except under `CI`.
 
-#![cfg(all(feature = "postgres", feature = "conformance"))]
+#![cfg(feature = "postgres")]
 
 use otp_recovery::store::conformance::{self, server_url};
-use otp_recovery::store::postgres::PostgresStore;
 use otp_recovery::store::{CodeStore, StoreError};
 use otp_recovery::{Error, FlowId, KeyRing, Recovery, RequestContext, ServerKey};
+use otp_recovery_sqlx::postgres::PostgresStore;
 
 async fn store() -> Option<PostgresStore> {
     let url = server_url("OTP_TEST_POSTGRES_URL")?;

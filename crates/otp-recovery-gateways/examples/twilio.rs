@@ -15,12 +15,12 @@
 
 #[cfg(feature = "twilio")]
 mod run {
-    use otp_recovery::sms::twilio::{self, TwilioAuth, TwilioFrom, TwilioSender};
     use otp_recovery::store::MemoryStore;
     use otp_recovery::{
         Account, AccountId, Error, KeyRing, PhoneNumber, Policy, Recovery, RequestContext, SecretString,
         ServerKey,
     };
+    use otp_recovery_gateways::twilio::{self, TwilioAuth, TwilioFrom, TwilioSender};
 
     const REQUIRED: [&str; 4] = [
         "TWILIO_ACCOUNT_SID",

@@ -8,20 +8,18 @@
 //! runs sharing one database never see each other's keys (or purges); the
 //! keys expire by themselves.
 
-#![cfg(all(feature = "redis", feature = "conformance"))]
-
 use std::time::Duration;
 
 use otp_recovery::limits::Limits;
 use otp_recovery::sms::RecordingSender;
 use otp_recovery::store::conformance::{self, server_url};
-use otp_recovery::store::redis::RedisStore;
 use otp_recovery::store::{CodeStore, Counter, MemoryStore, StoreError};
 use otp_recovery::support::SupportReference;
 use otp_recovery::{
     Account, AccountId, Clock, Error, FlowId, KeyRing, PhoneNumber, Recovery, RequestContext, ServerKey,
     SystemClock,
 };
+use otp_recovery_redis::RedisStore;
 
 const URL_VAR: &str = "OTP_TEST_REDIS_URL";
 

@@ -18,7 +18,7 @@
 //!
 //! ```no_run
 //! use otp_recovery::sms::ConsoleSender;
-//! use otp_recovery::store::redis::RedisStore;
+//! use otp_recovery_redis::RedisStore;
 //! use otp_recovery::{KeyRing, Recovery, ServerKey};
 //!
 //! # async fn demo(server_key: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
@@ -106,6 +106,29 @@
 //! is not the store's (wrong type, undecodable bytes) is
 //! [`StoreError::Decode`]. A counter key holding anything but a counter
 //! reads as no window, and the next increment replaces it.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+/// Entry points for the fuzz targets in `fuzz/` (`--cfg fuzzing` only):
+/// the store's private decoding of what Redis answers.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use otp_recovery::FlowId;
+    use otp_recovery::record::FlowRecord;
+    use otp_recovery::store::{CounterValue, StoreError};
+    pub use redis::Value as RedisValue;
+
+    /// The decoding of a flow hash read with `HMGET d v s u`.
+    pub fn redis_flow(id: &FlowId, fields: RedisValue) -> Result<Option<FlowRecord>, StoreError> {
+        crate::flow_from_fields("fuzz", id, fields)
+    }
+
+    /// The decoding of the `count, window end` pairs of `n` counters that
+    /// the scripts return.
+    pub fn redis_counters(value: &RedisValue, n: usize) -> Result<Vec<CounterValue>, StoreError> {
+        crate::counter_values("fuzz", value, n)
+    }
+}
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -115,11 +138,11 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ScriptInvocation, ServerErrorKind, Value};
 
-use super::{CodeStore, Counter, CounterValue, Result, StoreError};
-use crate::case::{SupportCase, SupportReference};
-use crate::clock::Timestamp;
-use crate::id::FlowId;
-use crate::record::{FlowRecord, FlowState};
+use otp_recovery::FlowId;
+use otp_recovery::Timestamp;
+use otp_recovery::record::{FlowRecord, FlowState};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use otp_recovery::support::{SupportCase, SupportReference};
 
 /// The default key prefix.
 const DEFAULT_PREFIX: &str = "otp";

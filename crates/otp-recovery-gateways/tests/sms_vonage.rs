@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use otp_recovery::sms::vonage::{self, VonageConfigError, VonageFrom, VonageSender};
 use otp_recovery::sms::{MessageKind, SendError, SendErrorKind, SmsMessage, SmsSender};
 use otp_recovery::{PhoneNumber, SecretString};
+use otp_recovery_gateways::vonage::{self, VonageConfigError, VonageFrom, VonageSender};
 use serde_json::json;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Match, Mock, MockServer, Request, ResponseTemplate};

@@ -8,9 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
-use otp_recovery::sms::webhook::WebhookSender;
 use otp_recovery::sms::{MessageKind, SendErrorKind, SmsMessage, SmsSender};
 use otp_recovery::{PhoneNumber, SecretString, ServerKey};
+use otp_recovery_gateways::webhook::WebhookSender;
 use sha2::Sha256;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};

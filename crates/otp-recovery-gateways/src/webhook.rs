@@ -10,7 +10,7 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //!
-//! use otp_recovery::sms::webhook::WebhookSender;
+//! use otp_recovery_gateways::webhook::WebhookSender;
 //! use otp_recovery::ServerKey;
 //!
 //! // The shared secret, from your secret manager (at least 32 bytes).
@@ -57,7 +57,7 @@
 //! ```
 //!
 //! Any `2xx` answer means delivered. `429` and `5xx` are retryable failures
-//! (with `Retry-After` in seconds honoured by [`Retrying`](super::retry::Retrying)),
+//! (with `Retry-After` in seconds honoured by [`Retrying`](crate::retry::Retrying)),
 //! `401`/`403` a configuration error, any other status a rejection; a
 //! receiver that refuses a request (bad signature, replay) should answer
 //! `4xx`, so the request is not retried.
@@ -86,7 +86,7 @@
 //! use std::collections::HashMap;
 //! use std::time::{Duration, SystemTime};
 //!
-//! use otp_recovery::sms::webhook::{self, TOLERANCE, VerifyError, WebhookSecret};
+//! use otp_recovery_gateways::webhook::{self, TOLERANCE, VerifyError, WebhookSecret};
 //! use otp_recovery::SecretString;
 //!
 //! #[derive(Debug, PartialEq)]
@@ -171,11 +171,9 @@ use serde::Serialize;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use super::http::{self, Endpoint};
-use super::{MessageKind, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
-use crate::hex;
-use crate::rng::fill_random;
-use crate::secret::{MIN_KEY_LEN, SecretString, ServerKey};
+use crate::http::{self, Endpoint};
+use otp_recovery::sms::{MessageKind, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
+use otp_recovery::{MIN_KEY_LEN, SecretString, ServerKey};
 
 /// The header carrying the signing time, in Unix seconds.
 pub const TIMESTAMP_HEADER: &str = "X-Otp-Timestamp";
@@ -227,7 +225,7 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     /// A sender posting to `url`, signing with `secret`, with a timeout of
-    /// [`DEFAULT_TIMEOUT`](crate::sms::DEFAULT_TIMEOUT)(http::DEFAULT_TIMEOUT) per request.
+    /// [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT) per request.
     ///
     /// # Errors
     /// A [`SendErrorKind::Configuration`] error if `url` does not parse, is
@@ -334,7 +332,7 @@ pub fn sign_request(secret: &WebhookSecret, timestamp: &str, body: &[u8]) -> Str
     let tag = request_mac(secret, timestamp, body).finalize().into_bytes();
     let mut out = String::with_capacity(SIGNATURE_PREFIX.len() + 2 * TAG_LEN);
     out.push_str(SIGNATURE_PREFIX);
-    hex::encode_into(&tag, &mut out);
+    out.push_str(&hex::encode(tag));
     out
 }
 
@@ -381,7 +379,14 @@ pub fn verify_request(
     signature_header
         .strip_prefix(SIGNATURE_PREFIX)
         .ok_or(())
-        .and_then(|text| hex::decode_into(text.as_bytes(), &mut tag))
+        // Lowercase only: a signature has exactly one text form.
+        .and_then(|text| {
+            let lowercase = text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            lowercase
+                .then_some(())
+                .and_then(|()| hex::decode_to_slice(text, &mut tag).ok())
+                .ok_or(())
+        })
         .map_err(|()| VerifyError::MalformedSignature)?;
     request_mac(secret, timestamp_header, raw_body)
         .verify_slice(&tag)
@@ -402,20 +407,20 @@ fn kind_name(kind: MessageKind) -> &'static str {
     match kind {
         MessageKind::Code => "code",
         MessageKind::Notice => "notice",
+        // A kind added to the core after this adapter was written.
+        _ => "other",
     }
 }
 
 fn fresh_id() -> Result<String, SendError> {
     let mut raw = [0u8; ID_BYTES];
-    fill_random(&mut raw).map_err(|_| {
+    getrandom::fill(&mut raw).map_err(|_| {
         SendError::new(
             SendErrorKind::Unavailable,
             "webhook: the operating system random number generator failed",
         )
     })?;
-    let mut id = String::with_capacity(2 * ID_BYTES);
-    hex::encode_into(&raw, &mut id);
-    Ok(id)
+    Ok(hex::encode(raw))
 }
 
 fn unix_now() -> u64 {

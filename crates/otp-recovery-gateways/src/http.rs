@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
-use super::{SendError, SendErrorKind};
+use otp_recovery::sms::{SendError, SendErrorKind};
 
 /// The default time a gateway has to answer one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -22,11 +22,11 @@ use std::process::Command;
 use async_trait::async_trait;
 use otp_recovery::sms::{ConsoleSender, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
 use otp_recovery::store::CodeStore;
-use otp_recovery::store::sqlite::SqliteStore;
 use otp_recovery::{
     Account, AccountId, Code, Error, FlowId, KeyRing, Messages, PhoneNumber, Recovery, RequestContext,
     ServerKey,
 };
+use otp_recovery_sqlx::sqlite::SqliteStore;
 
 type Result<T, E = Box<dyn StdError>> = std::result::Result<T, E>;
 
@@ -86,14 +86,14 @@ fn read_code(inbox: &Path) -> Result<Code> {
 fn key_ring(database: &Path, create: bool) -> Result<KeyRing> {
     let path = beside(database, "key");
     if create {
-        let mut bytes = vec![0u8; 32];
-        getrandom::fill(&mut bytes)?;
+        let key = ServerKey::generate()?;
+        let bytes = key.expose_secret();
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        options.open(&path)?.write_all(&bytes)?;
-        return Ok(KeyRing::new(1, ServerKey::from_bytes(bytes)?));
+        options.open(&path)?.write_all(bytes)?;
+        return Ok(KeyRing::new(1, key));
     }
     Ok(KeyRing::new(1, ServerKey::from_bytes(std::fs::read(&path)?)?))
 }

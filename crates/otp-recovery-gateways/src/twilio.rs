@@ -17,7 +17,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use otp_recovery::sms::twilio::{TwilioAuth, TwilioFrom, TwilioSender};
+//! use otp_recovery_gateways::twilio::{TwilioAuth, TwilioFrom, TwilioSender};
 //! use otp_recovery::{PhoneNumber, SecretString};
 //!
 //! let sender = TwilioSender::new(
@@ -45,10 +45,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::http::{self, Endpoint};
-use super::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
-use crate::phone::PhoneNumber;
-use crate::secret::SecretString;
+use crate::http::{self, Endpoint};
+use otp_recovery::PhoneNumber;
+use otp_recovery::SecretString;
+use otp_recovery::sms::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
 
 /// The Twilio REST API.
 pub const DEFAULT_BASE_URL: &str = "https://api.twilio.com";
@@ -187,7 +187,7 @@ impl TwilioSenderBuilder {
     }
 
     /// The time Twilio has to answer one request (default
-    /// [`DEFAULT_TIMEOUT`](crate::sms::DEFAULT_TIMEOUT)).
+    /// [`DEFAULT_TIMEOUT`](crate::DEFAULT_TIMEOUT)).
     ///
     /// # Panics
     /// If `timeout` is zero (every send would time out).
