@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Interleaved, account, flow_at, get, now, of, phone_with_random_line, race, unique};
+use super::harness::{Interleaved, race};
+use super::{account, flow_at, get, now, of, phone_with_random_line, unique};
 use crate::clock::{ManualClock, Timestamp};
 use crate::code::KeyRing;
 use crate::limits::{LimitScope, Limits, Rule};

@@ -1,0 +1,363 @@
+//! Checks of the flow records: what is stored reads back, a new flow
+//! supersedes its subject's open one, swaps apply on their version only,
+//! and purges and expiry fall on their millisecond.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::harness::{recovery, requested_flow};
+use super::{account, decoy, flow_at, get, now, of};
+use crate::case::{SupportCase, SupportReference};
+use crate::clock::{Clock, Timestamp};
+use crate::code::Mac;
+use crate::error::Error;
+use crate::id::FlowId;
+use crate::record::FlowState;
+use crate::recovery::RequestContext;
+use crate::store::{CodeStore, StoreError};
+
+/// A created flow reads back equal, field for field, for real and decoy
+/// flows, with and without a token.
+pub async fn create_then_get_returns_every_field<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let mut real = flow_at(t, of(&account()));
+    real.token_mac = Some(Mac::from_bytes([0xa5; 32]));
+    real.token_expires_at = t.saturating_add(Duration::from_secs(600));
+    real.failed_attempts = 3;
+    real.prior_failures = 7;
+    real.updated_at = t.saturating_add(Duration::from_secs(5));
+    real.sends = 2;
+    real.key_id = u32::MAX;
+    let decoy = flow_at(t, decoy());
+    for flow in [real, decoy] {
+        store.create_flow(&flow).await.expect("create_flow");
+        assert_eq!(
+            get(&*store, &flow.id).await,
+            flow,
+            "a stored flow must read back unchanged"
+        );
+    }
+}
+
+/// `get_flow` of an id never stored is `None`, not an error.
+pub async fn get_of_an_unknown_flow_is_none<S: CodeStore>(store: Arc<S>) {
+    let id = FlowId::generate().expect("randomness");
+    assert_eq!(store.get_flow(&id).await.expect("get_flow"), None);
+}
+
+/// Creating a second flow with an existing id fails and changes nothing.
+pub async fn create_refuses_a_duplicate_id<S: CodeStore>(store: Arc<S>) {
+    let flow = flow_at(now(), of(&account()));
+    store.create_flow(&flow).await.expect("create_flow");
+    let mut again = flow.clone();
+    again.failed_attempts = 4;
+    let err = store
+        .create_flow(&again)
+        .await
+        .expect_err("a duplicate id must be refused");
+    assert_eq!(err, StoreError::Duplicate);
+    assert_eq!(
+        get(&*store, &flow.id).await,
+        flow,
+        "a refused create must change nothing"
+    );
+}
+
+/// A new flow supersedes its subject's open flow (code sent or verified),
+/// bumping its version, and leaves closed flows and other subjects alone.
+pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let alice = account();
+    let first = flow_at(t, of(&alice));
+    let bobs = flow_at(t, of(&account()));
+    store.create_flow(&first).await.expect("create");
+    store.create_flow(&bobs).await.expect("create");
+
+    let later = t.saturating_add(Duration::from_secs(1));
+    let second = flow_at(later, of(&alice));
+    store.create_flow(&second).await.expect("create");
+    let old = get(&*store, &first.id).await;
+    assert_eq!(
+        old.state,
+        FlowState::Superseded,
+        "the earlier open flow must be superseded"
+    );
+    assert_eq!(
+        old.version,
+        first.version + 1,
+        "superseding must bump the version"
+    );
+    assert_eq!(old.updated_at, later);
+    assert_eq!(get(&*store, &second.id).await, second);
+    assert_eq!(
+        get(&*store, &bobs.id).await,
+        bobs,
+        "another account's flow must not change"
+    );
+
+    // A verified flow is open too.
+    let mut verified = second.clone();
+    verified.state = FlowState::Verified;
+    verified.version += 1;
+    assert!(
+        store
+            .compare_and_swap(second.version, &verified)
+            .await
+            .expect("cas")
+    );
+    let third = flow_at(later, of(&alice));
+    store.create_flow(&third).await.expect("create");
+    assert_eq!(get(&*store, &second.id).await.state, FlowState::Superseded);
+
+    // So is a flow awaiting a second factor.
+    let mut pending = third.clone();
+    pending.state = FlowState::FactorPending;
+    pending.factor = Some(crate::record::FactorProgress::new(
+        crate::factor::FactorSet::ALL,
+        later.saturating_add(Duration::from_secs(600)),
+    ));
+    pending.version += 1;
+    assert!(
+        store
+            .compare_and_swap(third.version, &pending)
+            .await
+            .expect("cas")
+    );
+    let after_pending = flow_at(later, of(&alice));
+    store.create_flow(&after_pending).await.expect("create");
+    let superseded = get(&*store, &third.id).await;
+    assert_eq!(
+        superseded.state,
+        FlowState::Superseded,
+        "a flow awaiting a second factor must be superseded"
+    );
+    assert_eq!(superseded.factor, pending.factor, "its factor step must be kept");
+
+    // A completed flow is closed: it stays as it is.
+    let mut completed = after_pending.clone();
+    completed.state = FlowState::Completed;
+    completed.version += 1;
+    assert!(
+        store
+            .compare_and_swap(after_pending.version, &completed)
+            .await
+            .expect("cas")
+    );
+    let fourth = flow_at(later, of(&alice));
+    store.create_flow(&fourth).await.expect("create");
+    assert_eq!(
+        get(&*store, &after_pending.id).await,
+        completed,
+        "a closed flow must not be touched"
+    );
+    assert_eq!(
+        get(&*store, &first.id).await,
+        old,
+        "an already superseded flow must not change again"
+    );
+}
+
+/// Decoy flows supersede the open flow of the same decoy subject, exactly
+/// like accounts, and nothing else.
+pub async fn decoys_supersede_per_subject<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let real = flow_at(t, of(&account()));
+    store.create_flow(&real).await.expect("create");
+    let nobody = decoy();
+    let first = flow_at(t, nobody.clone());
+    let other = flow_at(t, decoy());
+    store.create_flow(&first).await.expect("create");
+    store.create_flow(&other).await.expect("create");
+    let second = flow_at(t, nobody);
+    store.create_flow(&second).await.expect("create");
+    assert_eq!(get(&*store, &first.id).await.state, FlowState::Superseded);
+    assert_eq!(get(&*store, &second.id).await, second);
+    assert_eq!(
+        get(&*store, &other.id).await,
+        other,
+        "another decoy must not change"
+    );
+    assert_eq!(
+        get(&*store, &real.id).await,
+        real,
+        "an account's flow must not change"
+    );
+}
+
+/// Compare-and-swap writes only when the stored version is the expected
+/// one, and reports `false` for a stale version or a missing flow.
+pub async fn compare_and_swap_applies_only_on_the_expected_version<S: CodeStore>(store: Arc<S>) {
+    let flow = flow_at(now(), of(&account()));
+    store.create_flow(&flow).await.expect("create");
+    let mut next = flow.clone();
+    next.version += 1;
+    next.failed_attempts = 1;
+    assert!(store.compare_and_swap(flow.version, &next).await.expect("cas"));
+    assert_eq!(get(&*store, &flow.id).await, next);
+
+    let mut stale = next.clone();
+    stale.failed_attempts = 5;
+    stale.version += 1;
+    assert!(
+        !store.compare_and_swap(flow.version, &stale).await.expect("cas"),
+        "a stale expected version must not write"
+    );
+    assert_eq!(
+        get(&*store, &flow.id).await,
+        next,
+        "a failed swap must change nothing"
+    );
+
+    let missing = flow_at(now(), decoy());
+    assert!(
+        !store
+            .compare_and_swap(missing.version, &missing)
+            .await
+            .expect("cas")
+    );
+    assert_eq!(
+        store.get_flow(&missing.id).await.expect("get"),
+        None,
+        "a swap must not create"
+    );
+}
+
+/// `find_flows` lists a subject's flows, newest first, up to the limit,
+/// and nobody else's.
+pub async fn find_flows_lists_a_subjects_recent_flows_newest_first<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let alice = account();
+    let mut ids = Vec::new();
+    for i in 0..3u64 {
+        let flow = flow_at(t.saturating_add(Duration::from_secs(i)), of(&alice));
+        store.create_flow(&flow).await.expect("create");
+        ids.push(flow.id);
+    }
+    store
+        .create_flow(&flow_at(t, of(&account())))
+        .await
+        .expect("create");
+    let found = store.find_flows(&of(&alice).key(), 10).await.expect("find");
+    let found_ids: Vec<FlowId> = found.iter().map(|f| f.id).collect();
+    assert_eq!(
+        found_ids,
+        [ids[2], ids[1], ids[0]],
+        "newest first, only this subject's"
+    );
+    assert_eq!(found[0].state, FlowState::CodeSent);
+    assert_eq!(
+        found[1].state,
+        FlowState::Superseded,
+        "find_flows returns the stored records"
+    );
+    assert_eq!(
+        store.find_flows(&of(&alice).key(), 2).await.expect("find").len(),
+        2
+    );
+    assert!(
+        store
+            .find_flows(&of(&account()).key(), 10)
+            .await
+            .expect("find")
+            .is_empty()
+    );
+}
+
+/// Cases are stored under their reference, replaced by a newer one with
+/// the same reference, and purged after `purge_after`.
+pub async fn cases_are_stored_replaced_and_found_by_reference<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let mut bytes = [0u8; 5];
+    crate::rng::fill_random(&mut bytes).expect("randomness");
+    let reference = SupportReference::from_bits(bytes);
+    let mut case = SupportCase {
+        reference,
+        subject: of(&account()),
+        flow: FlowId::generate().expect("randomness"),
+        opened_at: t,
+        locked_until: t.saturating_add(Duration::from_secs(5)),
+        unlocked_at: None,
+        // Soon: purging at it also deletes the counters that end by then,
+        // and checks that share a database must not lose theirs.
+        purge_after: t.saturating_add(PURGE_HORIZON),
+    };
+    assert_eq!(store.get_case(&reference).await.expect("get"), None);
+    store.put_case(&case).await.expect("put");
+    assert_eq!(store.get_case(&reference).await.expect("get"), Some(case.clone()));
+    case.unlocked_at = Some(t.saturating_add(Duration::from_secs(1)));
+    store.put_case(&case).await.expect("put");
+    assert_eq!(store.get_case(&reference).await.expect("get"), Some(case.clone()));
+    store.purge_expired(case.purge_after).await.expect("purge");
+    assert_eq!(
+        store.get_case(&reference).await.expect("get"),
+        None,
+        "purged at purge_after"
+    );
+}
+
+/// How far ahead of real time the checks ever purge. Checks share one
+/// database, so every counter a check relies on ends later than this.
+const PURGE_HORIZON: Duration = Duration::from_secs(10);
+
+/// Purging deletes flows whose `purge_after` is at or before `now`, keeps
+/// later ones, and a purged subject can open a new flow.
+pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let alice = account();
+    let mut expiring = flow_at(t, of(&alice));
+    expiring.purge_after = t.saturating_add(PURGE_HORIZON);
+    let mut staying = flow_at(t, of(&account()));
+    staying.purge_after = t.saturating_add(PURGE_HORIZON + Duration::from_millis(1));
+    store.create_flow(&expiring).await.expect("create");
+    store.create_flow(&staying).await.expect("create");
+
+    let just_before = Timestamp::from_unix_millis(expiring.purge_after.as_unix_millis() - 1);
+    store.purge_expired(just_before).await.expect("purge");
+    assert!(
+        store.get_flow(&expiring.id).await.expect("get").is_some(),
+        "purged a millisecond early"
+    );
+    store.purge_expired(expiring.purge_after).await.expect("purge");
+    assert_eq!(
+        store.get_flow(&expiring.id).await.expect("get"),
+        None,
+        "not purged at purge_after"
+    );
+    assert_eq!(get(&*store, &staying.id).await, staying, "a live flow was purged");
+
+    let fresh = flow_at(expiring.purge_after, of(&alice));
+    store.create_flow(&fresh).await.expect("create after purge");
+    assert_eq!(get(&*store, &fresh.id).await, fresh);
+}
+
+/// Through the store, a code verifies at the last millisecond of its life
+/// and is expired at the first millisecond after (timestamps keep their
+/// milliseconds).
+pub async fn expiry_is_decided_to_the_millisecond<S: CodeStore>(store: Arc<S>) {
+    let (recovery, sender, clock) = recovery(store);
+    let ttl = recovery.policy().code_ttl();
+    let start = clock.now();
+
+    let flow = requested_flow(&recovery).await;
+    clock.set(Timestamp::from_unix_millis(
+        start.saturating_add(ttl).as_unix_millis() - 1,
+    ));
+    let code = sender.last_code().expect("a code was sent");
+    recovery
+        .verify(&flow, code.expose_secret(), &RequestContext::none())
+        .await
+        .expect("the code must verify at its last valid millisecond");
+
+    clock.set(start);
+    let flow = requested_flow(&recovery).await;
+    let code = sender.last_code().expect("a code was sent");
+    clock.set(start.saturating_add(ttl));
+    let err = recovery
+        .verify(&flow, code.expose_secret(), &RequestContext::none())
+        .await
+        .expect_err("expired");
+    assert!(
+        matches!(err, Error::Expired),
+        "expected Expired at the TTL, got {err:?}"
+    );
+}
