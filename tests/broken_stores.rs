@@ -54,6 +54,25 @@ enum Break {
     PurgedLate,
     /// A new flow supersedes the subject's newest flow even when closed.
     SupersedesClosed,
+    /// A purge deletes every counter and case, live or not.
+    PurgeWipesLive,
+    /// A refused call restores the values it read before its increments,
+    /// after a round trip (so it also undoes what others counted).
+    UndoBySnapshot,
+    /// Subject and counter keys are compared ignoring case (a collation).
+    CaseInsensitiveKeys,
+    /// A new flow supersedes the open one only if that one is not stamped
+    /// later (`created_at <= new.created_at`).
+    SupersedesOnlyOlder,
+    /// `find_flows` keeps the oldest `limit` flows, newest first.
+    FindKeepsOldest,
+    /// Swaps, counts and creates are atomic only among the calls of one
+    /// handle (an in-process lock), with round trips between check and
+    /// write.
+    AtomicPerInstanceOnly,
+    /// Each handle caches the flows it read or wrote, so it reads the
+    /// other handle's writes stale.
+    CachedReads,
 }
 
 #[derive(Default)]
@@ -65,8 +84,12 @@ struct Inner {
 }
 
 struct MapStore {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     broken: Break,
+    /// This handle's lock (for `AtomicPerInstanceOnly`).
+    local: tokio::sync::Mutex<()>,
+    /// This handle's read cache (for `CachedReads`).
+    cache: Mutex<HashMap<FlowId, FlowRecord>>,
 }
 
 async fn round_trip() {
@@ -80,8 +103,67 @@ fn whole_seconds(t: Timestamp) -> Timestamp {
 impl MapStore {
     fn new(broken: Break) -> Self {
         MapStore {
-            inner: Mutex::default(),
+            inner: Arc::default(),
             broken,
+            local: tokio::sync::Mutex::new(()),
+            cache: Mutex::default(),
+        }
+    }
+
+    /// A second handle on the same data, as a second host process has.
+    fn other_handle(&self) -> Self {
+        MapStore {
+            inner: self.inner.clone(),
+            ..MapStore::new(self.broken)
+        }
+    }
+
+    /// The key under which a subject or counter is kept.
+    fn key(&self, key: &str) -> String {
+        if self.broken == Break::CaseInsensitiveKeys {
+            key.to_lowercase()
+        } else {
+            key.to_owned()
+        }
+    }
+
+    fn cached(&self, id: &FlowId) -> Option<FlowRecord> {
+        if self.broken != Break::CachedReads {
+            return None;
+        }
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn remember(&self, flow: Option<&FlowRecord>) {
+        if self.broken == Break::CachedReads
+            && let Some(flow) = flow
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.insert(flow.id, flow.clone());
+        }
+    }
+
+    fn read(&self, id: &FlowId) -> Option<FlowRecord> {
+        if let Some(flow) = self.cached(id) {
+            return Some(flow);
+        }
+        // The cache changes under the data's lock, so that one handle
+        // never caches an older version over a newer one.
+        let inner = self.lock();
+        let flow = inner.flows.get(id).cloned();
+        self.remember(flow.as_ref());
+        flow
+    }
+
+    async fn local(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.broken == Break::AtomicPerInstanceOnly {
+            Some(self.local.lock().await)
+        } else {
+            None
         }
     }
 
@@ -105,6 +187,7 @@ impl MapStore {
                 if broken == Break::CappedWindow {
                     c.window = c.window.min(Duration::from_secs(3600));
                 }
+                c.key = self.key(&c.key);
                 c
             })
             .collect();
@@ -157,8 +240,11 @@ impl MapStore {
     }
 
     async fn increment(&self, counters: &[Counter], now: Timestamp) -> Vec<CounterValue> {
+        let _local = self.local().await;
         match self.broken {
-            Break::CheckThenActMax if counters.iter().any(|c| c.max.is_some()) => {
+            Break::CheckThenActMax | Break::AtomicPerInstanceOnly
+                if counters.iter().any(|c| c.max.is_some()) =>
+            {
                 let seen = self.dry_run(counters, now);
                 if Counter::refused(counters, &seen) {
                     return self.count(counters, now);
@@ -194,19 +280,63 @@ impl MapStore {
                     .collect();
                 self.count(&decided, now)
             }
+            Break::UndoBySnapshot if counters.iter().any(|c| c.max.is_some()) => {
+                let before: Vec<Option<CounterValue>> = {
+                    let inner = self.lock();
+                    counters
+                        .iter()
+                        .map(|c| inner.counters.get(&c.key).copied())
+                        .collect()
+                };
+                let unchecked: Vec<Counter> = counters
+                    .iter()
+                    .cloned()
+                    .map(|mut c| {
+                        c.max = None;
+                        c
+                    })
+                    .collect();
+                let values = self.count(&unchecked, now);
+                round_trip().await;
+                if Counter::refused(counters, &values) {
+                    let mut inner = self.lock();
+                    for (c, old) in counters.iter().zip(before) {
+                        if c.guarded || c.max.is_some() {
+                            match old {
+                                Some(v) => drop(inner.counters.insert(c.key.clone(), v)),
+                                None => drop(inner.counters.remove(&c.key)),
+                            }
+                        }
+                    }
+                }
+                values
+            }
             _ => self.count(counters, now),
         }
     }
 
-    fn swap(&self, expected_version: u64, flow: &FlowRecord) -> bool {
+    async fn swap(&self, expected_version: u64, flow: &FlowRecord) -> bool {
+        if self.broken == Break::AtomicPerInstanceOnly {
+            let current = self.lock().flows.get(&flow.id).map(|f| f.version);
+            if current != Some(expected_version) {
+                return false;
+            }
+            round_trip().await;
+            self.lock().flows.insert(flow.id, self.stored(flow));
+            return true;
+        }
         let mut inner = self.lock();
-        match inner.flows.get_mut(&flow.id) {
+        let wrote = match inner.flows.get_mut(&flow.id) {
             Some(current) if current.version == expected_version => {
                 *current = self.stored(flow);
                 true
             }
             _ => false,
+        };
+        if wrote {
+            self.remember(Some(&self.stored(flow)));
         }
+        wrote
     }
 
     fn stored(&self, flow: &FlowRecord) -> FlowRecord {
@@ -218,10 +348,17 @@ impl MapStore {
         flow
     }
 
-    fn supersede(inner: &mut Inner, old: Option<FlowId>, at: Timestamp, closed_too: bool) {
+    fn supersede(&self, inner: &mut Inner, old: Option<FlowId>, new: &FlowRecord) {
+        let closed_too = self.broken == Break::SupersedesClosed;
+        let at = new.created_at;
         if let Some(old) = old.and_then(|id| inner.flows.get_mut(&id))
             && (old.state.is_open() || (closed_too && old.state != FlowState::Superseded))
+            && (self.broken != Break::SupersedesOnlyOlder || old.created_at <= new.created_at)
         {
+            self.cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&old.id);
             old.state = FlowState::Superseded;
             old.version += 1;
             old.updated_at = at;
@@ -232,7 +369,8 @@ impl MapStore {
 #[async_trait]
 impl CodeStore for MapStore {
     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
-        let key = flow.subject.key();
+        let _local = self.local().await;
+        let key = self.key(&flow.subject.key());
         if self.broken == Break::NonAtomicSupersede {
             let open = {
                 let inner = self.lock();
@@ -249,7 +387,7 @@ impl CodeStore for MapStore {
                 inner.flows.insert(flow.id, self.stored(flow));
             }
             round_trip().await;
-            MapStore::supersede(&mut self.lock(), open, flow.created_at, false);
+            self.supersede(&mut self.lock(), open, flow);
             return Ok(());
         }
         let mut inner = self.lock();
@@ -257,15 +395,15 @@ impl CodeStore for MapStore {
             return Err(StoreError::Duplicate);
         }
         let newest = inner.subjects.get(&key).and_then(|ids| ids.last()).copied();
-        let closed_too = self.broken == Break::SupersedesClosed;
-        MapStore::supersede(&mut inner, newest, flow.created_at, closed_too);
+        self.supersede(&mut inner, newest, flow);
         inner.subjects.entry(key).or_default().push(flow.id);
         inner.flows.insert(flow.id, self.stored(flow));
+        self.remember(Some(&self.stored(flow)));
         Ok(())
     }
 
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
-        Ok(self.lock().flows.get(id).cloned())
+        Ok(self.read(id))
     }
 
     async fn load_counting(
@@ -274,7 +412,7 @@ impl CodeStore for MapStore {
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
-        let flow = self.lock().flows.get(id).cloned();
+        let flow = self.read(id);
         let values = if self.broken == Break::LoadWithoutCounting {
             let reads: Vec<Counter> = counters.iter().map(|c| Counter::read(&c.key, c.window)).collect();
             self.count(&reads, now)
@@ -294,7 +432,8 @@ impl CodeStore for MapStore {
             self.lock().flows.insert(flow.id, self.stored(flow));
             return Ok(true);
         }
-        Ok(self.swap(expected_version, flow))
+        let _local = self.local().await;
+        Ok(self.swap(expected_version, flow).await)
     }
 
     async fn compare_and_swap_counting(
@@ -304,14 +443,15 @@ impl CodeStore for MapStore {
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<Option<Vec<CounterValue>>> {
+        let _local = self.local().await;
         match self.broken {
             Break::CountsWhenLosing => {
-                let wrote = self.swap(expected_version, flow);
+                let wrote = self.swap(expected_version, flow).await;
                 let values = self.count(counters, now);
                 Ok(wrote.then_some(values))
             }
             Break::NonAtomicCountingSwap => {
-                if !self.swap(expected_version, flow) {
+                if !self.swap(expected_version, flow).await {
                     return Ok(None);
                 }
                 let mut values = Vec::new();
@@ -325,8 +465,9 @@ impl CodeStore for MapStore {
                 Ok(Some(values))
             }
             _ => {
-                // The swap and the count under one lock.
-                let wrote = self.swap(expected_version, flow);
+                // The swap and the count under one lock (or, broken, under
+                // this handle's lock only).
+                let wrote = self.swap(expected_version, flow).await;
                 Ok(wrote.then(|| self.count(counters, now)))
             }
         }
@@ -338,10 +479,21 @@ impl CodeStore for MapStore {
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
         let inner = self.lock();
-        let ids = inner.subjects.get(subject_key).into_iter().flatten().rev();
-        Ok(ids
+        let ids: Vec<FlowId> = inner
+            .subjects
+            .get(&self.key(subject_key))
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let newest_first: Vec<FlowId> = if self.broken == Break::FindKeepsOldest {
+            ids.into_iter().take(limit).rev().collect()
+        } else {
+            ids.into_iter().rev().take(limit).collect()
+        };
+        Ok(newest_first
+            .iter()
             .filter_map(|id| inner.flows.get(id).cloned())
-            .take(limit)
             .collect())
     }
 
@@ -364,7 +516,9 @@ impl CodeStore for MapStore {
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64> {
         let late = self.broken == Break::PurgedLate;
+        let wipe = self.broken == Break::PurgeWipesLive;
         let mut inner = self.lock();
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let Inner {
             flows,
             subjects,
@@ -383,8 +537,8 @@ impl CodeStore for MapStore {
             .values_mut()
             .for_each(|ids| ids.retain(|id| flows.contains_key(id)));
         subjects.retain(|_, ids| !ids.is_empty());
-        counters.retain(|_, v| v.resets_at.is_some_and(|end| end > now));
-        cases.retain(|_, c| c.purge_after > now);
+        counters.retain(|_, v| !wipe && v.resets_at.is_some_and(|end| end > now));
+        cases.retain(|_, c| !wipe && c.purge_after > now);
         Ok((before - flows.len()) as u64)
     }
 }
@@ -393,8 +547,9 @@ impl CodeStore for MapStore {
 /// or `None` if the store passed.
 fn suite_verdict(broken: Break) -> Option<String> {
     conformance::block_on(async move {
-        let store = Arc::new(MapStore::new(broken));
-        let outcome = tokio::spawn(conformance::run(store)).await;
+        let store = MapStore::new(broken);
+        let other = Arc::new(store.other_handle());
+        let outcome = tokio::spawn(conformance::run(Arc::new(store), other)).await;
         match outcome {
             Ok(()) => None,
             Err(e) => {
@@ -502,4 +657,49 @@ fn a_flow_purged_late_is_rejected() {
 #[test]
 fn superseding_a_closed_flow_is_rejected() {
     rejects(Break::SupersedesClosed, "a closed flow must not be touched");
+}
+
+#[test]
+fn a_purge_that_deletes_live_counters_and_cases_is_rejected() {
+    rejects(Break::PurgeWipesLive, "a purge deleted a counter in its window");
+}
+
+#[test]
+fn an_undo_that_restores_a_snapshot_is_rejected() {
+    rejects(Break::UndoBySnapshot, "undo took admitted counts with it");
+}
+
+#[test]
+fn keys_compared_ignoring_case_are_rejected() {
+    rejects(
+        Break::CaseInsensitiveKeys,
+        "differs only in case superseded this one",
+    );
+}
+
+#[test]
+fn superseding_only_older_flows_is_rejected() {
+    rejects(
+        Break::SupersedesOnlyOlder,
+        "a clock ahead must still be superseded",
+    );
+}
+
+#[test]
+fn a_find_that_keeps_the_oldest_flows_is_rejected() {
+    rejects(Break::FindKeepsOldest, "the limit keeps the newest flows");
+}
+
+#[test]
+fn a_store_atomic_within_one_instance_only_is_rejected() {
+    // By the wrong codes or, when those happen to serialize, the tokens.
+    rejects(Break::AtomicPerInstanceOnly, "two instances ");
+}
+
+#[test]
+fn reads_cached_per_instance_are_rejected() {
+    rejects(
+        Break::CachedReads,
+        "a flow swapped on the other instance was read stale",
+    );
 }

@@ -859,6 +859,7 @@ mod tests {
     #[cfg(feature = "conformance")]
     #[test]
     fn the_conformance_suite_passes_with_every_subject_colliding() {
-        crate::store::conformance::block_on(crate::store::conformance::run(std::sync::Arc::new(colliding())));
+        let store = std::sync::Arc::new(colliding());
+        crate::store::conformance::block_on(crate::store::conformance::run(store.clone(), store));
     }
 }

@@ -153,7 +153,8 @@
 //!
 //! // The conformance suite passes against it:
 //! # #[cfg(feature = "conformance")]
-//! # otp_recovery::store::conformance::block_on(otp_recovery::store::conformance::run(std::sync::Arc::new(MapStore::default())));
+//! # let store = std::sync::Arc::new(MapStore::default());
+//! # otp_recovery::store::conformance::block_on(otp_recovery::store::conformance::run(store.clone(), store));
 //! ```
 //!
 //! With the `conformance` feature, one call checks a store against every

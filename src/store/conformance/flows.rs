@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::harness::{recovery, requested_flow};
-use super::{account, decoy, flow_at, get, now, of};
+use super::{account, decoy, flow_at, get, now, of, unique};
 use crate::case::{SupportCase, SupportReference};
 use crate::clock::{Clock, Timestamp};
 use crate::code::Mac;
 use crate::error::Error;
-use crate::id::FlowId;
+use crate::id::{AccountId, FlowId};
 use crate::record::FlowState;
 use crate::recovery::RequestContext;
-use crate::store::{CodeStore, StoreError};
+use crate::store::{CodeStore, Counter, StoreError};
 
 /// A created flow reads back equal, field for field, for real and decoy
 /// flows, with and without a token.
@@ -184,6 +184,73 @@ pub async fn decoys_supersede_per_subject<S: CodeStore>(store: Arc<S>) {
     );
 }
 
+/// The flow created last supersedes the open one even when its
+/// `created_at` is earlier: another instance's clock may be behind, and a
+/// store that supersedes only older flows would leave two open.
+pub async fn a_new_flow_supersedes_one_stamped_later<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let alice = account();
+    let ahead = flow_at(t.saturating_add(Duration::from_secs(5)), of(&alice));
+    store.create_flow(&ahead).await.expect("create");
+    let behind = flow_at(t, of(&alice));
+    store.create_flow(&behind).await.expect("create");
+    assert_eq!(
+        get(&*store, &ahead.id).await.state,
+        FlowState::Superseded,
+        "a flow stamped by a clock ahead must still be superseded"
+    );
+    assert_eq!(
+        get(&*store, &behind.id).await,
+        behind,
+        "the flow created last stays open"
+    );
+}
+
+/// Keys are compared byte for byte: accounts whose ids differ only in
+/// case are two subjects (a case-insensitive collation would let one
+/// supersede the other's flow, or list it), and two counters.
+pub async fn keys_are_compared_byte_for_byte<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let base = unique("Case");
+    let upper = AccountId::new(base.to_uppercase()).expect("valid id");
+    let lower = AccountId::new(base.to_lowercase()).expect("valid id");
+    let first = flow_at(t, of(&upper));
+    let second = flow_at(t, of(&lower));
+    store.create_flow(&first).await.expect("create");
+    store.create_flow(&second).await.expect("create");
+    assert_eq!(
+        get(&*store, &first.id).await,
+        first,
+        "an account whose id differs only in case superseded this one"
+    );
+    let listed: Vec<FlowId> = store
+        .find_flows(&of(&upper).key(), 10)
+        .await
+        .expect("find")
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(listed, [first.id], "find_flows listed another case's flow");
+
+    let hour = Duration::from_secs(3600);
+    let key = unique("Counter");
+    let counts = store
+        .increment_counters(
+            &[
+                Counter::new(key.to_uppercase(), hour, 1),
+                Counter::new(key.to_lowercase(), hour, 1),
+            ],
+            t,
+        )
+        .await
+        .expect("increment");
+    assert_eq!(
+        (counts[0].count, counts[1].count),
+        (1, 1),
+        "counter keys that differ only in case must count apart"
+    );
+}
+
 /// Compare-and-swap writes only when the stored version is the expected
 /// one, and reports `false` for a stale version or a missing flow.
 pub async fn compare_and_swap_applies_only_on_the_expected_version<S: CodeStore>(store: Arc<S>) {
@@ -250,9 +317,17 @@ pub async fn find_flows_lists_a_subjects_recent_flows_newest_first<S: CodeStore>
         FlowState::Superseded,
         "find_flows returns the stored records"
     );
+    let newest_two: Vec<FlowId> = store
+        .find_flows(&of(&alice).key(), 2)
+        .await
+        .expect("find")
+        .iter()
+        .map(|f| f.id)
+        .collect();
     assert_eq!(
-        store.find_flows(&of(&alice).key(), 2).await.expect("find").len(),
-        2
+        newest_two,
+        [ids[2], ids[1]],
+        "the limit keeps the newest flows, not the oldest"
     );
     assert!(
         store
@@ -266,21 +341,12 @@ pub async fn find_flows_lists_a_subjects_recent_flows_newest_first<S: CodeStore>
 /// Cases are stored under their reference, replaced by a newer one with
 /// the same reference, and purged after `purge_after`.
 pub async fn cases_are_stored_replaced_and_found_by_reference<S: CodeStore>(store: Arc<S>) {
+    let _alone = PURGES.lock().await;
     let t = now();
-    let mut bytes = [0u8; 5];
-    crate::rng::fill_random(&mut bytes).expect("randomness");
-    let reference = SupportReference::from_bits(bytes);
-    let mut case = SupportCase {
-        reference,
-        subject: of(&account()),
-        flow: FlowId::generate().expect("randomness"),
-        opened_at: t,
-        locked_until: t.saturating_add(Duration::from_secs(5)),
-        unlocked_at: None,
-        // Soon: purging at it also deletes the counters that end by then,
-        // and checks that share a database must not lose theirs.
-        purge_after: t.saturating_add(PURGE_HORIZON),
-    };
+    // Soon: purging at it also deletes the counters that end by then, and
+    // checks that share a database must not lose theirs.
+    let mut case = live_case(t.saturating_add(PURGE_HORIZON));
+    let reference = case.reference;
     assert_eq!(store.get_case(&reference).await.expect("get"), None);
     store.put_case(&case).await.expect("put");
     assert_eq!(store.get_case(&reference).await.expect("get"), Some(case.clone()));
@@ -299,10 +365,24 @@ pub async fn cases_are_stored_replaced_and_found_by_reference<S: CodeStore>(stor
 /// database, so every counter a check relies on ends later than this.
 const PURGE_HORIZON: Duration = Duration::from_secs(10);
 
-/// Purging deletes flows whose `purge_after` is at or before `now`, keeps
-/// later ones, and a purged subject can open a new flow.
+/// One purging check at a time: each keeps a record that ends just after
+/// its own purge, which another check's purge a moment later would delete.
+static PURGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Purging deletes flows whose `purge_after` is at or before `now` and
+/// keeps everything live (later flows, counters in their window, cases),
+/// and a purged subject can open a new flow.
 pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
+    let _alone = PURGES.lock().await;
     let t = now();
+    let hour = Duration::from_secs(3600);
+    let counter = unique("live-counter");
+    store
+        .increment_counters(&[Counter::new(&counter, hour, 2)], t)
+        .await
+        .expect("increment");
+    let case = live_case(t.saturating_add(hour));
+    store.put_case(&case).await.expect("put");
     let alice = account();
     let mut expiring = flow_at(t, of(&alice));
     expiring.purge_after = t.saturating_add(PURGE_HORIZON);
@@ -324,6 +404,16 @@ pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
         "not purged at purge_after"
     );
     assert_eq!(get(&*store, &staying.id).await, staying, "a live flow was purged");
+    let counted = store
+        .increment_counters(&[Counter::read(&counter, hour)], t)
+        .await
+        .expect("read");
+    assert_eq!(counted[0].count, 2, "a purge deleted a counter in its window");
+    assert_eq!(
+        store.get_case(&case.reference).await.expect("get"),
+        Some(case),
+        "a purge deleted a live case"
+    );
 
     let fresh = flow_at(expiring.purge_after, of(&alice));
     store.create_flow(&fresh).await.expect("create after purge");
@@ -360,4 +450,20 @@ pub async fn expiry_is_decided_to_the_millisecond<S: CodeStore>(store: Arc<S>) {
         matches!(err, Error::Expired),
         "expected Expired at the TTL, got {err:?}"
     );
+}
+
+/// A case of a fresh reference, opened now, kept until `purge_after`.
+fn live_case(purge_after: Timestamp) -> SupportCase {
+    let mut bytes = [0u8; 5];
+    crate::rng::fill_random(&mut bytes).expect("randomness");
+    let t = now();
+    SupportCase {
+        reference: SupportReference::from_bits(bytes),
+        subject: of(&account()),
+        flow: FlowId::generate().expect("randomness"),
+        opened_at: t,
+        locked_until: t.saturating_add(Duration::from_secs(5)),
+        unlocked_at: None,
+        purge_after,
+    }
 }

@@ -138,7 +138,9 @@ where
             let barrier = barrier.clone();
             tokio::spawn(async move {
                 barrier.wait().await;
-                in_turn(group).await
+                // Out of tokio's cooperative budget, which would otherwise
+                // make a resource return early and break the turn order.
+                tokio::task::unconstrained(in_turn(group)).await
             })
         })
         .collect();

@@ -113,6 +113,57 @@ pub async fn a_max_holds_under_concurrent_calls<S: CodeStore + 'static>(store: A
     );
 }
 
+/// A refused call undoes only its own increments: 20 calls refused by a
+/// full limit, raced in turn with 20 admitted ones on the same guarded
+/// counter, take none of the admitted counts with them (an undo that
+/// restores what it read before would).
+pub async fn refused_calls_undo_only_their_own_counts<S: CodeStore + 'static>(store: Arc<S>) {
+    let hour = Duration::from_secs(3600);
+    let t = now();
+    let (full, open, shared) = (unique("undo-full"), unique("undo-open"), unique("undo-shared"));
+    store
+        .increment_counters(&[Counter::new(&full, hour, 1)], t)
+        .await
+        .expect("increment");
+    let refused = race(40, |i| {
+        let store = store.clone();
+        // Alternate within each of the race's groups, so that a refused
+        // call and an admitted one are in flight at once.
+        let limit = if (i / 4) % 2 == 0 {
+            Counter::new(&full, hour, 1).with_max(1)
+        } else {
+            Counter::new(&open, hour, 1).with_max(1000)
+        };
+        let counters = vec![limit, Counter::new(&shared, hour, 1).guarded()];
+        async move {
+            let values = store.increment_counters(&counters, t).await.expect("increment");
+            Counter::refused(&counters, &values)
+        }
+    })
+    .await;
+    assert_eq!(
+        refused.iter().filter(|r| **r).count(),
+        20,
+        "exactly the calls over their max are refused"
+    );
+    let read = store
+        .increment_counters(
+            &[
+                Counter::read(&full, hour),
+                Counter::read(&open, hour),
+                Counter::read(&shared, hour),
+            ],
+            t,
+        )
+        .await
+        .expect("read");
+    assert_eq!(
+        (read[0].count, read[1].count, read[2].count),
+        (1, 20, 20),
+        "a refused call's undo took admitted counts with it (or kept its own)"
+    );
+}
+
 /// A condition is decided in the same step as its increment: 40 calls
 /// raced on one new pair count it once, on 40 new pairs count 40.
 pub async fn conditional_counters_hold_under_concurrent_calls<S: CodeStore + 'static>(store: Arc<S>) {

@@ -73,12 +73,15 @@ macro_rules! code_store_conformance {
             create_refuses_a_duplicate_id,
             create_supersedes_the_accounts_open_flow,
             decoys_supersede_per_subject,
+            a_new_flow_supersedes_one_stamped_later,
+            keys_are_compared_byte_for_byte,
             compare_and_swap_applies_only_on_the_expected_version,
             compare_and_swap_counting_counts_only_when_it_writes,
             counters_count_per_key_and_per_window,
             counters_hold_windows_of_a_day_and_a_week,
             conditional_counters_count_only_when_their_condition_opened,
             a_refused_call_undoes_its_guarded_counts,
+            refused_calls_undo_only_their_own_counts,
             load_counting_returns_the_flow_and_the_counts,
             find_flows_lists_a_subjects_recent_flows_newest_first,
             cases_are_stored_replaced_and_found_by_reference,
@@ -164,20 +167,25 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-/// Runs every check in sequence against one store (the two-instance check
-/// with two host instances over this one store).
-pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
+/// Runs every check in sequence against `store`, and the two-instance
+/// check against `store` and `other`, a second handle on the same data
+/// (a second pool or connection; for an in-memory store, a clone of the
+/// same `Arc`).
+pub async fn run<S: CodeStore + 'static>(store: Arc<S>, other: Arc<S>) {
     create_then_get_returns_every_field(store.clone()).await;
     get_of_an_unknown_flow_is_none(store.clone()).await;
     create_refuses_a_duplicate_id(store.clone()).await;
     create_supersedes_the_accounts_open_flow(store.clone()).await;
     decoys_supersede_per_subject(store.clone()).await;
+    a_new_flow_supersedes_one_stamped_later(store.clone()).await;
+    keys_are_compared_byte_for_byte(store.clone()).await;
     compare_and_swap_applies_only_on_the_expected_version(store.clone()).await;
     compare_and_swap_counting_counts_only_when_it_writes(store.clone()).await;
     counters_count_per_key_and_per_window(store.clone()).await;
     counters_hold_windows_of_a_day_and_a_week(store.clone()).await;
     conditional_counters_count_only_when_their_condition_opened(store.clone()).await;
     a_refused_call_undoes_its_guarded_counts(store.clone()).await;
+    refused_calls_undo_only_their_own_counts(store.clone()).await;
     load_counting_returns_the_flow_and_the_counts(store.clone()).await;
     find_flows_lists_a_subjects_recent_flows_newest_first(store.clone()).await;
     cases_are_stored_replaced_and_found_by_reference(store.clone()).await;
@@ -198,7 +206,7 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>) {
     reset_race_completes_exactly_once(store.clone()).await;
     resend_race_sends_exactly_once(store.clone()).await;
     request_races_hold_the_send_limits(store.clone()).await;
-    two_instances_hold_every_limit(store.clone(), store).await;
+    two_instances_hold_every_limit(store, other).await;
 }
 
 // ---- helpers ----
