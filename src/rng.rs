@@ -4,13 +4,14 @@
 //! source in production).
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rand_core::TryCryptoRng;
 
-/// The operating system could not supply random bytes.
+/// The random number generator (the operating system's or the one the
+/// host injected) could not supply random bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the operating system random number generator failed")]
+#[error("the random number generator failed")]
 pub struct RandomError;
 
 /// Fills `buf` from the OS CSPRNG.
@@ -52,13 +53,13 @@ impl Randomness {
     /// Fills `buf` with random bytes.
     ///
     /// # Errors
-    /// [`RandomError`] if the generator fails.
+    /// [`RandomError`] if the generator fails, or once it has panicked.
     pub fn fill(&self, buf: &mut [u8]) -> Result<(), RandomError> {
         match &self.0 {
             None => fill_random(buf),
-            // A generator that panicked mid-fill left no half-made secret
-            // behind: the buffer it was filling belonged to that call.
-            Some(rng) => rng.lock().unwrap_or_else(PoisonError::into_inner).fill(buf),
+            // A generator that panicked mid-fill may be left in any state,
+            // one that repeats its output included: fail closed, for good.
+            Some(rng) => rng.lock().map_err(|_| RandomError)?.fill(buf),
         }
     }
 }
@@ -112,6 +113,38 @@ mod tests {
         twin.fill(&mut b).unwrap();
         assert_eq!((a, b), ([1, 2, 3], [4, 5, 6]));
         assert_eq!(format!("{rng:?}"), "Randomness(injected)");
+    }
+
+    /// Panics on its second fill.
+    struct PanicsOnce(u8);
+
+    impl rand_core::TryRng for PanicsOnce {
+        type Error = core::convert::Infallible;
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            unreachable!("fills only")
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            unreachable!("fills only")
+        }
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            self.0 += 1;
+            assert!(self.0 < 2, "a generator that fails by panicking");
+            dst.fill(0x5a);
+            Ok(())
+        }
+    }
+
+    impl TryCryptoRng for PanicsOnce {}
+
+    #[test]
+    fn a_generator_that_panicked_fails_every_later_fill() {
+        let rng = Randomness::from_rng(PanicsOnce(0));
+        rng.fill(&mut [0u8; 4]).unwrap();
+        let twin = rng.clone();
+        let panicked = std::thread::spawn(move || twin.fill(&mut [0u8; 4])).join();
+        assert!(panicked.is_err(), "the second fill panics");
+        assert_eq!(rng.fill(&mut [0u8; 4]), Err(RandomError));
+        assert_eq!(rng.fill(&mut [0u8; 4]), Err(RandomError), "for good");
     }
 
     #[test]

@@ -139,3 +139,48 @@ async fn a_generator_failing_at_the_token_leaves_the_code_usable() {
         .await
         .expect("reset");
 }
+
+#[tokio::test]
+async fn a_resend_the_generator_fails_spends_no_send_limit() {
+    use otp_recovery::limits::{LimitScope, Limits, Rule};
+    use std::time::Duration;
+
+    let ctx = RequestContext::none();
+    let fail = Arc::new(AtomicBool::new(false));
+    let clock = ManualClock::new(T0);
+    let sender = RecordingSender::new();
+    // Two sends per phone: the request, and one resend.
+    let limits = Limits::builder()
+        .clear_send_rules()
+        .add_send_rule(Rule::new(LimitScope::Phone, 2, Duration::from_secs(3600)))
+        .build()
+        .unwrap();
+    let recovery = Recovery::new(
+        Arc::new(MemoryStore::new()),
+        sender.clone(),
+        KeyRing::new(1, ServerKey::from_bytes(vec![7; 32]).unwrap()),
+    )
+    .with_clock(clock.clone())
+    .with_limits(limits)
+    .with_rng(Seeded {
+        state: 5,
+        fail: Arc::clone(&fail),
+    });
+    let flow = recovery
+        .request("alice", Some(alice()), &ctx)
+        .await
+        .unwrap()
+        .flow_id;
+    clock.advance(Duration::from_secs(3600 - 1));
+    fail.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        let err = recovery.resend(&flow, &ctx).await.expect_err("no randomness");
+        assert!(matches!(err, Error::Random(_)), "{err:?}");
+    }
+    fail.store(false, Ordering::SeqCst);
+    recovery
+        .resend(&flow, &ctx)
+        .await
+        .expect("the failed resends spent none of the phone's two sends");
+    assert_eq!(sender.count(), 2);
+}
