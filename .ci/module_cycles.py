@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Import circles between the crate's modules (files under src/).
 
-Reads every `crate::a::b` path in src/ (use lines and inline paths, not
-comments or doc text), maps it to the file that defines it, and prints
-the strongly connected components of more than one file. Exits 1 if any.
-Test modules (`#[cfg(test)] mod tests`) are skipped: they may use anything.
+Reads every `crate::`, `super::` and `self::` path in src/ (use lines and
+inline paths, not comments or doc text), maps it to the file that defines
+the item (following `pub use` re-exports, so `crate::store::Counter` is an
+import of counter.rs), and prints the strongly connected components of
+more than one file. Exits 1 if any. A module and its own submodules are one
+unit (edges between them are not imports). Test modules
+(`#[cfg(test)] mod tests`) are skipped: they may use anything.
 """
 import os, re, sys
 
@@ -43,21 +46,98 @@ def strip(text):
     m = re.search(r"#\[cfg\(test\)\]\s*mod tests", text)
     return text[: m.start()] if m else text
 
+def absolute(mod, path_):
+    """`path_` (segments after crate::, super:: or self::) as a path from
+    the crate root, seen from `mod`."""
+    kind, rest = path_[0], path_[1:]
+    if kind == "crate":
+        return list(rest)
+    base = list(mod)
+    if kind == "super":
+        base = base[:-1]
+        while rest and rest[0] == "super":
+            base, rest = base[:-1], rest[1:]
+    return base + list(rest)
+
+def split_top(t):
+    """`a, b::{c, d}, e` split at its top-level commas."""
+    depth, part, parts = 0, "", []
+    for ch in t:
+        if ch == "," and depth == 0:
+            parts.append(part.strip()); part = ""
+            continue
+        depth += ch == "{"
+        depth -= ch == "}"
+        part += ch
+    parts.append(part.strip())
+    return [p for p in parts if p]
+
+def walk_use(mod, prefix, t, out):
+    """Records in `out` each name a `use` tree `t` (under `prefix`) binds."""
+    t = t.replace(" ::", "::").replace(":: ", "::")
+    if t.startswith("{") and t.endswith("}"):
+        for part in split_top(t[1:-1]):
+            walk_use(mod, prefix, part, out)
+        return
+    if "::{" in t:
+        head, tail = t.split("::{", 1)
+        walk_use(mod, prefix + head.split("::"), "{" + tail, out)
+        return
+    path_, _, alias = t.partition(" as ")
+    segs = prefix + path_.strip().split("::")
+    if segs[-1] in ("*", "self"):
+        return
+    if segs[0] not in ("crate", "super", "self"):
+        segs = ["self"] + segs
+    out[(alias or segs[-1]).strip()] = absolute(mod, segs)
+
+USE = re.compile(r"pub(?:\([a-z]+\))?\s+use\s+([^;]+);", re.S)
+
+def reexports(mod):
+    """name -> absolute path of what `mod` re-exports under that name."""
+    out = {}
+    text = strip(open(files[mod]).read())
+    for tree in USE.findall(text):
+        walk_use(mod, [], re.sub(r"\s+", " ", tree).strip(), out)
+    return out
+
+REEXPORTS = {m: reexports(m) for m in files}
+
+def define(parts, depth=0):
+    """The file that defines the item at absolute path `parts`."""
+    t = resolve(parts)
+    if not t or depth > 8:
+        return t
+    rest = parts[len(t):]
+    if rest and rest[0] in REEXPORTS.get(t, {}):
+        target = REEXPORTS[t][rest[0]] + list(rest[1:])
+        found = define(target, depth + 1)
+        if found:
+            return found
+    return t
+
+def related(a, b):
+    """One is the other's ancestor (or the same module)."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+PATH = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
+GROUP = re.compile(r"\b(crate|super|self)((?:::[a-z_][a-z0-9_]*)*)::\{([^;]*?)\}\s*;")
+
 edges = {m: set() for m in files}
 for mod, path in files.items():
     text = strip(open(path).read())
-    # expand `use crate::{a, b::{c}}` roughly: collect every crate::x::y path
-    for block in re.findall(r"crate::\{([^;]*)\}", text):
-        for name in re.findall(r"(?:^|[{,\s])([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)", block):
-            t = resolve(name.split("::"))
-            if t and t != mod:
-                edges[mod].add(t)
-    for path_ in re.findall(r"crate::((?:[a-z_][a-z0-9_]*::)*[a-z_][a-z0-9_]*)", text):
-        t = resolve(path_.split("::"))
-        if t and t != mod and t != ():
+    found = []
+    for kind, head, block in GROUP.findall(text):
+        prefix = [kind] + [p for p in head.split("::") if p]
+        for name in re.findall(r"(?:^|[{,\s])([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)", block):
+            found.append(prefix + name.split("::"))
+    for kind, rest in PATH.findall(text):
+        found.append([kind] + [p for p in rest.split("::") if p])
+    for segs in found:
+        t = define(absolute(mod, segs))
+        if t and not related(t, mod):
             edges[mod].add(t)
-    # a parent module's file declares its children: not an import
-    edges[mod] = {t for t in edges[mod] if t[: len(mod)] != mod or len(mod) == 0}
 
 # Tarjan
 index, low, stack, on, sccs, counter = {}, {}, [], set(), [], [0]
