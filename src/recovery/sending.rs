@@ -51,7 +51,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// account has reached its failure limit; [`Error::RateLimited`] past a
     /// send limit; [`Error::Blocked`] while the client IP or destination is
     /// blocked; [`Error::Store`], [`Error::Random`]; [`Error::Send`] if the
-    /// SMS could not be sent and [`Policy::reveal_send_failures`] is on (the
+    /// SMS could not be sent and [`Policy::reveal_send_failures`](crate::Policy::reveal_send_failures) is on (the
     /// new code is invalid either way).
     pub async fn request(
         &self,

@@ -22,7 +22,7 @@
 //! The `store` expression is evaluated once per check (it may connect to a
 //! server).
 //! Checks use fresh random ids, so they may share one database, and they
-//! drive the store through [`Recovery`] where a rule spans
+//! drive the store through [`Recovery`](crate::Recovery) where a rule spans
 //! several calls. Each check is also a public async function, and [`run`]
 //! runs them all in sequence against one store.
 
