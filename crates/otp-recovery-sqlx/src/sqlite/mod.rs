@@ -90,23 +90,27 @@
 //! - `get_flow`, `find_flows`, `get_case`: one statement each, on the
 //!   reading connections; `put_case`: one upsert.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{Row, Sqlite, SqliteExecutor, Transaction};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{Sqlite, SqliteExecutor, Transaction};
 
 use otp_recovery::FlowId;
 use otp_recovery::Timestamp;
 use otp_recovery::record::{FlowRecord, FlowState};
 use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
+
+mod counters;
+mod rows;
+
+use counters::{apply_counters, writes_any};
+use rows::{column, db, flow_from_row, millis};
+#[cfg(fuzzing)]
+pub(crate) use rows::{counter_from_columns, flow_from_columns};
 
 /// The schema version this store writes, kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -482,12 +486,6 @@ impl CodeStore for SqliteStore {
     }
 }
 
-/// Whether applying `counters` may write: only increments do (a condition
-/// can only turn an increment into a read).
-fn writes_any(counters: &[Counter]) -> bool {
-    counters.iter().any(|c| c.by > 0)
-}
-
 async fn fetch_flow<'c>(conn: impl SqliteExecutor<'c>, id: &FlowId) -> Result<Option<FlowRecord>> {
     let row = sqlx::query("SELECT id, data FROM flows WHERE id = ?")
         .bind(id.as_bytes().as_slice())
@@ -515,197 +513,4 @@ async fn swap<'c>(conn: impl SqliteExecutor<'c>, expected_version: u64, flow: &F
     .await
     .map_err(db("compare_and_swap"))?;
     Ok(done.rows_affected() == 1)
-}
-
-/// Applies a call's counters inside the caller's transaction: reads each
-/// key once, runs [`Counter::apply_all`] (increments, and the undo of a
-/// refused call) over those values in memory, and writes back the counters
-/// that changed. Reads never create a row. Since the whole call is one
-/// transaction, no other call sees a refused call's increments.
-async fn apply_counters(
-    conn: &mut SqliteConnection,
-    counters: &[Counter],
-    now: Timestamp,
-) -> Result<Vec<CounterValue>> {
-    let mut batch = Batch::default();
-    for counter in counters {
-        if !batch.values.contains_key(&counter.key) {
-            let value = read_counter(&mut *conn, &counter.key).await?;
-            batch.values.insert(counter.key.clone(), value);
-        }
-    }
-    let batch = RefCell::new(batch);
-    let values = Counter::apply_all(
-        counters,
-        now,
-        |c| {
-            let mut batch = batch.borrow_mut();
-            let value = c.apply(batch.get(&c.key), now);
-            if value.resets_at.is_some() {
-                batch.set(&c.key, Some(value));
-            }
-            value
-        },
-        |c, applied| {
-            let mut batch = batch.borrow_mut();
-            let value = c.unapply(applied, batch.get(&c.key));
-            batch.set(&c.key, value);
-        },
-    );
-    let Batch {
-        values: stored,
-        changed,
-    } = batch.into_inner();
-    for key in changed {
-        let query = match stored.get(&key).copied().flatten() {
-            Some(CounterValue {
-                count,
-                resets_at: Some(end),
-                ..
-            }) => sqlx::query(
-                "INSERT INTO counters (key, count, resets_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (key) DO UPDATE SET count = excluded.count, resets_at = excluded.resets_at",
-            )
-            .bind(key)
-            .bind(i64::try_from(count).unwrap_or(i64::MAX))
-            .bind(millis(end)),
-            // Nothing left: the counter goes.
-            _ => sqlx::query("DELETE FROM counters WHERE key = ?").bind(key),
-        };
-        query
-            .execute(&mut *conn)
-            .await
-            .map_err(db("increment_counters"))?;
-    }
-    Ok(values)
-}
-
-/// The counters of one call, as read in its transaction and changed since.
-#[derive(Default)]
-struct Batch {
-    /// Per key, its value (`None`: no counter).
-    values: HashMap<String, Option<CounterValue>>,
-    /// The keys to write back, in the order they first changed.
-    changed: Vec<String>,
-}
-
-impl Batch {
-    fn get(&self, key: &str) -> Option<CounterValue> {
-        self.values.get(key).copied().flatten()
-    }
-
-    fn set(&mut self, key: &str, value: Option<CounterValue>) {
-        if self.get(key) == value {
-            return;
-        }
-        self.values.insert(key.to_owned(), value);
-        if !self.changed.iter().any(|k| k == key) {
-            self.changed.push(key.to_owned());
-        }
-    }
-}
-
-async fn read_counter(conn: &mut SqliteConnection, key: &str) -> Result<Option<CounterValue>> {
-    let row = sqlx::query("SELECT count, resets_at FROM counters WHERE key = ?")
-        .bind(key)
-        .fetch_optional(conn)
-        .await
-        .map_err(db("increment_counters"))?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    counter_from_columns(column(&row, "count")?, column(&row, "resets_at")?).map(Some)
-}
-
-/// Decodes a counter row's columns `count` and `resets_at`.
-pub(crate) fn counter_from_columns(count: i64, resets_at: i64) -> Result<CounterValue> {
-    let count = unsigned(count, "a negative count")?;
-    let resets_at = unsigned(resets_at, "a negative window end")?;
-    Ok(CounterValue::new(
-        count,
-        Some(Timestamp::from_unix_millis(resets_at)),
-    ))
-}
-
-/// Decodes a flow row (columns `id` and `data`), checking that the record
-/// is the row's.
-fn flow_from_row(row: &SqliteRow) -> Result<FlowRecord> {
-    flow_from_columns(column(row, "id")?, column(row, "data")?)
-}
-
-/// Decodes a flow row's columns `id` and `data`.
-pub(crate) fn flow_from_columns(id: &[u8], data: &[u8]) -> Result<FlowRecord> {
-    let flow = FlowRecord::from_bytes(data)?;
-    if flow.id.as_bytes().as_slice() != id {
-        return Err(StoreError::Decode(
-            "a flow record is stored under another flow's id".into(),
-        ));
-    }
-    Ok(flow)
-}
-
-fn column<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(row: &'r SqliteRow, name: &str) -> Result<T> {
-    row.try_get(name).map_err(db("read a row"))
-}
-
-/// A timestamp as SQLite's signed 64-bit integer; instants past the year
-/// 292 million are stored as `i64::MAX` (read back as "never").
-fn millis(t: Timestamp) -> i64 {
-    i64::try_from(t.as_unix_millis()).unwrap_or(i64::MAX)
-}
-
-/// The inverse of [`millis`] (and of the saturating count conversion).
-fn unsigned(value: i64, what: &'static str) -> Result<u64> {
-    if value == i64::MAX {
-        return Ok(u64::MAX);
-    }
-    u64::try_from(value).map_err(|_| StoreError::Decode(format!("a counter has {what}")))
-}
-
-/// SQLite's primary result codes that may clear by themselves.
-const SQLITE_BUSY: i32 = 5;
-const SQLITE_LOCKED: i32 = 6;
-const SQLITE_IOERR: i32 = 10;
-const SQLITE_PROTOCOL: i32 = 15;
-
-/// Maps a sqlx error to a store error, naming what was being done. The
-/// messages come from SQLite and sqlx and name tables and columns, never
-/// values.
-fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| match e {
-        sqlx::Error::Database(e) => {
-            let code = e.code().and_then(|c| c.parse::<i32>().ok());
-            let retryable = code.is_some_and(|c| {
-                matches!(
-                    c & 0xff,
-                    SQLITE_BUSY | SQLITE_LOCKED | SQLITE_IOERR | SQLITE_PROTOCOL
-                )
-            });
-            let code = code.map_or_else(|| "?".to_owned(), |c| c.to_string());
-            StoreError::backend(
-                format!("sqlite, {operation}: {} (code {code})", e.message()),
-                retryable,
-            )
-        }
-        sqlx::Error::ColumnDecode { index, .. } => StoreError::Decode(format!(
-            "sqlite, {operation}: column {index} has an unexpected type"
-        )),
-        sqlx::Error::ColumnNotFound(name) => {
-            StoreError::Decode(format!("sqlite, {operation}: no column {name}"))
-        }
-        sqlx::Error::Decode(_) => StoreError::Decode(format!("sqlite, {operation}: undecodable value")),
-        sqlx::Error::Io(e) => StoreError::backend(format!("sqlite, {operation}: i/o: {e}"), true),
-        sqlx::Error::PoolTimedOut => StoreError::backend(
-            format!("sqlite, {operation}: timed out waiting for a connection"),
-            true,
-        ),
-        sqlx::Error::PoolClosed => {
-            StoreError::backend(format!("sqlite, {operation}: the store is closed"), false)
-        }
-        sqlx::Error::WorkerCrashed => StoreError::backend(
-            format!("sqlite, {operation}: a connection's worker thread stopped"),
-            true,
-        ),
-        other => StoreError::backend(format!("sqlite, {operation}: {other}"), false),
-    }
 }
