@@ -2,9 +2,10 @@
 //! accounts and an unknown identifier), resends, verifies (the right code,
 //! an earlier code, a wrong code), resets (first use and replays), support
 //! unlocks and cancels, failed sends and clock jumps (to exact boundaries)
-//! drive [`Recovery`] over the in-memory store and over SQLite, and every
-//! answer is compared with a small reference model written as plainly as
-//! possible.
+//! drive [`Recovery`] over every built-in store (memory, SQLite, and
+//! PostgreSQL and Redis at `OTP_TEST_POSTGRES_URL` and `OTP_TEST_REDIS_URL`),
+//! and every answer is compared with a small reference model written as
+//! plainly as possible.
 //!
 //! Besides agreeing with the model, every run checks the invariants
 //! directly, from the answers and the store:
@@ -63,10 +64,12 @@ fn policy() -> Policy {
 const SUBJECTS: usize = 3;
 const DECOY: usize = 2;
 
-fn account(subject: usize) -> Option<Account> {
+/// Subject `subject`'s account in the run named `run` (runs on a shared
+/// database must not see each other's accounts).
+fn account(run: &str, subject: usize) -> Option<Account> {
     (subject != DECOY).then(|| {
         Account::new(
-            AccountId::new(format!("user-{subject}")).unwrap(),
+            AccountId::new(format!("user-{subject}-{run}")).unwrap(),
             PhoneNumber::parse(&format!("+1415555010{subject}")).unwrap(),
         )
     })
@@ -319,6 +322,8 @@ fn wrong_code(code: Option<&str>) -> String {
 }
 
 struct Sut<S: CodeStore> {
+    /// This run's name, in every account id and identifier.
+    run: String,
     recovery: Recovery<S, RecordingSender, ManualClock>,
     sender: RecordingSender,
     clock: ManualClock,
@@ -347,12 +352,14 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
     let recovery = Recovery::new(
         store,
         sender.clone(),
-        KeyRing::new(1, ServerKey::from_bytes(vec![3; 32]).unwrap()),
+        // A key of its own, so that decoys and counters are this run's too.
+        KeyRing::new(1, ServerKey::generate().unwrap()),
     )
     .with_policy(policy())
     .with_limits(otp_recovery::limits::Limits::none())
     .with_clock(clock.clone());
     let sut = Sut {
+        run: FlowId::generate().unwrap().to_string(),
         recovery,
         sender,
         clock,
@@ -402,8 +409,11 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
             }
             Op::Request(s) => {
                 let before = sut.sender.count();
-                let identifier = format!("subject-{s}@example.com");
-                let actual = sut.recovery.request(&identifier, account(s), &ctx).await;
+                let identifier = format!("subject-{s}-{}@example.com", sut.run);
+                let actual = sut
+                    .recovery
+                    .request(&identifier, account(&sut.run, s), &ctx)
+                    .await;
                 let subject = &mut m.subjects[s];
                 let failures = subject.failures.live(now);
                 let expected = if let Some(until) = subject.locked_until(now) {
@@ -599,7 +609,7 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
                 (expected, actual.as_ref().map_or_else(error, |()| Out::Done))
             }
             Op::Unlock(s) => {
-                let subject = match account(s) {
+                let subject = match account(&sut.run, s) {
                     Some(a) => otp_recovery::record::Subject::Account(a.id),
                     None => match m.subjects[s].flows.last() {
                         // The decoy's subject, as the store has it.
@@ -685,6 +695,45 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let store = otp_recovery_sqlx::sqlite::SqliteStore::open_in_memory().await.unwrap();
+            run(store, &ops).await
+        })?;
+    }
+}
+
+/// The URL in `var`: `None` (with a notice) when unset outside CI, so that a
+/// plain `cargo test` skips the servers it does not have; CI must set it.
+fn server(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => panic!("{var} must be set in CI"),
+        _ => {
+            eprintln!("note: {var} is not set; skipping the model test on that server");
+            None
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn driver_agrees_with_the_model_on_postgres(ops in ops()) {
+        let Some(url) = server("OTP_TEST_POSTGRES_URL") else { return Ok(()) };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let store = otp_recovery_sqlx::postgres::PostgresStore::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            run(store, &ops).await
+        })?;
+    }
+
+    #[test]
+    fn driver_agrees_with_the_model_on_redis(ops in ops()) {
+        let Some(url) = server("OTP_TEST_REDIS_URL") else { return Ok(()) };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let prefix = format!("model-{}", FlowId::generate().unwrap());
+            let store = otp_recovery_redis::RedisStore::connect(&url).await.unwrap().with_prefix(&prefix);
             run(store, &ops).await
         })?;
     }
