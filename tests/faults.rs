@@ -2,8 +2,10 @@
 //! code, right code, reset) is run once for every store operation N, with
 //! the Nth operation failing, timing out, or applied with its answer lost,
 //! and once for every send N, with the Nth send failing or delivered but
-//! reported failed. Every call must end in success or a typed error, and
-//! afterwards the store must hold:
+//! reported failed. The store operations are failed in turn on every
+//! built-in store (memory, SQLite, and PostgreSQL and Redis at
+//! `OTP_TEST_POSTGRES_URL` and `OTP_TEST_REDIS_URL`). Every call must end in
+//! success or a typed error, and afterwards the store must hold:
 //!
 //! - every flow decodes, and only the account's newest flow may be open;
 //! - every wrong code the caller was told about is counted on its flow and
@@ -36,13 +38,19 @@ const T0: Timestamp = Timestamp::from_unix_millis(1_800_000_000_000);
 /// A memory store that remembers every code MAC a new flow or a resend
 /// asked it to write (whether or not the write applied), so the checks can
 /// tell a live code from a voided one.
-#[derive(Default)]
-struct Journal {
-    inner: MemoryStore,
+struct Journal<S = MemoryStore> {
+    inner: S,
     code_macs: Mutex<HashSet<[u8; 32]>>,
 }
 
-impl Journal {
+impl<S: CodeStore> Journal<S> {
+    fn new(inner: S) -> Self {
+        Journal {
+            inner,
+            code_macs: Mutex::default(),
+        }
+    }
+
     fn is_code_mac(&self, mac: &Mac) -> bool {
         self.code_macs.lock().unwrap().contains(mac.as_bytes())
     }
@@ -58,7 +66,7 @@ impl Journal {
 }
 
 #[async_trait]
-impl CodeStore for Journal {
+impl<S: CodeStore> CodeStore for Journal<S> {
     async fn create_flow(&self, flow: &FlowRecord) -> StoreResult<()> {
         self.note(flow).await;
         self.inner.create_flow(flow).await
@@ -114,9 +122,9 @@ impl CodeStore for Journal {
     }
 }
 
-type Store = Arc<FaultyStore<Journal>>;
+type Store<S> = Arc<FaultyStore<Journal<S>>>;
 type Sender = Arc<FaultySender<RecordingSender>>;
-type Rec = Recovery<Store, Sender, ManualClock>;
+type Rec<S> = Recovery<Store<S>, Sender, ManualClock>;
 
 fn keys() -> KeyRing {
     KeyRing::new(1, ServerKey::from_bytes(vec![7; 32]).unwrap())
@@ -149,12 +157,18 @@ struct Told {
     errors: Vec<String>,
 }
 
-struct Run {
-    recovery: Rec,
-    store: Store,
+struct Run<S = MemoryStore> {
+    recovery: Rec<S>,
+    store: Store<S>,
     sender: Sender,
     clock: ManualClock,
     told: Told,
+    /// The account the run recovers, the identifier it asks with, and the
+    /// key ring: `alice()` and `keys()` on a store of its own, names and a
+    /// key of the run's own on a shared server.
+    account: Account,
+    identifier: String,
+    keys: KeyRing,
 }
 
 impl Run {
@@ -163,10 +177,27 @@ impl Run {
     }
 
     fn with_policy(policy: Policy) -> Self {
-        let store = Arc::new(FaultyStore::new(Journal::default()));
+        Run::on(MemoryStore::new(), policy, alice(), keys())
+    }
+}
+
+impl<S: CodeStore> Run<S> {
+    /// A run on a store that other runs share: its own account and key.
+    fn shared(store: S) -> Self {
+        let name = FlowId::generate().unwrap();
+        let account = Account::new(
+            AccountId::new(format!("alice-{name}")).unwrap(),
+            PhoneNumber::parse("+14155550123").unwrap(),
+        );
+        let keys = KeyRing::new(1, ServerKey::generate().unwrap());
+        Run::on(store, Policy::default(), account, keys)
+    }
+
+    fn on(store: S, policy: Policy, account: Account, keys: KeyRing) -> Self {
+        let store = Arc::new(FaultyStore::new(Journal::new(store)));
         let sender = Arc::new(FaultySender::new(RecordingSender::new()));
         let clock = ManualClock::new(T0);
-        let recovery = Recovery::new(store.clone(), sender.clone(), keys())
+        let recovery = Recovery::new(store.clone(), sender.clone(), keys.clone())
             .with_policy(policy)
             .with_clock(clock.clone());
         Run {
@@ -175,6 +206,9 @@ impl Run {
             sender,
             clock,
             told: Told::default(),
+            identifier: format!("{}@example.com", account.id.as_str()),
+            account,
+            keys,
         }
     }
 
@@ -203,7 +237,7 @@ impl Run {
     async fn request(&mut self, ctx: &RequestContext) -> Option<FlowId> {
         match self
             .recovery
-            .request("alice@example.com", Some(alice()), ctx)
+            .request(&self.identifier, Some(self.account.clone()), ctx)
             .await
         {
             Ok(r) => Some(r.flow_id),
@@ -280,7 +314,7 @@ impl Run {
         self.sender.disarm();
         let journal = self.store.inner();
         let now = T0.saturating_add(Duration::from_secs(60));
-        let subject = Subject::Account(alice().id);
+        let subject = Subject::Account(self.account.id.clone());
         // Newest first; every one decodes.
         let flows = journal.find_flows(&subject.key(), 100).await.unwrap();
         let open: Vec<_> = flows.iter().filter(|f| f.state.is_open()).collect();
@@ -333,7 +367,7 @@ impl Run {
                 // A live code: it must be one the user received.
                 let mut received = false;
                 for code in &delivered {
-                    received |= verifies(flow, code, now).await;
+                    received |= verifies(flow, code, now, &self.keys).await;
                 }
                 assert!(
                     received,
@@ -348,7 +382,7 @@ impl Run {
         let case = self
             .recovery
             .support()
-            .lookup_account(&agent, "fault test", &alice().id)
+            .lookup_account(&agent, "fault test", &self.account.id)
             .await
             .unwrap();
         assert_eq!(
@@ -360,8 +394,8 @@ impl Run {
 
 /// Whether `code` is the live code of `flow`, checked on a copy of it so
 /// the real one spends no attempt.
-async fn verifies(flow: &FlowRecord, code: &Code, now: Timestamp) -> bool {
-    let scratch = Recovery::new(MemoryStore::new(), RecordingSender::new(), keys())
+async fn verifies(flow: &FlowRecord, code: &Code, now: Timestamp, keys: &KeyRing) -> bool {
+    let scratch = Recovery::new(MemoryStore::new(), RecordingSender::new(), keys.clone())
         .with_limits(otp_recovery::limits::Limits::none())
         .with_clock(ManualClock::new(now));
     let mut copy = flow.clone();
@@ -401,25 +435,75 @@ fn a_clean_run_completes_and_passes_the_checks() {
 
 #[test]
 fn every_store_operation_may_fail_time_out_or_lose_its_answer() {
+    block_on(each_store_operation_fails_in_turn(|| async { Run::new(false) }));
+}
+
+#[test]
+fn every_sqlite_operation_may_fail_time_out_or_lose_its_answer() {
+    block_on(each_store_operation_fails_in_turn(|| async {
+        let store = otp_recovery_sqlx::sqlite::SqliteStore::open_in_memory()
+            .await
+            .unwrap();
+        Run::shared(store)
+    }));
+}
+
+#[test]
+fn every_postgres_operation_may_fail_time_out_or_lose_its_answer() {
+    let Some(url) = common::server("OTP_TEST_POSTGRES_URL") else {
+        return;
+    };
     block_on(async {
-        let mut clean = Run::new(false);
-        clean.script().await;
-        let total = clean.store.operations();
-        assert!(total >= 10, "a full flow makes {total} store operations");
-        eprintln!("a full flow makes {total} store operations");
-        let mut runs = 0;
-        for fault in [StoreFault::Fail, StoreFault::Timeout, StoreFault::LostAnswer] {
-            for n in 1..=total + 1 {
-                let mut run = Run::new(false);
-                run.store.fail_nth(n, fault);
-                run.script().await;
-                run.check_invariants(&format!("{fault:?} at store operation {n}"))
-                    .await;
-                runs += 1;
-            }
-        }
-        assert_eq!(runs, 3 * (total + 1));
+        let store = otp_recovery_sqlx::postgres::PostgresStore::connect(&url)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        each_store_operation_fails_in_turn(|| async { Run::shared(store.clone()) }).await;
     });
+}
+
+#[test]
+fn every_redis_operation_may_fail_time_out_or_lose_its_answer() {
+    let Some(url) = common::server("OTP_TEST_REDIS_URL") else {
+        return;
+    };
+    block_on(async {
+        let prefix = format!("faults-{}", FlowId::generate().unwrap());
+        let store = otp_recovery_redis::RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix(&prefix);
+        each_store_operation_fails_in_turn(|| async { Run::shared(store.clone()) }).await;
+    });
+}
+
+/// The whole recovery once clean, to count its store operations N, then
+/// once per N with the Nth failing, timing out, or losing its answer; the
+/// store must pass the checks after every run.
+async fn each_store_operation_fails_in_turn<S, F, Fut>(fresh: F)
+where
+    S: CodeStore,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Run<S>>,
+{
+    let mut clean = fresh().await;
+    clean.script().await;
+    clean.check_invariants("clean").await;
+    let total = clean.store.operations();
+    assert!(total >= 10, "a full flow makes {total} store operations");
+    eprintln!("a full flow makes {total} store operations");
+    let mut runs = 0;
+    for fault in [StoreFault::Fail, StoreFault::Timeout, StoreFault::LostAnswer] {
+        for n in 1..=total + 1 {
+            let mut run = fresh().await;
+            run.store.fail_nth(n, fault);
+            run.script().await;
+            run.check_invariants(&format!("{fault:?} at store operation {n}"))
+                .await;
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 3 * (total + 1));
 }
 
 #[test]
@@ -474,7 +558,7 @@ fn a_failed_send_voids_the_code_and_costs_no_attempt() {
         assert_eq!(flows[0].failed_attempts, 0);
         assert_eq!(flows[0].state, FlowState::CodeSent);
         assert!(!run.store.inner().is_code_mac(&flows[0].code_mac));
-        assert!(!verifies(&flows[0], &code, T0).await);
+        assert!(!verifies(&flows[0], &code, T0, &run.keys).await);
     });
 }
 

@@ -33,6 +33,8 @@ use otp_recovery::{
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
+mod common;
+
 const T0: u64 = 1_800_000_000_000;
 const MAX_ATTEMPTS: u32 = 3;
 const MAX_ACCOUNT: u32 = 5;
@@ -700,25 +702,12 @@ proptest! {
     }
 }
 
-/// The URL in `var`: `None` (with a notice) when unset outside CI, so that a
-/// plain `cargo test` skips the servers it does not have; CI must set it.
-fn server(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var_os("CI").is_some() => panic!("{var} must be set in CI"),
-        _ => {
-            eprintln!("note: {var} is not set; skipping the model test on that server");
-            None
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn driver_agrees_with_the_model_on_postgres(ops in ops()) {
-        let Some(url) = server("OTP_TEST_POSTGRES_URL") else { return Ok(()) };
+        let Some(url) = common::server("OTP_TEST_POSTGRES_URL") else { return Ok(()) };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let store = otp_recovery_sqlx::postgres::PostgresStore::connect(&url).await.unwrap();
@@ -729,7 +718,7 @@ proptest! {
 
     #[test]
     fn driver_agrees_with_the_model_on_redis(ops in ops()) {
-        let Some(url) = server("OTP_TEST_REDIS_URL") else { return Ok(()) };
+        let Some(url) = common::server("OTP_TEST_REDIS_URL") else { return Ok(()) };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let prefix = format!("model-{}", FlowId::generate().unwrap());

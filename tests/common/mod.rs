@@ -132,3 +132,17 @@ impl CodeStore for Observed {
         self.inner.purge_expired(now).await
     }
 }
+
+/// The URL of a test server in `var`: `None` (with a notice) when it is
+/// unset outside CI, so that a plain `cargo test` skips the servers it does
+/// not have; in CI it must be set.
+pub fn server(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => panic!("{var} must be set in CI"),
+        _ => {
+            eprintln!("note: {var} is not set; skipping the tests on that server");
+            None
+        }
+    }
+}
