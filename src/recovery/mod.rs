@@ -10,6 +10,7 @@
 //! detectors are windowed counters applied in the same store calls.
 
 mod guards;
+mod parity;
 mod second_factor;
 mod sending;
 mod verifying;

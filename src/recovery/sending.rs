@@ -2,7 +2,7 @@
 //! identifier, by the same work) and a resend replaces its code; both count
 //! the send limits before anything is stored or sent.
 
-use super::{Account, Recovery, RequestContext, flow_event_masked};
+use super::{Account, Recovery, RequestContext, flow_event_masked, parity};
 use crate::answer::Requested;
 use crate::clock::Clock;
 use crate::code::Mac;
@@ -12,9 +12,9 @@ use crate::id::FlowId;
 use crate::limits::Plan;
 use crate::machine::{self, Opening};
 use crate::phone::{MaskedPhone, PhoneNumber};
-use crate::record::{DecoyId, FlowRecord, Subject};
+use crate::record::{FlowRecord, Subject};
 use crate::secret::Code;
-use crate::sms::{MessageKind, SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
+use crate::sms::{MessageKind, SendError, SendErrorKind, SmsMessage, SmsSender};
 use crate::store::CodeStore;
 
 impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
@@ -63,11 +63,14 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let (id, code) = crate::secret::new_flow_and_code(self.policy.code_digits(), &self.rng)?;
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(&id, &code);
-        let decoy = self.keys.decoy(&canonical(identifier));
+        let decoy = self.keys.decoy(&parity::canonical(identifier));
         // An unknown identifier gets a made-up destination, and both go
         // through the very same plan of limits, blocks and detectors. Both
         // paths make one, so that they do the same work.
-        let (made_up, unknown) = (self.decoy_phone(&decoy), decoy_id(&decoy));
+        let (made_up, unknown) = (
+            parity::made_up_phone(&decoy, self.limits.decoy_country_code()),
+            parity::decoy_id(&decoy),
+        );
         // A real flow keeps its unused decoy id as long as a decoy's flow
         // keeps its own, so that both free the same memory at the same
         // point (the allocator's work depends on the order).
@@ -154,15 +157,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // As in `request`: both paths make up a destination and borrow the
         // one they use, and one mask serves the answer and, for a real
         // phone only, the events.
-        let made_up = self.decoy_phone(&flow.code_mac);
+        let made_up = parity::made_up_phone(&flow.code_mac, self.limits.decoy_country_code());
         let destination = flow.phone.as_ref().unwrap_or(&made_up);
         // A real flow's record decoded its phone (text, then number), which
         // lives as long as the record; a decoy's reads its made-up one the
         // same way, and keeps it as long.
-        let _decoded = flow.phone.is_none().then(|| {
-            let text = std::str::from_utf8(std::hint::black_box(made_up.as_str().as_bytes()));
-            std::hint::black_box(text.map(PhoneNumber::parse))
-        });
+        let _decoded = flow.phone.is_none().then(|| parity::decoded(&made_up));
         let masked = destination.masked();
         let real_phone = flow.phone.as_ref().map(|_| masked);
         let event = |kind| flow_event_masked(now, kind, &flow, real_phone, ctx);
@@ -249,7 +249,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let real = flow.phone.is_some();
         let (sender, events): (&dyn SmsSender, &dyn EventSink) = match real {
             true => (&self.sender, &*self.events),
-            false => (&Nowhere, &Nowhere),
+            false => (&parity::Nowhere, &parity::Nowhere),
         };
         let country_code = destination.country_code();
         let allowed = self.limits.country_allowed(country_code);
@@ -300,31 +300,6 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         .await
     }
 
-    /// The made-up destination of an unknown identifier: a plausible number
-    /// in [`Limits::decoy_country_code`], its digits from the decoy MAC. It
-    /// is never sent to; it is counted and masked like a real one.
-    pub(super) fn decoy_phone(&self, decoy: &Mac) -> PhoneNumber {
-        let mut text = [0u8; 16];
-        let text = self.decoy_phone_text(decoy, &mut text);
-        PhoneNumber::parse(text).expect("a made-up number is valid E.164")
-    }
-
-    /// The text of [`Recovery::decoy_phone`], written into `buf` (at most
-    /// 14 bytes: `+`, a code of up to 3 digits, 10 more).
-    pub(super) fn decoy_phone_text<'b>(&self, decoy: &Mac, buf: &'b mut [u8; 16]) -> &'b str {
-        let b = decoy.as_bytes();
-        let mut digits = itoa::Buffer::new();
-        let country = digits.format(self.limits.decoy_country_code()).as_bytes();
-        let code = country.len();
-        buf[0] = b'+';
-        buf[1..=code].copy_from_slice(country);
-        buf[code + 1] = b'2' + b[16] % 8;
-        for (out, byte) in buf[code + 2..code + 11].iter_mut().zip(&b[17..26]) {
-            *out = b'0' + byte % 10;
-        }
-        std::str::from_utf8(&buf[..code + 11]).unwrap_or_default()
-    }
-
     pub(super) fn requested(&self, flow: &FlowRecord, masked_phone: MaskedPhone) -> Requested {
         Requested {
             flow_id: flow.id,
@@ -333,38 +308,5 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             next_send_at: machine::next_send_at(flow, &self.policy),
             attempts_left: machine::attempts_left(flow, &self.policy),
         }
-    }
-}
-
-/// The decoy id of an unknown identifier: the first half of its decoy MAC.
-fn decoy_id(decoy: &Mac) -> DecoyId {
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&decoy.as_bytes()[..16]);
-    DecoyId::from_bytes(id)
-}
-
-/// The form of an identifier that decoys are derived from: trimmed and
-/// lowercased, so that `Alice@X.com ` and `alice@x.com` are one identifier
-/// (as most hosts' look-ups treat them). Pass identifiers as your look-up
-/// sees them; aliases of different kinds (an email and a username of one
-/// account) cannot be told apart here.
-fn canonical(identifier: &str) -> String {
-    identifier.trim().to_lowercase()
-}
-
-/// The sender of a decoy's code and the sink of its events: it sends and
-/// records nothing, at the cost of a call to a sender or a sink.
-struct Nowhere;
-
-impl EventSink for Nowhere {
-    fn emit(&self, event: &Event) {
-        std::hint::black_box(event);
-    }
-}
-
-#[async_trait::async_trait]
-impl SmsSender for Nowhere {
-    async fn send(&self, _: &SmsMessage) -> std::result::Result<SendReceipt, SendError> {
-        Ok(SendReceipt::default())
     }
 }

@@ -4,7 +4,7 @@
 
 use super::guards::{lock_counter_of, lock_read_of, lockouts_counter_of};
 use super::second_factor::Requirement;
-use super::{MAX_CAS_ROUNDS, Recovery, RequestContext, flow_event};
+use super::{MAX_CAS_ROUNDS, Recovery, RequestContext, flow_event, parity};
 use crate::answer::{Completed, Progress, Verified};
 use crate::clock::{Clock, Timestamp};
 use crate::code::Mac;
@@ -183,18 +183,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         };
         let flow = flow.ok_or(Error::NotFound)?;
         if flow.phone.is_none() {
-            // A real flow's phone is decoded on every load (by any store:
-            // text, then number), masked for its events and shared by the
-            // next record (a reference count, an atomic operation); a
-            // decoy's flow has none, and does the same with the text of a
-            // made-up one, so that a wrong code costs the same on both
-            // (`tests/timing.rs` compares them).
-            let mut text = [0u8; 16];
-            let text = self.decoy_phone_text(&flow.code_mac, &mut text);
-            let decoded = std::str::from_utf8(std::hint::black_box(text.as_bytes())).map(PhoneNumber::parse);
-            if let Ok(Ok(phone)) = std::hint::black_box(decoded) {
-                std::hint::black_box((phone.masked(), phone.clone()));
-            }
+            parity::load_made_up_phone(&flow.code_mac, self.limits.decoy_country_code());
         }
         if round == 0
             && let Some(refusal) = checks.refusal(&values, now)
