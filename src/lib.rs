@@ -44,6 +44,7 @@ mod case;
 mod clock;
 mod code;
 mod counter;
+mod detect;
 mod error;
 pub mod events;
 pub mod factor;

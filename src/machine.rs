@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use crate::clock::Timestamp;
 use crate::code::Mac;
+use crate::counter::CounterValue;
 use crate::factor::{FactorKind, FactorSet};
 use crate::id::FlowId;
 use crate::phone::PhoneNumber;
@@ -596,6 +597,18 @@ pub fn subject_locked(failures: u64, policy: &Policy) -> bool {
     failures >= u64::from(policy.max_account_failures())
 }
 
+/// When a subject's lock ends, from its failures and its lock counter
+/// (read together): the later of the failure window's end, while the
+/// failures are at the limit, and the lock counter's, while it is open.
+/// `None` when neither holds it.
+pub fn lock_end(failures: CounterValue, lock: CounterValue, policy: &Policy) -> Option<Timestamp> {
+    let by_failures = failures
+        .resets_at
+        .filter(|_| subject_locked(failures.count, policy));
+    let by_lock = lock.resets_at.filter(|_| lock.count > 0);
+    by_failures.max(by_lock)
+}
+
 /// When the next code may be sent, or `None` if the flow has used its
 /// allowance.
 pub fn next_send_at(flow: &FlowRecord, policy: &Policy) -> Option<Timestamp> {
@@ -623,5 +636,43 @@ fn refusal(state: EffectiveState) -> Refusal {
         EffectiveState::Stored(FlowState::Cancelled) => Refusal::Cancelled,
         // Only reached for a state the caller accepts; keep a safe answer.
         EffectiveState::Stored(FlowState::CodeSent) => Refusal::Busy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_ends_at_the_later_of_its_failures_and_its_lock_counter() {
+        let policy = Policy::default();
+        let max = u64::from(policy.max_account_failures());
+        let (t1, t2) = (
+            Timestamp::from_unix_millis(1_000),
+            Timestamp::from_unix_millis(2_000),
+        );
+        let none = CounterValue::default();
+        let failures = |count| CounterValue::new(count, Some(t1));
+        assert_eq!(
+            lock_end(failures(max - 1), none, &policy),
+            None,
+            "under the limit"
+        );
+        assert_eq!(lock_end(failures(max), none, &policy), Some(t1), "at the limit");
+        let lock = CounterValue::new(1, Some(t2));
+        assert_eq!(
+            lock_end(failures(max - 1), lock, &policy),
+            Some(t2),
+            "the lock alone"
+        );
+        assert_eq!(lock_end(failures(max), lock, &policy), Some(t2), "the later end");
+        let later_failures = CounterValue::new(max, Some(Timestamp::from_unix_millis(3_000)));
+        assert_eq!(lock_end(later_failures, lock, &policy), later_failures.resets_at);
+        let closed = CounterValue::new(0, Some(t2));
+        assert_eq!(
+            lock_end(none, closed, &policy),
+            None,
+            "a lock counter at zero holds nothing"
+        );
     }
 }

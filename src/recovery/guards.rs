@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use crate::case::SupportCase;
 use crate::clock::{Clock, Timestamp};
+use crate::detect;
 use crate::error::{Error, Result};
-use crate::events::{Event, EventKind, Suspicion};
+use crate::events::{Event, EventKind};
 use crate::limits::{self, BlockTarget, LimitScope, Plan, Refusal, Role, key};
+use crate::machine;
 use crate::phone::PhoneNumber;
 use crate::record::{FlowRecord, Subject};
 use crate::recovery::{Recovery, RequestContext, flow_event};
@@ -193,17 +195,16 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         event: &(dyn Fn(EventKind) -> Event + Sync),
     ) -> Result<()> {
         let d = self.limits.detectors();
-        let mut found: Vec<(Suspicion, Option<BlockTarget>)> = Vec::new();
+        let mut found: Vec<detect::Finding> = Vec::new();
         if let Some((ip, p_ip, i)) = &detection.subjects_from_ip {
             let subjects = values[*i].count;
-            if subjects > u64::from(d.subjects_per_ip) {
+            if detect::too_many_subjects(d, subjects) {
                 // Reported once per window: the first call past the
                 // threshold opens the "reported" counter.
                 let reported = Counter::new(key(&["det:reported:", p_ip]), d.window, 1);
                 let first = self.count(std::slice::from_ref(&reported), now).await?;
                 if first[0].opened(&reported, now) {
-                    let target = d.auto_block.map(|_| BlockTarget::Ip(ip.clone()));
-                    found.push((Suspicion::ManySubjectsFromOneIp { subjects }, target));
+                    found.push(detect::subjects_from_ip(d, ip, subjects));
                 }
             }
         }
@@ -213,35 +214,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         if let (true, Some((cc, block, [cc_sends, cc_verified, nb_sends, nb_verified]))) =
             (admitted, &detection.pumping)
         {
-            let pumped = |sends: u64, verified: u64, min: u32| {
-                // Judged at every `min` sends, so a pumped target is
-                // reported periodically rather than on every send.
-                let min = u64::from(min);
-                sends >= min
-                    && sends.is_multiple_of(min)
-                    && verified * 100 < sends * u64::from(d.pumping_max_verified_percent)
-            };
-            let (sends, verified) = (values[*cc_sends].count, values[*cc_verified].count);
-            if pumped(sends, verified, d.pumping_min_sends_country) {
-                let s = Suspicion::SmsPumpingCountry {
-                    country_code: *cc,
-                    sends,
-                    verified,
-                };
-                let target = (d.auto_block.is_some() && d.auto_block_countries)
-                    .then_some(BlockTarget::CountryCode(*cc));
-                found.push((s, target));
-            }
-            let (sends, verified) = (values[*nb_sends].count, values[*nb_verified].count);
-            if pumped(sends, verified, d.pumping_min_sends_block) {
-                let s = Suspicion::SmsPumpingNumberBlock {
-                    block: block.clone(),
-                    sends,
-                    verified,
-                };
-                let target = d.auto_block.map(|_| BlockTarget::NumberBlock(block.clone()));
-                found.push((s, target));
-            }
+            let count = |i: &usize| values[*i].count;
+            found.extend(detect::pumping(
+                d,
+                (*cc, [count(cc_sends), count(cc_verified)]),
+                (block, [count(nb_sends), count(nb_verified)]),
+            ));
         }
         for (pattern, _) in &found {
             self.emit(event(EventKind::Suspicious {
@@ -298,10 +276,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // that cannot be stored only means support finds it by account.
         let _ = self.store.put_case(&case).await;
         self.emit(event(EventKind::AccountLocked { until, reference }));
-        if lockouts >= u64::from(self.limits.detectors().lockouts_per_week) {
-            self.emit(event(EventKind::Suspicious {
-                pattern: Suspicion::RepeatedLockouts { lockouts },
-            }));
+        if let Some(pattern) = detect::repeated_lockouts(self.limits.detectors(), lockouts) {
+            self.emit(event(EventKind::Suspicious { pattern }));
         }
         let notice = self.messages.locked_message(until, &reference, ctx.locale);
         self.notify(locked, notice, now, ctx).await;
@@ -317,16 +293,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         }
     }
 
-    /// When a subject's lock ends, from its failures and its lock counter
-    /// (read together): the later of the failure window's end, while the
-    /// failures are at the limit, and the lock counter's, while it is open.
-    /// `None` when neither holds it.
+    /// [`machine::lock_end`] under this recovery's policy.
     pub(crate) fn lock_end(&self, failures: CounterValue, lock: CounterValue) -> Option<Timestamp> {
-        let by_failures = failures
-            .resets_at
-            .filter(|_| crate::machine::subject_locked(failures.count, &self.policy));
-        let by_lock = lock.resets_at.filter(|_| lock.count > 0);
-        by_failures.max(by_lock)
+        machine::lock_end(failures, lock, &self.policy)
     }
 
     /// The pseudonym of a subject's key, which its counters are keyed by.
