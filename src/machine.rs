@@ -36,7 +36,7 @@ use std::time::Duration;
 use crate::clock::Timestamp;
 use crate::code::Mac;
 use crate::counter::CounterValue;
-use crate::factor::{FactorKind, FactorSet};
+use crate::factor::{FactorKind, FactorSet, SecondFactor};
 use crate::id::FlowId;
 use crate::phone::PhoneNumber;
 use crate::policy::Policy;
@@ -601,12 +601,95 @@ pub fn subject_locked(failures: u64, policy: &Policy) -> bool {
 /// (read together): the later of the failure window's end, while the
 /// failures are at the limit, and the lock counter's, while it is open.
 /// `None` when neither holds it.
-pub fn lock_end(failures: CounterValue, lock: CounterValue, policy: &Policy) -> Option<Timestamp> {
+pub(crate) fn lock_end(failures: CounterValue, lock: CounterValue, policy: &Policy) -> Option<Timestamp> {
     let by_failures = failures
         .resets_at
         .filter(|_| subject_locked(failures.count, policy));
     let by_lock = lock.resets_at.filter(|_| lock.count > 0);
     by_failures.max(by_lock)
+}
+
+/// What follows a wrong code once the store has counted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterFailure {
+    /// Nothing more (the flow itself may have locked).
+    Counted,
+    /// This failure locked the account, until `until`; it is the account's
+    /// `lockouts`-th lock in the week.
+    AccountLocked {
+        /// When the lock ends.
+        until: Timestamp,
+        /// The account's locks in the week, this one included.
+        lockouts: u64,
+    },
+    /// The account reached its limit although the flow's snapshot of its
+    /// failures did not (a request opened the flow while other flows' wrong
+    /// codes landed): the flow catches up and locks. `another_first`: an
+    /// earlier failure, on another flow, reached the limit (and locked the
+    /// account); otherwise this one did and locks it.
+    CatchUp {
+        /// Whether another flow's failure reached the limit first.
+        another_first: bool,
+    },
+}
+
+/// What follows a wrong code whose store call counted `counted`: the
+/// account's failures, then, when the flow expected this failure to lock
+/// the account (`account_locked`), its lockouts and its lock. A lock lasts
+/// until the later of the failure window's end and the minimum lockout.
+pub(crate) fn after_failure(
+    counted: &[CounterValue],
+    account_locked: bool,
+    policy: &Policy,
+    now: Timestamp,
+) -> AfterFailure {
+    let failures = counted[0];
+    if !account_locked {
+        return match subject_locked(failures.count, policy) {
+            true => AfterFailure::CatchUp {
+                another_first: failures.count > u64::from(policy.max_account_failures()),
+            },
+            false => AfterFailure::Counted,
+        };
+    }
+    let (lockouts, lock) = (counted[1], counted[2]);
+    let until =
+        lock_end(failures, lock, policy).unwrap_or_else(|| now.saturating_add(policy.account_lockout()));
+    AfterFailure::AccountLocked {
+        until,
+        lockouts: lockouts.count,
+    }
+}
+
+/// What a right SMS code leads to, by the second-factor rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FactorNeed {
+    /// No second factor: the reset token.
+    None,
+    /// One of these factors.
+    One(FactorSet),
+    /// A factor is required and the account has none it can use.
+    Missing,
+}
+
+/// What a right SMS code leads to under `rule`, for an account with
+/// `enrolled` factors (those the policy accepts), when the host has a
+/// sender for the second channel or not.
+pub(crate) fn factor_need(rule: SecondFactor, enrolled: FactorSet, channel_sender: bool) -> FactorNeed {
+    if rule == SecondFactor::Off {
+        return FactorNeed::None;
+    }
+    // A channel without a sender cannot be used, but the account still has
+    // it: `IfEnrolled` does not fall back to SMS alone.
+    let usable = match channel_sender {
+        true => enrolled,
+        false => enrolled.without(FactorKind::Channel),
+    };
+    match (rule, enrolled.is_empty(), usable.is_empty()) {
+        (SecondFactor::IfEnrolled, true, _) => FactorNeed::None,
+        (_, _, true) => FactorNeed::Missing,
+        (_, _, false) => FactorNeed::One(usable),
+    }
 }
 
 /// When the next code may be sent, or `None` if the flow has used its
@@ -642,6 +725,76 @@ fn refusal(state: EffectiveState) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_counted_failure_locks_at_the_account_limit_and_catches_up_past_it() {
+        let policy = Policy::default();
+        let max = u64::from(policy.max_account_failures());
+        let now = Timestamp::from_unix_millis(1_000);
+        let end = Timestamp::from_unix_millis(9_000);
+        let failures = |count| CounterValue::new(count, Some(end));
+        assert_eq!(
+            after_failure(&[failures(max - 1)], false, &policy, now),
+            AfterFailure::Counted
+        );
+        assert_eq!(
+            after_failure(&[failures(max)], false, &policy, now),
+            AfterFailure::CatchUp { another_first: false },
+            "the flow's snapshot was behind: this failure reached the limit"
+        );
+        assert_eq!(
+            after_failure(&[failures(max + 1)], false, &policy, now),
+            AfterFailure::CatchUp { another_first: true }
+        );
+        let lock = CounterValue::new(1, Some(Timestamp::from_unix_millis(5_000)));
+        assert_eq!(
+            after_failure(
+                &[failures(max), CounterValue::new(2, None), lock],
+                true,
+                &policy,
+                now
+            ),
+            AfterFailure::AccountLocked {
+                until: end,
+                lockouts: 2
+            },
+            "until the later of the failure window and the lock"
+        );
+        let open = CounterValue::default();
+        assert_eq!(
+            after_failure(
+                &[failures(max - 1), CounterValue::new(1, None), open],
+                true,
+                &policy,
+                now
+            ),
+            AfterFailure::AccountLocked {
+                until: now.saturating_add(policy.account_lockout()),
+                lockouts: 1
+            },
+            "no window holds it: the minimum lockout from now"
+        );
+    }
+
+    #[test]
+    fn the_second_factor_rule_decides_what_a_right_code_leads_to() {
+        use SecondFactor::{IfEnrolled, Off, Required};
+        let totp = FactorSet::EMPTY.with(FactorKind::Totp);
+        let channel = FactorSet::EMPTY.with(FactorKind::Channel);
+        let both = totp.with(FactorKind::Channel);
+        assert_eq!(factor_need(Off, both, true), FactorNeed::None);
+        assert_eq!(factor_need(IfEnrolled, FactorSet::EMPTY, true), FactorNeed::None);
+        assert_eq!(factor_need(IfEnrolled, totp, false), FactorNeed::One(totp));
+        assert_eq!(
+            factor_need(IfEnrolled, channel, false),
+            FactorNeed::Missing,
+            "an enrolled channel without a sender is no fallback to SMS alone"
+        );
+        assert_eq!(factor_need(IfEnrolled, channel, true), FactorNeed::One(channel));
+        assert_eq!(factor_need(Required, FactorSet::EMPTY, true), FactorNeed::Missing);
+        assert_eq!(factor_need(Required, both, false), FactorNeed::One(totp));
+        assert_eq!(factor_need(Required, both, true), FactorNeed::One(both));
+    }
 
     #[test]
     fn a_lock_ends_at_the_later_of_its_failures_and_its_lock_counter() {

@@ -25,7 +25,7 @@ use crate::factor::{ChannelMessage, FactorKind, FactorSet, Factors, RecoveryCode
 use crate::id::{AccountId, FlowId};
 use crate::input::InputError;
 use crate::limits::{BlockTarget, Plan};
-use crate::machine::{self, FactorEvaluation, Verdict};
+use crate::machine::{self, FactorEvaluation, FactorNeed, Verdict};
 use crate::record::FlowRecord;
 use crate::recovery::{FactorChallenge, MAX_CAS_ROUNDS, Recovery, RequestContext, Verified, flow_event};
 use crate::secret::Code;
@@ -278,22 +278,21 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             return Ok(Requirement::None);
         };
         let rule = self.policy.second_factor();
+        // Off needs no look-up of the account's factors.
         if rule == SecondFactor::Off {
             return Ok(Requirement::None);
         }
         let factors = self.account_factors(account).await?;
         let enrolled = factors.kinds().intersect(self.policy.accepted_factors());
-        // A channel the host has no sender for cannot be used, but the
-        // account still has it: `IfEnrolled` does not fall back to SMS alone.
-        let usable = match self.channel {
-            Some(_) => enrolled,
-            None => enrolled.without(FactorKind::Channel),
-        };
-        Ok(match (rule, enrolled.is_empty(), usable.is_empty()) {
-            (SecondFactor::IfEnrolled, true, _) => Requirement::None,
-            (_, _, true) => Requirement::Missing,
-            (_, _, false) => Requirement::One(usable, factors.channel.map(|c| c.masked().to_owned())),
-        })
+        Ok(
+            match machine::factor_need(rule, enrolled, self.channel.is_some()) {
+                FactorNeed::None => Requirement::None,
+                FactorNeed::Missing => Requirement::Missing,
+                FactorNeed::One(usable) => {
+                    Requirement::One(usable, factors.channel.map(|c| c.masked().to_owned()))
+                }
+            },
+        )
     }
 
     /// What the user of a flow awaiting a factor may do next.

@@ -13,7 +13,7 @@ use crate::events::{Event, EventKind};
 use crate::id::FlowId;
 use crate::input::InputError;
 use crate::limits::{self, BlockTarget, Plan};
-use crate::machine::{self, Evaluation, Verdict};
+use crate::machine::{self, AfterFailure, Evaluation, Verdict};
 use crate::phone::PhoneNumber;
 use crate::record::{FlowRecord, FlowState};
 use crate::secret::{Code, ResetToken};
@@ -254,27 +254,23 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         now: Timestamp,
         ctx: &RequestContext,
     ) -> Result<Option<Error>> {
-        if !account_locked && machine::subject_locked(counted[0].count, &self.policy) {
-            return self.catch_up(next, counted[0], now, ctx).await.map(Some);
+        let decided = machine::after_failure(&counted, account_locked, &self.policy, now);
+        if let AfterFailure::CatchUp { another_first } = decided {
+            return self
+                .catch_up(next, counted[0], another_first, now, ctx)
+                .await
+                .map(Some);
         }
         if next.state == FlowState::Locked {
             self.emit(flow_event(now, EventKind::FlowLocked, next, ctx));
         }
-        if !account_locked {
-            return Ok(None);
+        match decided {
+            // The lock was stored with the failure that reached the limit.
+            AfterFailure::AccountLocked { until, lockouts } => {
+                Ok(Some(self.lock_account(next, until, lockouts, now, ctx).await))
+            }
+            _ => Ok(None),
         }
-        // The lock was stored with the failure that reached the limit: it
-        // lasts until the later of the failure window's end and the
-        // minimum lockout.
-        let [failures, lockouts, lock] = counted[..] else {
-            unreachable!("a locking failure's counts are checked: failures, lockouts, lock")
-        };
-        let until = self
-            .lock_end(failures, lock)
-            .unwrap_or_else(|| now.saturating_add(self.policy.account_lockout()));
-        Ok(Some(
-            self.lock_account(next, until, lockouts.count, now, ctx).await,
-        ))
     }
 
     /// The counters a subject's lock adds to the failure that reaches the
@@ -299,15 +295,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         &self,
         next: &FlowRecord,
         failures: CounterValue,
+        another_first: bool,
         now: Timestamp,
         ctx: &RequestContext,
     ) -> Result<Error> {
-        let reached_first = failures.count > u64::from(self.policy.max_account_failures());
         let pseudonym = self.subject_pseudonym(&next.subject);
         // The lock is stored (with the lockout count) before the flow is
         // written, so that no failure after leaves the account unlocked;
         // if another flow's failure reached the limit first, it is read.
-        let counters = if reached_first {
+        let counters = if another_first {
             vec![lock_read_of(&pseudonym)]
         } else {
             self.locking_counters(&pseudonym).to_vec()
@@ -322,7 +318,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             })
             .await?
         };
-        if reached_first {
+        if another_first {
             self.emit(flow_event(now, EventKind::FlowLocked, &locked, ctx));
             return Ok(self.locked(&locked.subject, self.lock_end(failures, values[0])));
         }
