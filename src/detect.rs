@@ -31,7 +31,7 @@ pub(crate) fn pumped(d: &Detectors, sends: u64, verified: u64, min: u32) -> bool
     min > 0
         && sends >= min
         && sends.is_multiple_of(min)
-        && verified.saturating_mul(100) < sends.saturating_mul(u64::from(d.pumping_max_verified_percent))
+        && u128::from(verified) * 100 < u128::from(sends) * u128::from(d.pumping_max_verified_percent)
 }
 
 /// The pumping findings of one admitted send: `country` and `block` (the
@@ -106,6 +106,9 @@ mod tests {
         assert!(!pumped(&d, 31, 0, 30), "judged at multiples of the minimum only");
         assert!(pumped(&d, 60, 5, 30));
         assert!(!pumped(&d, 0, 0, 0), "a minimum of zero judges nothing");
+        // Exact at any count: no product overflows or saturates.
+        assert!(pumped(&d, u64::MAX / 3 * 3, 0, 3));
+        assert!(!pumped(&d, u64::MAX / 3 * 3, u64::MAX / 3 * 3 / 10 + 1, 3));
     }
 
     #[test]
