@@ -27,6 +27,7 @@ use otp_recovery::support::{Agent, SupportCase, SupportReference};
 use otp_recovery::testing::{FaultySender, FaultyStore, SendFault, StoreFault};
 mod common;
 
+use otp_recovery::limits::{LimitScope, Limits};
 use otp_recovery::record::{FlowRecord, FlowState, Mac, Subject};
 use otp_recovery::{
     Account, AccountId, Code, Error, FlowId, KeyRing, ManualClock, PhoneNumber, Policy, Recovery,
@@ -177,7 +178,7 @@ impl Run {
     }
 
     fn with_policy(policy: Policy) -> Self {
-        Run::on(MemoryStore::new(), policy, alice(), keys())
+        Run::on(MemoryStore::new(), policy, Limits::default(), alice(), keys())
     }
 }
 
@@ -190,15 +191,25 @@ impl<S: CodeStore> Run<S> {
             PhoneNumber::parse("+14155550123").unwrap(),
         );
         let keys = KeyRing::new(1, ServerKey::generate().unwrap());
-        Run::on(store, Policy::default(), account, keys)
+        // The country and global budgets are keyed by plain values, the
+        // same in every run: on a server that outlives the runs, they
+        // would fill up at the fixed T0 and refuse later runs.
+        let mut limits = Limits::builder().clear_send_rules();
+        for rule in Limits::default().send_rules() {
+            if !matches!(rule.scope, LimitScope::CountryCode | LimitScope::Global) {
+                limits = limits.add_send_rule(*rule);
+            }
+        }
+        Run::on(store, Policy::default(), limits.build().unwrap(), account, keys)
     }
 
-    fn on(store: S, policy: Policy, account: Account, keys: KeyRing) -> Self {
+    fn on(store: S, policy: Policy, limits: Limits, account: Account, keys: KeyRing) -> Self {
         let store = Arc::new(FaultyStore::new(Journal::new(store)));
         let sender = Arc::new(FaultySender::new(RecordingSender::new()));
         let clock = ManualClock::new(T0);
         let recovery = Recovery::new(store.clone(), sender.clone(), keys.clone())
             .with_policy(policy)
+            .with_limits(limits)
             .with_clock(clock.clone());
         Run {
             recovery,
