@@ -68,11 +68,14 @@ enum Break {
     FindKeepsOldest,
     /// Swaps, counts and creates are atomic only among the calls of one
     /// handle (an in-process lock), with round trips between check and
-    /// write.
+    /// write (a create's supersede as in `NonAtomicSupersede`).
     AtomicPerInstanceOnly,
     /// Each handle caches the flows it read or wrote, so it reads the
     /// other handle's writes stale.
     CachedReads,
+    /// A new flow supersedes the subject's flow with the latest
+    /// `created_at` (if open), not the one created last.
+    NewestByStamp,
 }
 
 #[derive(Default)]
@@ -371,7 +374,10 @@ impl CodeStore for MapStore {
     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
         let _local = self.local().await;
         let key = self.key(&flow.subject.key());
-        if self.broken == Break::NonAtomicSupersede {
+        if matches!(
+            self.broken,
+            Break::NonAtomicSupersede | Break::AtomicPerInstanceOnly
+        ) {
             let open = {
                 let inner = self.lock();
                 let newest = inner.subjects.get(&key).and_then(|ids| ids.last()).copied();
@@ -394,7 +400,16 @@ impl CodeStore for MapStore {
         if inner.flows.contains_key(&flow.id) {
             return Err(StoreError::Duplicate);
         }
-        let newest = inner.subjects.get(&key).and_then(|ids| ids.last()).copied();
+        let newest = match self.broken {
+            Break::NewestByStamp => inner
+                .subjects
+                .get(&key)
+                .into_iter()
+                .flatten()
+                .max_by_key(|id| inner.flows[*id].created_at)
+                .copied(),
+            _ => inner.subjects.get(&key).and_then(|ids| ids.last()).copied(),
+        };
         self.supersede(&mut inner, newest, flow);
         inner.subjects.entry(key).or_default().push(flow.id);
         inner.flows.insert(flow.id, self.stored(flow));
@@ -701,5 +716,13 @@ fn reads_cached_per_instance_are_rejected() {
     rejects(
         Break::CachedReads,
         "a flow swapped on the other instance was read stale",
+    );
+}
+
+#[test]
+fn superseding_the_latest_stamp_is_rejected() {
+    rejects(
+        Break::NewestByStamp,
+        "the open flow must be superseded, whatever its stamp",
     );
 }

@@ -204,6 +204,15 @@ pub async fn a_new_flow_supersedes_one_stamped_later<S: CodeStore>(store: Arc<S>
         behind,
         "the flow created last stays open"
     );
+    // And the next one supersedes it, not the flow with the latest stamp.
+    let next = flow_at(t.saturating_add(Duration::from_secs(1)), of(&alice));
+    store.create_flow(&next).await.expect("create");
+    assert_eq!(
+        get(&*store, &behind.id).await.state,
+        FlowState::Superseded,
+        "the open flow must be superseded, whatever its stamp"
+    );
+    assert!(get(&*store, &next.id).await.state.is_open());
 }
 
 /// Keys are compared byte for byte: accounts whose ids differ only in
@@ -367,6 +376,8 @@ const PURGE_HORIZON: Duration = Duration::from_secs(10);
 
 /// One purging check at a time: each keeps a record that ends just after
 /// its own purge, which another check's purge a moment later would delete.
+/// This holds within one process (as `cargo test` runs a test file); two
+/// processes running the suite on one database at once may see it.
 static PURGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Purging deletes flows whose `purge_after` is at or before `now` and
@@ -453,7 +464,7 @@ pub async fn expiry_is_decided_to_the_millisecond<S: CodeStore>(store: Arc<S>) {
 }
 
 /// A case of a fresh reference, opened now, kept until `purge_after`.
-fn live_case(purge_after: Timestamp) -> SupportCase {
+pub(super) fn live_case(purge_after: Timestamp) -> SupportCase {
     let mut bytes = [0u8; 5];
     crate::rng::fill_random(&mut bytes).expect("randomness");
     let t = now();

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::flows::live_case;
 use super::harness::{Interleaved, race, requested_flow};
 use super::{account, flow_at, get, now, of, phone, phone_with_random_line, unique};
 use crate::clock::ManualClock;
@@ -148,10 +149,14 @@ fn only_refused_as<T: std::fmt::Debug>(outcomes: &[Result<T, Error>], expected: 
 }
 
 /// A write through one instance is seen by the next read through the
-/// other: flows (created and swapped), counters and cases. A read cache in
-/// front of one instance, or a replica it reads from, would break every
-/// limit the other instance counts.
-async fn writes_through_one_instance_are_read_through_the_other<S: CodeStore>(a: &S, b: &S) {
+/// other: flows (created, swapped, listed), cases and counters; and creates
+/// raced on both leave one open flow. A read cache in front of one
+/// instance, or a replica it reads from, or a lock that only one process
+/// holds, would break every limit the other instance counts.
+async fn writes_through_one_instance_are_read_through_the_other<S: CodeStore + 'static>(
+    a: &Arc<S>,
+    b: &Arc<S>,
+) {
     let t = now();
     let hour = Duration::from_secs(3600);
     let flow = flow_at(t, of(&account()));
@@ -175,6 +180,16 @@ async fn writes_through_one_instance_are_read_through_the_other<S: CodeStore>(a:
     );
     assert_eq!(get(a, &flow.id).await, last);
 
+    let listed = b.find_flows(&flow.subject.key(), 10).await.expect("find");
+    assert_eq!(listed, [last], "a flow written on one instance was listed stale");
+    let case = live_case(t.saturating_add(hour));
+    a.put_case(&case).await.expect("put");
+    assert_eq!(
+        b.get_case(&case.reference).await.expect("get"),
+        Some(case),
+        "a case stored on one instance was not found on the other"
+    );
+
     let key = unique("instances");
     a.increment_counters(&[Counter::new(&key, hour, 1)], t)
         .await
@@ -187,6 +202,27 @@ async fn writes_through_one_instance_are_read_through_the_other<S: CodeStore>(a:
         counted[0].count, 2,
         "a count made on one instance was not seen on the other"
     );
+
+    // Creates for one account, raced in turn on both: one open flow.
+    let alice = account();
+    let ids = race(20, |i| {
+        let store = if (i / 4).is_multiple_of(2) {
+            a.clone()
+        } else {
+            b.clone()
+        };
+        let flow = flow_at(t, of(&alice));
+        async move {
+            store.create_flow(&flow).await.expect("create");
+            flow.id
+        }
+    })
+    .await;
+    let mut open = 0;
+    for id in &ids {
+        open += usize::from(get(&**a, id).await.state.is_open());
+    }
+    assert_eq!(open, 1, "two instances left {open} flows of one account open");
 }
 
 /// A flow and its counts survive the store being dropped and opened again
