@@ -18,7 +18,7 @@ pub use crate::input::InputError;
 
 use crate::answer::FactorChallenge;
 use crate::clock::Timestamp;
-use crate::factor::{FactorKind, FactorSourceError};
+use crate::factor::{FactorKind, FactorSourceError, RecoveryCodeError};
 use crate::limits::LimitScope;
 use crate::machine::Refusal;
 use crate::reference::SupportReference;
@@ -154,7 +154,7 @@ pub enum Error {
     /// The SMS could not be sent; the code it carried is not valid.
     #[error("sms failure: {0}")]
     Send(#[from] SendError),
-    /// The OS random number generator failed.
+    /// The random number generator failed.
     #[error(transparent)]
     Random(#[from] RandomError),
     /// The flow was made under a key the key ring no longer holds (it was
@@ -164,6 +164,16 @@ pub enum Error {
     /// Too many concurrent changes to one flow; retry.
     #[error("the recovery is busy; try again")]
     Busy,
+}
+
+impl From<RecoveryCodeError> for Error {
+    fn from(e: RecoveryCodeError) -> Self {
+        match e {
+            RecoveryCodeError::Input(e) => Error::Input(e),
+            RecoveryCodeError::Random(e) => Error::Random(e),
+            RecoveryCodeError::UnknownKey(id) => Error::UnknownKey(id),
+        }
+    }
 }
 
 impl Error {

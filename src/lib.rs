@@ -27,7 +27,7 @@
 //! See [`Recovery`] for the whole flow in a few lines.
 //!
 //! # Cargo features
-//! - `conformance`: the `store::conformance` suite for testing a store, and
+//! - `conformance`: the `conformance` suite for testing a store, and
 //!   the fault-injecting wrappers of `testing`.
 //!
 //! # Adapters (workspace crates of their own)
@@ -43,6 +43,9 @@ mod answer;
 mod case;
 mod clock;
 mod code;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 mod counter;
 mod detect;
 mod error;
@@ -67,6 +70,7 @@ pub mod support;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod testing;
+mod wire;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use code::KeyRing;

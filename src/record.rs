@@ -10,6 +10,8 @@ pub use crate::code::Mac;
 use crate::factor::{FactorKind, FactorSet};
 use crate::id::{AccountId, FlowId};
 use crate::phone::PhoneNumber;
+pub use crate::wire::DecodeError;
+pub(crate) use crate::wire::Reader;
 
 /// The stored state of a flow. Expiry is not stored: it is derived from the
 /// timestamps by [`FlowRecord::state_at`], so no write is needed when time
@@ -380,12 +382,6 @@ impl fmt::Debug for FlowRecord {
     }
 }
 
-/// A stored record that cannot be decoded: corrupt, truncated, or written
-/// by something else. Says what is wrong, never what the record held.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("undecodable flow record: {0}")]
-pub struct DecodeError(pub &'static str);
-
 /// The first form, without the factor step; still read.
 const MAGIC_V1: &[u8; 3] = b"OR\x01";
 const MAGIC: &[u8; 3] = b"OR\x02";
@@ -501,7 +497,7 @@ impl FlowRecord {
         };
         let token_expires_at = r.timestamp()?;
         let purge_after = r.timestamp()?;
-        let factor = if format == 1 { None } else { r.factor()? };
+        let factor = if format == 1 { None } else { read_factor(&mut r)? };
         if state == FlowState::FactorPending && factor.is_none() {
             return Err(DecodeError("a flow awaiting a factor has no factor step"));
         }
@@ -543,63 +539,32 @@ fn put_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-/// Reads the binary forms of records and cases, refusing truncation.
-pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
-
-impl<'a> Reader<'a> {
-    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError("truncated"));
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
+/// A record's factor step, if it has one.
+fn read_factor(r: &mut Reader<'_>) -> Result<Option<FactorProgress>, DecodeError> {
+    match r.byte()? {
+        0 => return Ok(None),
+        1 => {}
+        _ => return Err(DecodeError("invalid factor flag")),
     }
-    pub(crate) fn byte(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
+    let offered = FactorSet::from_bits(r.byte()?).ok_or(DecodeError("unknown factor kind"))?;
+    let mut failed = [0u32; 3];
+    for n in &mut failed {
+        *n = u32::from_be_bytes(r.array()?);
     }
-    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-    pub(crate) fn timestamp(&mut self) -> Result<Timestamp, DecodeError> {
-        Ok(Timestamp::from_unix_millis(u64::from_be_bytes(self.array()?)))
-    }
-    fn factor(&mut self) -> Result<Option<FactorProgress>, DecodeError> {
-        match self.byte()? {
-            0 => return Ok(None),
-            1 => {}
-            _ => return Err(DecodeError("invalid factor flag")),
-        }
-        let offered = FactorSet::from_bits(self.byte()?).ok_or(DecodeError("unknown factor kind"))?;
-        let mut failed = [0u32; 3];
-        for n in &mut failed {
-            *n = u32::from_be_bytes(self.array()?);
-        }
-        let channel_mac = match self.byte()? {
-            0 => None,
-            1 => Some(Mac::from_bytes(self.array()?)),
-            _ => return Err(DecodeError("invalid channel code flag")),
-        };
-        Ok(Some(FactorProgress {
-            offered,
-            failed,
-            expires_at: self.timestamp()?,
-            channel_expires_at: self.timestamp()?,
-            channel_last_sent_at: self.timestamp()?,
-            channel_sends: u32::from_be_bytes(self.array()?),
-            channel_mac,
-        }))
-    }
-    pub(crate) fn string(&mut self) -> Result<Option<&'a str>, DecodeError> {
-        match self.byte()? {
-            0xff => Ok(None),
-            len => std::str::from_utf8(self.take(usize::from(len))?)
-                .map(Some)
-                .map_err(|_| DecodeError("invalid utf-8")),
-        }
-    }
+    let channel_mac = match r.byte()? {
+        0 => None,
+        1 => Some(Mac::from_bytes(r.array()?)),
+        _ => return Err(DecodeError("invalid channel code flag")),
+    };
+    Ok(Some(FactorProgress {
+        offered,
+        failed,
+        expires_at: r.timestamp()?,
+        channel_expires_at: r.timestamp()?,
+        channel_last_sent_at: r.timestamp()?,
+        channel_sends: u32::from_be_bytes(r.array()?),
+        channel_mac,
+    }))
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use otp_recovery::conformance;
 use otp_recovery::record::{FlowRecord, FlowState};
-use otp_recovery::store::conformance;
 use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{FlowId, Timestamp};

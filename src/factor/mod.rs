@@ -67,7 +67,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use channel::{ChannelAddress, ChannelMessage, ChannelSender, RecordingChannel};
-pub use recovery_codes::{MAX_RECOVERY_CODES, RecoveryCode, RecoveryCodeSet, RecoveryCodes};
+pub use recovery_codes::{
+    MAX_RECOVERY_CODES, RecoveryCode, RecoveryCodeError, RecoveryCodeSet, RecoveryCodes,
+};
 pub use totp::{MAX_TOTP_SKEW, MIN_TOTP_SECRET_LEN, Totp, TotpAlgorithm, TotpSecret, hotp};
 
 use crate::id::AccountId;

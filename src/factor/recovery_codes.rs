@@ -36,13 +36,12 @@ use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::code::{KeyRing, Mac};
-use crate::error::Error;
 use crate::hex::CROCKFORD as ALPHABET;
 use crate::id::AccountId;
 use crate::input::InputError;
-use crate::record::{DecodeError, Reader};
-use crate::rng::fill_random;
+use crate::rng::{RandomError, fill_random};
 use crate::secret::REDACTED;
+use crate::wire::{DecodeError, Reader};
 
 /// Bytes of randomness in one code: 80 bits, 16 Crockford characters.
 const CODE_BYTES: usize = 10;
@@ -100,13 +99,34 @@ pub struct RecoveryCodes {
     set: RecoveryCodeSet,
 }
 
+/// Why recovery codes could not be issued or checked. Converts into
+/// [`Error`](crate::Error) (`Input`, `Random`, `UnknownKey`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryCodeError {
+    /// A count outside 1 to 20, or input that cannot be a code.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The random number generator failed.
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    /// The key ring holds no key with this id.
+    #[error("no server key with id {0} in the key ring")]
+    UnknownKey(u32),
+}
+
 impl RecoveryCodes {
     /// Draws `count` codes (1 to 20; 10 is usual) for `account` from the
     /// OS CSPRNG, under the key ring's current key.
     ///
     /// # Errors
-    /// [`Error::Input`] for a count outside 1 to 20; [`Error::Random`].
-    pub fn issue(keys: &KeyRing, account: &AccountId, count: usize) -> Result<RecoveryCodes, Error> {
+    /// [`RecoveryCodeError::Input`] for a count outside 1 to 20;
+    /// [`RecoveryCodeError::Random`].
+    pub fn issue(
+        keys: &KeyRing,
+        account: &AccountId,
+        count: usize,
+    ) -> Result<RecoveryCodes, RecoveryCodeError> {
         if !(1..=MAX_RECOVERY_CODES).contains(&count) {
             return Err(InputError::RecoveryCodeCount.into());
         }
@@ -120,7 +140,7 @@ impl RecoveryCodes {
             fill_random(&mut *raw)?;
             let chars = encode(&raw);
             macs.push(Some(
-                mac(keys, key_id, &id, account, &*chars).ok_or(Error::UnknownKey(key_id))?,
+                mac(keys, key_id, &id, account, &*chars).ok_or(RecoveryCodeError::UnknownKey(key_id))?,
             ));
             let mut shown = String::with_capacity(CODE_CHARS + 3);
             for (i, c) in chars.iter().enumerate() {
@@ -166,7 +186,7 @@ impl RecoveryCodeSet {
 
     /// The id of the key the set was made under: keep that key in the
     /// [`KeyRing`] while the set is in use, or issue a fresh set before
-    /// retiring it (its codes answer [`Error::UnknownKey`] after).
+    /// retiring it (its codes answer [`RecoveryCodeError::UnknownKey`] after).
     pub fn key_id(&self) -> u32 {
         self.key_id
     }
@@ -188,13 +208,19 @@ impl RecoveryCodeSet {
     /// constant time, whatever matches.
     ///
     /// # Errors
-    /// [`InputError::MalformedRecoveryCode`] for input that cannot be a
-    /// code (no attempt should be counted for it);
-    /// [`Error::UnknownKey`] if the ring no longer holds the set's key.
-    pub fn find(&self, keys: &KeyRing, account: &AccountId, input: &str) -> Result<Option<usize>, Error> {
+    /// [`RecoveryCodeError::Input`] (`InputError::MalformedRecoveryCode`)
+    /// for input that cannot be a code (no attempt should be counted for
+    /// it); [`RecoveryCodeError::UnknownKey`] if the ring no longer holds
+    /// the set's key.
+    pub fn find(
+        &self,
+        keys: &KeyRing,
+        account: &AccountId,
+        input: &str,
+    ) -> Result<Option<usize>, RecoveryCodeError> {
         let chars = normalize(input)?;
-        let presented =
-            mac(keys, self.key_id, &self.id, account, &*chars).ok_or(Error::UnknownKey(self.key_id))?;
+        let presented = mac(keys, self.key_id, &self.id, account, &*chars)
+            .ok_or(RecoveryCodeError::UnknownKey(self.key_id))?;
         let mut found = None;
         for (i, stored) in self.macs.iter().enumerate() {
             let hit = stored.is_some_and(|m| m.ct_matches(&presented));
@@ -379,7 +405,7 @@ mod tests {
         let rotated = KeyRing::new(2, ServerKey::from_bytes(vec![8; 32]).unwrap());
         assert!(matches!(
             issued.set().find(&rotated, &account, code),
-            Err(Error::UnknownKey(1))
+            Err(RecoveryCodeError::UnknownKey(1))
         ));
     }
 
@@ -397,7 +423,7 @@ mod tests {
             assert!(
                 matches!(
                     set.find(&keys(), &account, bad),
-                    Err(Error::Input(InputError::MalformedRecoveryCode))
+                    Err(RecoveryCodeError::Input(InputError::MalformedRecoveryCode))
                 ),
                 "{bad:?}"
             );

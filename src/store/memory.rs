@@ -860,6 +860,6 @@ mod tests {
     #[test]
     fn the_conformance_suite_passes_with_every_subject_colliding() {
         let store = std::sync::Arc::new(colliding());
-        crate::store::conformance::block_on(crate::store::conformance::run(store.clone(), store));
+        crate::conformance::block_on(crate::conformance::run(store.clone(), store));
     }
 }

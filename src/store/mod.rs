@@ -154,17 +154,13 @@
 //! // The conformance suite passes against it:
 //! # #[cfg(feature = "conformance")]
 //! # let store = std::sync::Arc::new(MapStore::default());
-//! # otp_recovery::store::conformance::block_on(otp_recovery::store::conformance::run(store.clone(), store));
+//! # otp_recovery::conformance::block_on(otp_recovery::conformance::run(store.clone(), store));
 //! ```
 //!
 //! With the `conformance` feature, one call checks a store against every
-//! rule, races included; see the `conformance` module.
+//! rule, races included; see [`crate::conformance`] (feature `conformance`).
 
 mod memory;
-
-#[cfg(feature = "conformance")]
-#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
-pub mod conformance;
 
 use std::sync::Arc;
 

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
+use otp_recovery::conformance::{self, server_url};
 use otp_recovery::limits::Limits;
 use otp_recovery::sms::RecordingSender;
-use otp_recovery::store::conformance::{self, server_url};
 use otp_recovery::store::{CodeStore, Counter, MemoryStore, StoreError};
 use otp_recovery::support::SupportReference;
 use otp_recovery::{

@@ -6,7 +6,7 @@
 
 #![cfg(feature = "postgres")]
 
-use otp_recovery::store::conformance::{self, server_url};
+use otp_recovery::conformance::{self, server_url};
 use otp_recovery::store::{CodeStore, StoreError};
 use otp_recovery::{Error, FlowId, KeyRing, Recovery, RequestContext, ServerKey};
 use otp_recovery_sqlx::postgres::PostgresStore;

@@ -42,7 +42,6 @@ pub use instances::*;
 pub use limits::*;
 pub use races::*;
 
-use super::CodeStore;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::Mac;
 use crate::id::{AccountId, FlowId};
@@ -50,6 +49,7 @@ use crate::machine::{self, Opening};
 use crate::phone::PhoneNumber;
 use crate::policy::Policy;
 use crate::record::{DecoyId, FlowRecord, Subject};
+use crate::store::CodeStore;
 
 /// Generates one `#[test]` per conformance check, each running on a
 /// multi-threaded runtime.
@@ -105,9 +105,9 @@ macro_rules! code_store_conformance {
         );
         #[test]
         fn two_instances_hold_every_limit() {
-            $crate::store::conformance::block_on(async {
+            $crate::conformance::block_on(async {
                 if let Some((a, b)) = $pair.await {
-                    $crate::store::conformance::two_instances_hold_every_limit(
+                    $crate::conformance::two_instances_hold_every_limit(
                         ::std::sync::Arc::new(a),
                         ::std::sync::Arc::new(b),
                     )
@@ -120,9 +120,9 @@ macro_rules! code_store_conformance {
         $(
             #[test]
             fn $check() {
-                $crate::store::conformance::block_on(async {
+                $crate::conformance::block_on(async {
                     if let Some(store) = $make.await {
-                        $crate::store::conformance::$check(::std::sync::Arc::new(store)).await;
+                        $crate::conformance::$check(::std::sync::Arc::new(store)).await;
                     }
                 });
             }
