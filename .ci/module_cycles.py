@@ -86,10 +86,12 @@ def walk_use(mod, prefix, t, out):
         return
     path_, _, alias = t.partition(" as ")
     segs = prefix + path_.strip().split("::")
-    if segs[-1] in ("*", "self"):
-        return
     if segs[0] not in ("crate", "super", "self"):
         segs = ["self"] + segs
+    if segs[-1] in ("*", "self"):
+        # A glob, or `{self}`: an import of the module itself.
+        out[f"{segs[-1]}#{len(out)}"] = absolute(mod, segs[:-1])
+        return
     out[(alias or segs[-1]).strip()] = absolute(mod, segs)
 
 USE = re.compile(r"pub(?:\([a-z]+\))?\s+use\s+([^;]+);", re.S)
@@ -123,20 +125,22 @@ def related(a, b):
     return a[:n] == b[:n]
 
 PATH = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
-GROUP = re.compile(r"\b(crate|super|self)((?:::[a-z_][a-z0-9_]*)*)::\{([^;]*?)\}\s*;")
+ANY_USE = re.compile(r"\buse\s+([^;]+);", re.S)
 
 edges = {m: set() for m in files}
 for mod, path in files.items():
     text = strip(open(path).read())
     found = []
-    for kind, head, block in GROUP.findall(text):
-        prefix = [kind] + [p for p in head.split("::") if p]
-        for name in re.findall(r"(?:^|[{,\s])([A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)", block):
-            found.append(prefix + name.split("::"))
-    for kind, rest in PATH.findall(text):
-        found.append([kind] + [p for p in rest.split("::") if p])
-    for segs in found:
-        t = define(absolute(mod, segs))
+    # `use` trees, nested groups and aliases included, parsed as trees.
+    for tree in ANY_USE.findall(text):
+        bound = {}
+        walk_use(mod, [], re.sub(r"\s+", " ", tree).strip(), bound)
+        found.extend(bound.values())
+    # Inline paths (`crate::a::b(..)`, `super::x`), outside `use` lines too.
+    for kind, rest in PATH.findall(ANY_USE.sub("", text)):
+        found.append(absolute(mod, [kind] + [p for p in rest.split("::") if p]))
+    for parts in found:
+        t = define(parts)
         if t and not related(t, mod):
             edges[mod].add(t)
 
