@@ -3,12 +3,14 @@
 
 Reads every `crate::`, `super::` and `self::` path in src/ (use lines and
 inline paths, not comments or doc text), maps it to the file that defines
-the item (following `pub use` re-exports, so `crate::store::Counter` is an
-import of counter.rs), and prints the strongly connected components of
-more than one module. Exits 1 if any. A top-level module and its
+the item and to every module the path goes through (following `pub use`
+re-exports, so `crate::store::Counter` imports both store and counter.rs),
+and prints the strongly connected components of more than one module.
+Exits 1 if any. A top-level module and its
 submodules are one unit: edges inside it are not counted, and edges from
-any of its files count as the unit's. Test modules
-(`#[cfg(test)] mod tests`) are skipped: they may use anything.
+any of its files count as the unit's. Comments, string
+literals and test modules (`#[cfg(test)] mod ...`, by their braces) are
+skipped: tests may use anything.
 """
 import os, re, sys
 
@@ -30,22 +32,57 @@ for d, _, fs in os.walk(ROOT):
 
 def resolve(parts):
     """The longest module prefix of `parts` that is a file."""
-    for n in range(len(parts), 0, -1):
+    for n in range(len(parts), -1, -1):
         if tuple(parts[:n]) in files:
             return tuple(parts[:n])
     return ()
 
 def strip(text):
-    out = []
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("//"):
+    # Comments and string/char literal contents out, by a small lexer.
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i); i = n if j < 0 else j; continue
+        if text.startswith("/*", i):
+            depth = 0
+            while i < n:
+                if text.startswith("/*", i): depth += 1; i += 2
+                elif text.startswith("*/", i): depth -= 1; i += 2
+                    
+                else: i += 1
+                if depth == 0: break
             continue
-        out.append(line.split("//")[0])
-    text = "\n".join(out)
-    # drop test modules
-    m = re.search(r"#\[cfg\(test\)\]\s*mod tests", text)
-    return text[: m.start()] if m else text
+        m = re.match(r'b?r(#*)"', text[i:])
+        if m and (i == 0 or not (text[i-1].isalnum() or text[i-1] == "_")):
+            end = '"' + m.group(1)
+            j = text.find(end, i + m.end()); i = n if j < 0 else j + len(end)
+            out.append('""'); continue
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            i = j + 1; out.append('""'); continue
+        if c == "'":
+            m = re.match(r"'(\\.[^']*|[^\\'])'", text[i:])
+            if m: i += m.end(); out.append("' '"); continue
+        out.append(c); i += 1
+    text = "".join(out)
+    # drop test modules (by braces)
+    while True:
+        m = re.search(r"#\[cfg\(test\)\]\s*mod \w+\s*([;{])", text)
+        if not m: break
+        if m.group(1) == ";":
+            text = text[:m.start()] + text[m.end():]; continue
+        depth, j = 0, m.end() - 1
+        while j < len(text):
+            if text[j] == "{": depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0: break
+            j += 1
+        text = text[:m.start()] + text[j+1:]
+    return text
 
 def absolute(mod, path_):
     """`path_` (segments after crate::, super:: or self::) as a path from
@@ -109,7 +146,7 @@ REEXPORTS = {m: reexports(m) for m in files}
 def define(parts, depth=0):
     """The file that defines the item at absolute path `parts`."""
     t = resolve(parts)
-    if not t or depth > 8:
+    if depth > 8:
         return t
     rest = parts[len(t):]
     if rest and rest[0] in REEXPORTS.get(t, {}):
@@ -118,6 +155,16 @@ def define(parts, depth=0):
         if found:
             return found
     return t
+
+def chain(parts, depth=0):
+    """Every module a path goes through: the one it names and, through
+    re-exports, the one that defines the item (the crate root left out)."""
+    t = resolve(parts)
+    out = [t] if t else []
+    rest = parts[len(t):]
+    if depth <= 8 and rest and rest[0] in REEXPORTS.get(t, {}):
+        out += chain(REEXPORTS[t][rest[0]] + list(rest[1:]), depth + 1)
+    return out
 
 def related(a, b):
     """One is the other's ancestor (or the same module)."""
@@ -140,9 +187,9 @@ for mod, path in files.items():
     for kind, rest in PATH.findall(ANY_USE.sub("", text)):
         found.append(absolute(mod, [kind] + [p for p in rest.split("::") if p]))
     for parts in found:
-        t = define(parts)
-        if t and not related(t, mod):
-            edges[mod].add(t)
+        for t in chain(parts):
+            if t and not related(t, mod):
+                edges[mod].add(t)
 
 # A module and its submodules are one unit: a circle through a parent or a
 # child (a.rs -> b.rs -> a/inner.rs) is a circle between units.
