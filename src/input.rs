@@ -8,6 +8,11 @@ pub enum InputError {
     /// to be checked).
     #[error("a code is 6 to 10 digits")]
     MalformedCode,
+    /// An identifier is at most
+    /// [`MAX_IDENTIFIER_BYTES`](crate::MAX_IDENTIFIER_BYTES) bytes (an
+    /// email address's longest).
+    #[error("an identifier is at most 320 bytes")]
+    IdentifierTooLong,
     /// A reset token is 96 lowercase hex characters.
     #[error("malformed reset token")]
     MalformedToken,

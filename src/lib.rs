@@ -87,12 +87,15 @@ pub use policy::{
 };
 /// The `rand_core` whose `TryCryptoRng` [`Recovery::with_rng`] takes.
 pub use rand_core;
-pub use recovery::FactorCodeSent;
 pub use recovery::{
     Account, Completed, FactorChallenge, Progress, Recovery, RequestContext, Requested, Verified,
 };
+pub use recovery::{FactorCodeSent, MAX_IDENTIFIER_BYTES};
 pub use rng::RandomError;
-pub use secret::{Code, MAX_CODE_DIGITS, MIN_CODE_DIGITS, MIN_KEY_LEN, ResetToken, SecretString, ServerKey};
+pub use secret::{
+    Code, MAX_CODE_DIGITS, MAX_TYPED_CODE_BYTES, MIN_CODE_DIGITS, MIN_KEY_LEN, ResetToken, SecretString,
+    ServerKey,
+};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -123,6 +123,76 @@ impl Code {
     }
 }
 
+/// Longest input [`Code::parse_typed`] reads, in bytes: ten digits of
+/// four bytes each, with a separator between each two.
+pub const MAX_TYPED_CODE_BYTES: usize = 64;
+
+/// The zero of each script whose decimal digits [`Code::parse_typed`]
+/// reads (each script's digits are the ten code points from its zero).
+const DIGIT_ZEROS: [u32; 18] = [
+    0x0660, // Arabic-Indic
+    0x06F0, // Extended Arabic-Indic (Persian, Urdu)
+    0x0966, // Devanagari
+    0x09E6, // Bengali
+    0x0A66, // Gurmukhi
+    0x0AE6, // Gujarati
+    0x0B66, // Oriya
+    0x0BE6, // Tamil
+    0x0C66, // Telugu
+    0x0CE6, // Kannada
+    0x0D66, // Malayalam
+    0x0E50, // Thai
+    0x0ED0, // Lao
+    0x0F20, // Tibetan
+    0x1040, // Myanmar
+    0x17E0, // Khmer
+    0x1810, // Mongolian
+    0xFF10, // fullwidth
+];
+
+/// The separators [`Code::parse_typed`] drops: spaces (ASCII, no-break,
+/// figure, thin, narrow no-break, ideographic), tab, hyphen and dot.
+const SEPARATORS: [char; 9] = [
+    ' ', '\t', '-', '.', '\u{a0}', '\u{2007}', '\u{2009}', '\u{202f}', '\u{3000}',
+];
+
+impl Code {
+    /// Parses a code as people type it: the digits of any of the common
+    /// scripts (ASCII, Arabic-Indic, Persian, Devanagari and the other
+    /// Indic scripts, Thai, Lao, Tibetan, Myanmar, Khmer, Mongolian,
+    /// fullwidth), with spaces, hyphens or dots anywhere between them,
+    /// read as the ASCII digits they are; then as [`Code::parse`]. Input
+    /// longer than [`MAX_TYPED_CODE_BYTES`] is refused unread.
+    ///
+    /// # Errors
+    /// [`InputError::MalformedCode`] for anything else (no attempt should
+    /// be counted for it).
+    pub fn parse_typed(input: &str) -> Result<Self, InputError> {
+        if input.len() > MAX_TYPED_CODE_BYTES {
+            return Err(InputError::MalformedCode);
+        }
+        let mut digits = Zeroizing::new([0u8; MAX_CODE_DIGITS as usize]);
+        let mut len = 0;
+        for c in input.chars() {
+            if SEPARATORS.contains(&c) {
+                continue;
+            }
+            let value = match c {
+                '0'..='9' => u32::from(c) - u32::from('0'),
+                _ => DIGIT_ZEROS
+                    .iter()
+                    .find_map(|&zero| u32::from(c).checked_sub(zero).filter(|d| *d < 10))
+                    .ok_or(InputError::MalformedCode)?,
+            };
+            let slot = digits.get_mut(len).ok_or(InputError::MalformedCode)?;
+            *slot = b'0' + value as u8;
+            len += 1;
+        }
+        let typed = std::str::from_utf8(&digits[..len]).map_err(|_| InputError::MalformedCode)?;
+        Code::parse(typed)
+    }
+}
+
 impl FromStr for Code {
     type Err = InputError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -347,6 +417,51 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn typed_codes_are_read_in_every_script_with_separators() {
+        for typed in [
+            "123456",
+            "123 456",
+            "123-456",
+            " 12.34.56 ",
+            "123\u{a0}456",
+            "١٢٣٤٥٦",
+            "۱۲۳۴۵۶",
+            "१२३४५६",
+            "１２３４５６",
+            "๑๒๓๔๕๖",
+            "12३4५6",
+        ] {
+            let code = Code::parse_typed(typed).unwrap_or_else(|e| panic!("{typed:?}: {e}"));
+            assert_eq!(code.expose_secret(), "123456", "{typed:?}");
+        }
+        assert_eq!(
+            Code::parse_typed("0123456789").unwrap().expose_secret(),
+            "0123456789"
+        );
+        for bad in [
+            "12345",
+            "12345678901",
+            "12345a",
+            "+123456",
+            "123_456",
+            "",
+            "١٢٣٤٥",
+            "Ⅻ12345",
+        ] {
+            assert_eq!(
+                Code::parse_typed(bad).unwrap_err(),
+                InputError::MalformedCode,
+                "{bad:?}"
+            );
+        }
+        // The byte bound, at its edge: 64 bytes read, 65 refused unread.
+        let at_bound = format!("123456{}", " ".repeat(MAX_TYPED_CODE_BYTES - 6));
+        assert!(Code::parse_typed(&at_bound).is_ok());
+        let over = format!("{at_bound} ");
+        assert_eq!(Code::parse_typed(&over).unwrap_err(), InputError::MalformedCode);
     }
 
     #[test]

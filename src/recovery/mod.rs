@@ -35,6 +35,7 @@ use crate::secret::SecretString;
 use crate::sms::{MessageKind, SmsMessage, SmsSender};
 use crate::store::{CodeStore, Counter, CounterValue, one_per_counter};
 pub(crate) use guards::lock_read_of;
+pub use parity::MAX_IDENTIFIER_BYTES;
 pub use second_factor::FactorCodeSent;
 
 /// How many times one call re-reads a flow after losing a compare-and-swap

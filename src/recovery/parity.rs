@@ -13,6 +13,12 @@ use crate::phone::PhoneNumber;
 use crate::record::DecoyId;
 use crate::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
 
+/// Longest identifier [`Recovery::request`](crate::Recovery::request)
+/// takes, in bytes: the longest email address (RFC 3696: 64 for the local
+/// part, 255 for the domain, and the `@`). Longer ones are refused before
+/// any work proportional to their length.
+pub const MAX_IDENTIFIER_BYTES: usize = 320;
+
 /// The form of an identifier that decoys are derived from: trimmed and
 /// lowercased, so that `Alice@X.com ` and `alice@x.com` are one identifier
 /// (as most hosts' look-ups treat them). Pass identifiers as your look-up

@@ -320,7 +320,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             FactorKind::Totp => (6..=8).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit()),
             FactorKind::RecoveryCode => RecoveryCodeSet::is_well_formed(code),
             FactorKind::Channel => {
-                Code::parse(code).is_ok_and(|c| c.len() == usize::from(self.policy.code_digits()))
+                Code::parse_typed(code).is_ok_and(|c| c.len() == usize::from(self.policy.code_digits()))
             }
         };
         if ok {
@@ -389,7 +389,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     return Err(unavailable);
                 }
                 let stored = flow.factor.as_ref().and_then(|f| f.channel_mac);
-                let code = Code::parse(code)?;
+                let code = Code::parse_typed(code)?;
                 let presented = self
                     .keys
                     .channel_code_mac(flow.key_id, &flow.id, &code)

@@ -9,6 +9,7 @@ use crate::code::Mac;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventSink};
 use crate::id::FlowId;
+use crate::input::InputError;
 use crate::limits::Plan;
 use crate::machine::{self, Opening};
 use crate::phone::{MaskedPhone, PhoneNumber};
@@ -47,6 +48,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// tells a known account from an unknown one.
     ///
     /// # Errors
+    /// [`Error::Input`] for an identifier over
+    /// [`MAX_IDENTIFIER_BYTES`](crate::MAX_IDENTIFIER_BYTES), refused before
+    /// anything is derived, counted or stored, alike for every account;
     /// [`Error::Locked`] (with its end and support reference) when the
     /// account has reached its failure limit; [`Error::RateLimited`] past a
     /// send limit; [`Error::Blocked`] while the client IP or destination is
@@ -59,6 +63,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         account: Option<Account>,
         ctx: &RequestContext,
     ) -> Result<Requested> {
+        if identifier.len() > parity::MAX_IDENTIFIER_BYTES {
+            return Err(InputError::IdentifierTooLong.into());
+        }
         let now = self.clock.now();
         let (id, code) = crate::secret::new_flow_and_code(self.policy.code_digits(), &self.rng)?;
         let key_id = self.keys.current_id();

@@ -36,9 +36,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         }
     }
 
-    /// Checks the SMS code the user typed. One attempt is consumed and
-    /// stored before the verdict is returned; the comparison is constant
-    /// time. The right code issues the reset token, or, when the policy
+    /// Checks the SMS code the user typed, read by [`Code::parse_typed`]
+    /// (spaces and hyphens dropped, the digits of other scripts read as
+    /// ASCII). One attempt is consumed and stored before the verdict is
+    /// returned; the comparison is constant time. The right code issues the reset token, or, when the policy
     /// requires a second factor and the account has one, moves the flow on
     /// to [`Recovery::verify_factor`].
     ///
@@ -48,8 +49,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// this wrong code brought the account to its failure limit, or when
     /// the flow was locked already; [`Error::RateLimited`] when the client
     /// IP has had too many codes checked, [`Error::Blocked`] while it is
-    /// blocked; [`Error::Input`] for a code that is not exactly the
-    /// policy's number of digits (no attempt is consumed);
+    /// blocked; [`Error::Input`] for input that is not, so read, exactly
+    /// the policy's number of digits (no attempt is consumed);
     /// [`Error::NoSecondFactor`] for the right code on an account without
     /// the second factor the policy requires (the flow is cancelled);
     /// [`Error::Expired`], [`Error::AlreadyUsed`], [`Error::Superseded`],
@@ -57,7 +58,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// [`Error::Factors`], [`Error::Random`], [`Error::Busy`],
     /// [`Error::UnknownKey`].
     pub async fn verify_code(&self, flow_id: &FlowId, code: &str, ctx: &RequestContext) -> Result<Progress> {
-        let code = Code::parse(code)?;
+        let code = Code::parse_typed(code)?;
         if code.len() != usize::from(self.policy.code_digits()) {
             return Err(InputError::MalformedCode.into());
         }
