@@ -197,7 +197,15 @@ pub struct CaseView {
     pub failures: u64,
     /// When the failure window ends, if one is open.
     pub failures_reset_at: Option<Timestamp>,
-    /// Until when recovery by SMS is locked, if it is.
+    /// Wrong codes in a row, over every window: only a completed reset or
+    /// an unlock clears them.
+    pub failures_in_a_row: u64,
+    /// Whether they reached
+    /// [`Policy::max_consecutive_failures`](crate::Policy::max_consecutive_failures):
+    /// recovery by SMS is locked until support unlocks it.
+    pub hard_locked: bool,
+    /// Until when recovery by SMS is locked, if it is (for a lock of the
+    /// failure window; see `hard_locked` for the other).
     pub locked_until: Option<Timestamp>,
     /// The reference of the current lock, if locked.
     pub reference: Option<SupportReference>,

@@ -52,8 +52,12 @@ pub enum Error {
     })]
     #[non_exhaustive]
     Locked {
-        /// When recovery may be tried again; `None` when only a new
-        /// recovery request can continue (the flow alone is locked).
+        /// When recovery may be tried again. `None` without a reference:
+        /// only a new recovery request can continue (the flow alone is
+        /// locked); `None` with a reference: the account's wrong codes in a
+        /// row reached
+        /// [`Policy::max_consecutive_failures`](crate::Policy::max_consecutive_failures),
+        /// and only support can unlock it.
         until: Option<Timestamp>,
         /// The account lock's reference, to quote to support.
         reference: Option<SupportReference>,

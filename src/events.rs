@@ -108,6 +108,15 @@ pub enum EventKind {
         /// The reference support can look the case up by.
         reference: SupportReference,
     },
+    /// An account's wrong codes in a row reached
+    /// [`Policy::max_consecutive_failures`](crate::Policy::max_consecutive_failures):
+    /// recovery by SMS is locked until support unlocks it.
+    AccountHardLocked {
+        /// Its wrong codes in a row.
+        failures: u64,
+        /// The reference support can look the case up by.
+        reference: SupportReference,
+    },
     /// A request or resend was refused because the account (or unknown
     /// identifier) is locked.
     LockedOut {
@@ -335,6 +344,7 @@ impl EventSink for TracingSink {
         match event.kind {
             EventKind::Suspicious { .. }
             | EventKind::AccountLocked { .. }
+            | EventKind::AccountHardLocked { .. }
             | EventKind::LockedOut { .. }
             | EventKind::AutoBlocked { .. }
             | EventKind::BlockedRequest { .. }

@@ -31,6 +31,8 @@ pub const NIST_MAX_ACCOUNT_FAILURES: u32 = 100;
 /// of NIST's 100, because a window that starts again right after filling
 /// can admit twice its limit in a short burst.
 pub const MAX_ACCOUNT_FAILURES_CAP: u32 = NIST_MAX_ACCOUNT_FAILURES / 2;
+/// Most wrong codes in a row the crate accepts: under NIST's 100.
+const MAX_CONSECUTIVE_FAILURES_CAP: u32 = NIST_MAX_ACCOUNT_FAILURES - 1;
 /// Longest reset-token lifetime the crate accepts.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(60 * 60);
 
@@ -49,6 +51,7 @@ pub struct Policy {
     max_account_failures: u32,
     account_failure_window: Duration,
     account_lockout: Duration,
+    max_consecutive_failures: u32,
     reveal_send_failures: bool,
     second_factor: SecondFactor,
     accepted_factors: FactorSet,
@@ -69,6 +72,7 @@ impl Default for Policy {
             max_account_failures: 20,
             account_failure_window: Duration::from_secs(24 * 60 * 60),
             account_lockout: Duration::from_secs(60 * 60),
+            max_consecutive_failures: 50,
             reveal_send_failures: false,
             second_factor: SecondFactor::Off,
             accepted_factors: FactorSet::ALL,
@@ -147,6 +151,18 @@ impl Policy {
     /// in the next, the lock lasts this long.)
     pub fn account_lockout(&self) -> Duration {
         self.account_lockout
+    }
+
+    /// Wrong codes in a row, over every flow and window, after which
+    /// recovery by SMS is locked for the account until support unlocks it
+    /// (default 50, at most 99: NIST SP 800-63B rev. 4, 3.2.2, caps
+    /// consecutive failures at 100). Unlike the windowed
+    /// [`Policy::max_account_failures`], time does not clear this count:
+    /// only a completed reset or a support unlock does, so guessing stays
+    /// capped over the account's whole life (a 6-digit code: 50 guesses
+    /// in all, a 1 in 20,000 chance).
+    pub fn max_consecutive_failures(&self) -> u32 {
+        self.max_consecutive_failures
     }
 
     /// Whether `request` and `resend` report a failed SMS as
@@ -242,6 +258,14 @@ impl PolicyBuilder {
         self
     }
 
+    /// Wrong codes in a row before only support can unlock the account,
+    /// from the account failures per window to 99 (see
+    /// [`Policy::max_consecutive_failures`]).
+    pub fn consecutive_failures(mut self, max: u32) -> Self {
+        self.0.max_consecutive_failures = max;
+        self
+    }
+
     /// Report failed sends to the caller (see
     /// [`Policy::reveal_send_failures`]).
     pub fn reveal_send_failures(mut self, reveal: bool) -> Self {
@@ -301,6 +325,9 @@ impl PolicyBuilder {
         if !(Duration::from_secs(60)..=168 * hour).contains(&p.account_lockout) {
             return Err(PolicyError::AccountLockout(p.account_lockout));
         }
+        if !(p.max_account_failures..=MAX_CONSECUTIVE_FAILURES_CAP).contains(&p.max_consecutive_failures) {
+            return Err(PolicyError::ConsecutiveFailures(p.max_consecutive_failures));
+        }
         if !(1..=MAX_ATTEMPTS_CAP).contains(&p.factor_attempts) {
             return Err(PolicyError::FactorAttempts(p.factor_attempts));
         }
@@ -341,6 +368,10 @@ pub enum PolicyError {
     /// The shortest account lock must be 1 minute to 7 days.
     #[error("account lockout {0:?} is outside 1 minute to 7 days")]
     AccountLockout(Duration),
+    /// Consecutive failures must be at least the account failures per
+    /// window and under NIST SP 800-63B's 100.
+    #[error("consecutive failures must be from the account failures per window to 99, not {0}")]
+    ConsecutiveFailures(u32),
     /// The account failure window must be 1 hour to 7 days.
     #[error("account failure window {0:?} is outside 1 hour to 7 days")]
     AccountFailureWindow(Duration),
@@ -393,6 +424,16 @@ mod tests {
                 .build()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn consecutive_failures_run_from_the_window_limit_to_99() {
+        let built = |n| Policy::builder().consecutive_failures(n).build();
+        assert_eq!(Policy::default().max_consecutive_failures(), 50);
+        assert!(built(20).is_ok(), "the account failures per window");
+        assert_eq!(built(19), Err(PolicyError::ConsecutiveFailures(19)));
+        assert!(built(99).is_ok());
+        assert_eq!(built(100), Err(PolicyError::ConsecutiveFailures(100)));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::limits::BlockTarget;
 use crate::machine;
 use crate::record::Subject;
 use crate::recovery::Recovery;
-use crate::recovery::lock_read_of;
+use crate::recovery::{lock_read_of, streak_counter_of};
 use crate::sms::SmsSender;
 use crate::store::{CodeStore, Counter, CounterValue};
 
@@ -57,6 +57,8 @@ struct LockState {
     failures: Counter,
     failures_value: CounterValue,
     lock: Counter,
+    streak: Counter,
+    streak_value: CounterValue,
 }
 
 /// How many recent flows a look-up shows.
@@ -111,7 +113,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
         self.view(&subject).await
     }
 
-    /// Clears the subject's failure count, ending its lock: the user may
+    /// Clears the subject's failure count and its wrong codes in a row,
+    /// ending its lock (the one only support lifts too): the user may
     /// request a new code at once. Flows locked by their own wrong codes
     /// stay locked; a new request opens a fresh one.
     ///
@@ -133,7 +136,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
             state.as_ref().ok().and_then(|s| s.reference),
         );
         let state = state?;
-        let keys = [state.failures.key.clone(), state.lock.key.clone()];
+        let keys = [
+            state.failures.key.clone(),
+            state.lock.key.clone(),
+            state.streak.key.clone(),
+        ];
         r.store.delete_counters(&keys).await?;
         if let Some(reference) = state.reference
             && let Some(mut case) = r.store.get_case(&reference).await?
@@ -197,6 +204,8 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
             subject: subject.clone(),
             failures: state.failures_value.count,
             failures_reset_at: state.failures_value.resets_at,
+            failures_in_a_row: state.streak_value.count,
+            hard_locked: machine::hard_locked(state.streak_value.count, &r.policy),
             locked_until: state.until,
             reference: state.reference,
             flows: flows.iter().map(|f| FlowSummary::of(f, now)).collect(),
@@ -209,15 +218,25 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
         let who = r.subject_pseudonym(subject);
         let failures = r.failure_counter_of(&who, 0);
         let lock = lock_read_of(&who);
-        let values = r.count(&[failures.clone(), lock.clone()], now).await?;
-        let (fv, lv) = (values[0], values[1]);
+        let streak = streak_counter_of(&who, 0);
+        let values = r
+            .count(&[failures.clone(), lock.clone(), streak.clone()], now)
+            .await?;
+        let (fv, lv, sv) = (values[0], values[1], values[2]);
         let until = r.lock_end(fv, lv);
+        // A hard lock's reference is its streak's, which the user was given.
+        let reference = match machine::hard_locked(sv.count, &r.policy) {
+            true => Some(r.hard_lock_reference(subject, sv)),
+            false => until.map(|until| r.keys.support_reference(&subject.key(), until)),
+        };
         Ok(LockState {
-            reference: until.map(|until| r.keys.support_reference(&subject.key(), until)),
+            reference,
             until,
             failures,
             failures_value: fv,
             lock,
+            streak,
+            streak_value: sv,
         })
     }
 

@@ -62,7 +62,11 @@ async fn request_and_verify_take_two_round_trips_each_with_every_limit_on() {
         .reset(&verified.token.expose_secret(), &ctx)
         .await
         .unwrap();
-    assert_eq!(store.take(), 2, "reset: load, swap");
+    assert_eq!(
+        store.take(),
+        3,
+        "reset: load, counting swap, and the end of the wrong-code streak this flow began"
+    );
 
     let requested = recovery
         .request("a@example.com", Some(account()), &ctx)
@@ -80,4 +84,22 @@ async fn request_and_verify_take_two_round_trips_each_with_every_limit_on() {
         .await
         .unwrap();
     assert_eq!(store.take(), 2, "support's cancel: load, swap");
+
+    // A recovery without a wrong code: the reset's swap reads a streak of
+    // zero and deletes nothing.
+    let requested = recovery
+        .request("a@example.com", Some(account()), &ctx)
+        .await
+        .unwrap();
+    let code = sender.last_code().unwrap();
+    let verified = recovery
+        .verify(&requested.flow_id, code.expose_secret(), &ctx)
+        .await
+        .unwrap();
+    store.take();
+    recovery
+        .reset(&verified.token.expose_secret(), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(store.take(), 2, "reset: load, counting swap");
 }

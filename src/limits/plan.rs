@@ -60,9 +60,12 @@ impl Plan {
         self.push(counter, Role::Block(target));
     }
 
-    /// Adds one count for a limit rule, keyed by `value`.
+    /// Adds `by` to the count of a limit rule, keyed by `value`. A read
+    /// (`by` 0) refuses where one more would pass the rule's maximum, so it
+    /// is refused exactly when a count would be.
     pub(crate) fn limit(&mut self, rule: &Rule, value: &str, by: u32) -> usize {
-        self.push(rule.counter(value, by), Role::Limit(rule.scope, rule.max))
+        let max = rule.max.saturating_sub(u32::from(by == 0));
+        self.push(rule.counter(value, by), Role::Limit(rule.scope, max))
     }
 
     /// Adds a lock counter (read, or set) that refuses the call while its

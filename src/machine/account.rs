@@ -42,6 +42,12 @@ pub fn subject_locked(failures: u64, policy: &Policy) -> bool {
     failures >= u64::from(policy.max_account_failures())
 }
 
+/// Whether `streak` wrong codes in a row leave the subject locked until
+/// support unlocks it: at the cap, not past it only.
+pub fn hard_locked(streak: u64, policy: &Policy) -> bool {
+    streak >= u64::from(policy.max_consecutive_failures())
+}
+
 /// When a subject's lock ends, from its failures and its lock counter
 /// (read together): the later of the failure window's end, while the
 /// failures are at the limit, and the lock counter's, while it is open.
@@ -59,6 +65,13 @@ pub(crate) fn lock_end(failures: CounterValue, lock: CounterValue, policy: &Poli
 pub(crate) enum AfterFailure {
     /// Nothing more (the flow itself may have locked).
     Counted,
+    /// The account's wrong codes in a row reached the cap: locked until
+    /// support unlocks it. `first`: this failure reached it (and opens the
+    /// case); otherwise an earlier one did.
+    HardLocked {
+        /// Whether this failure reached the cap.
+        first: bool,
+    },
     /// This failure locked the account, until `until`; it is the account's
     /// `lockouts`-th lock in the week.
     AccountLocked {
@@ -79,16 +92,23 @@ pub(crate) enum AfterFailure {
 }
 
 /// What follows a wrong code whose store call counted `counted`: the
-/// account's failures, then, when the flow expected this failure to lock
-/// the account (`account_locked`), its lockouts and its lock. A lock lasts
-/// until the later of the failure window's end and the minimum lockout.
+/// account's failures and its wrong codes in a row, then, when the flow
+/// expected this failure to lock the account (`account_locked`), its
+/// lockouts and its lock. The cap on wrong codes in a row comes first; a
+/// lock lasts until the later of the failure window's end and the minimum
+/// lockout.
 pub(crate) fn after_failure(
     counted: &[CounterValue],
     account_locked: bool,
     policy: &Policy,
     now: Timestamp,
 ) -> AfterFailure {
-    let failures = counted[0];
+    let (failures, streak) = (counted[0], counted[1]);
+    if hard_locked(streak.count, policy) {
+        return AfterFailure::HardLocked {
+            first: streak.count == u64::from(policy.max_consecutive_failures()),
+        };
+    }
     if !account_locked {
         return match subject_locked(failures.count, policy) {
             true => AfterFailure::CatchUp {
@@ -97,7 +117,7 @@ pub(crate) fn after_failure(
             false => AfterFailure::Counted,
         };
     }
-    let (lockouts, lock) = (counted[1], counted[2]);
+    let (lockouts, lock) = (counted[2], counted[3]);
     let until =
         lock_end(failures, lock, policy).unwrap_or_else(|| now.saturating_add(policy.account_lockout()));
     AfterFailure::AccountLocked {

@@ -45,7 +45,7 @@ mod account;
 mod factor;
 
 pub(crate) use account::{AfterFailure, after_failure, lock_end};
-pub use account::{catch_up, subject_locked};
+pub use account::{catch_up, hard_locked, subject_locked};
 pub use factor::{
     FactorEvaluation, channel_code_sent, channel_send_failed, channel_send_gate, factor_attempts_left,
     factor_gate, next_channel_send_at, usable_factors, verify_factor,
@@ -432,23 +432,49 @@ mod tests {
         let now = Timestamp::from_unix_millis(1_000);
         let end = Timestamp::from_unix_millis(9_000);
         let failures = |count| CounterValue::new(count, Some(end));
+        let streak = |count| CounterValue::new(count, Some(end));
+        let row = u64::from(policy.max_consecutive_failures());
         assert_eq!(
-            after_failure(&[failures(max - 1)], false, &policy, now),
+            after_failure(&[failures(max - 1), streak(1)], false, &policy, now),
             AfterFailure::Counted
         );
         assert_eq!(
-            after_failure(&[failures(max)], false, &policy, now),
+            after_failure(&[failures(max), streak(1)], false, &policy, now),
             AfterFailure::CatchUp { another_first: false },
             "the flow's snapshot was behind: this failure reached the limit"
         );
         assert_eq!(
-            after_failure(&[failures(max + 1)], false, &policy, now),
+            after_failure(&[failures(max + 1), streak(1)], false, &policy, now),
             AfterFailure::CatchUp { another_first: true }
+        );
+        assert_eq!(
+            after_failure(&[failures(1), streak(row - 1)], false, &policy, now),
+            AfterFailure::Counted,
+            "one short of the cap on wrong codes in a row"
+        );
+        assert_eq!(
+            after_failure(&[failures(1), streak(row)], false, &policy, now),
+            AfterFailure::HardLocked { first: true }
+        );
+        assert_eq!(
+            after_failure(
+                &[
+                    failures(max),
+                    streak(row + 1),
+                    CounterValue::new(2, None),
+                    CounterValue::default()
+                ],
+                true,
+                &policy,
+                now
+            ),
+            AfterFailure::HardLocked { first: false },
+            "past the cap, whatever else the failure does"
         );
         let lock = CounterValue::new(1, Some(Timestamp::from_unix_millis(5_000)));
         assert_eq!(
             after_failure(
-                &[failures(max), CounterValue::new(2, None), lock],
+                &[failures(max), streak(2), CounterValue::new(2, None), lock],
                 true,
                 &policy,
                 now
@@ -462,7 +488,7 @@ mod tests {
         let open = CounterValue::default();
         assert_eq!(
             after_failure(
-                &[failures(max - 1), CounterValue::new(1, None), open],
+                &[failures(max - 1), streak(2), CounterValue::new(1, None), open],
                 true,
                 &policy,
                 now

@@ -90,45 +90,45 @@ impl Locale {
     /// The built-in templates. They avoid letters outside the GSM-7
     /// alphabet (such as á, ç, ã) so that each fits one 160-character SMS.
     pub fn built_in_templates(self) -> Option<Templates> {
-        let (code, changed, locked, support) = match self.as_str() {
+        let (code, changed, locked, hard_locked, support) = match self.as_str() {
             "en" => (
                 "{code} is your {app} recovery code. It expires in {minutes} min. Never share it.",
                 "Your {app} password was just reset. If this was not you, contact {support} now.",
                 "Too many wrong codes: {app} recovery is locked until {until}. Ref {reference}. Help: {support}",
+                "Too many wrong codes: {app} recovery is locked. Ref {reference}. To unlock, contact {support}",
                 "our support team",
             ),
             "es" => (
                 "{code} es tu codigo de recuperacion de {app}. Caduca en {minutes} min. No lo compartas.",
                 "Tu clave de {app} se acaba de cambiar. Si no fuiste tu, contacta con {support} ya.",
                 "Demasiados codigos erroneos: {app} bloqueado hasta {until}. Ref {reference}. Ayuda: {support}",
+                "Demasiados codigos erroneos: {app} bloqueado. Ref {reference}. Para desbloquear: {support}",
                 "nuestro soporte",
             ),
             "fr" => (
                 "{code} : votre code de récupération {app}. Valable {minutes} min. Ne le partagez pas.",
                 "Votre mot de passe {app} a été changé. Si ce n'est pas vous, contactez {support}.",
                 "Trop de codes erronés : {app} bloqué jusqu'au {until}. Réf {reference}. Aide : {support}",
+                "Trop de codes erronés : {app} bloqué. Réf {reference}. Pour débloquer : {support}",
                 "notre support",
             ),
             "de" => (
                 "{code} ist Ihr {app} Wiederherstellungscode. Gültig {minutes} Min. Niemals weitergeben.",
                 "Ihr {app} Passwort wurde soeben geändert. Waren Sie das nicht? Kontakt: {support}",
                 "Zu viele falsche Codes: {app} gesperrt bis {until}. Ref {reference}. Hilfe: {support}",
+                "Zu viele falsche Codes: {app} gesperrt. Ref {reference}. Entsperren: {support}",
                 "unser Support",
             ),
             "pt" => (
                 "{code} é o seu codigo de recuperacao {app}. Expira em {minutes} min. Nao o partilhe.",
                 "A sua senha {app} acabou de ser alterada. Se nao foi voce, contacte {support}.",
                 "Demasiados codigos errados: {app} bloqueado ate {until}. Ref {reference}. Ajuda: {support}",
+                "Demasiados codigos errados: {app} bloqueado. Ref {reference}. Para desbloquear: {support}",
                 "o nosso suporte",
             ),
             _ => return None,
         };
-        Some(Templates {
-            code: code.into(),
-            password_changed: changed.into(),
-            locked: locked.into(),
-            support_fallback: support.into(),
-        })
+        Some(Templates::new(code, changed, locked, support).with_hard_locked(hard_locked))
     }
 }
 
@@ -142,6 +142,12 @@ pub struct Templates {
     pub password_changed: String,
     /// The notice after an account lock.
     pub locked: String,
+    /// The notice after a lock that only support lifts (wrong codes in a
+    /// row reached [`Policy::max_consecutive_failures`](crate::Policy::max_consecutive_failures)):
+    /// it has no `{until}`. [`Templates::new`] sets it to `locked`, with
+    /// `{until}` rendered empty; set your own with
+    /// [`Templates::with_hard_locked`].
+    pub hard_locked: String,
     /// What `{support}` says when no contact is configured.
     pub support_fallback: String,
 }
@@ -154,11 +160,20 @@ impl Templates {
         locked: impl Into<String>,
         support_fallback: impl Into<String>,
     ) -> Self {
+        let locked = locked.into();
         Templates {
             code: code.into(),
             password_changed: password_changed.into(),
-            locked: locked.into(),
+            hard_locked: locked.clone(),
+            locked,
             support_fallback: support_fallback.into(),
         }
+    }
+
+    /// Sets the notice after a lock that only support lifts.
+    #[must_use]
+    pub fn with_hard_locked(mut self, text: impl Into<String>) -> Self {
+        self.hard_locked = text.into();
+        self
     }
 }

@@ -58,6 +58,7 @@ enum Kind {
     ChannelCode,
     PasswordChanged,
     Locked,
+    HardLocked,
 }
 
 const PLACEHOLDERS: &[&str] = &["app", "code", "minutes", "link", "support", "until", "reference"];
@@ -197,11 +198,22 @@ impl Messages {
         self.render(Kind::Locked, self.templates_for(locale), &values)
     }
 
+    /// The notice sent when wrong codes in a row lock the account until
+    /// support unlocks it.
+    pub fn hard_locked_message(&self, reference: &SupportReference, locale: Option<Locale>) -> SecretString {
+        let values = Values {
+            reference: Some(reference),
+            ..Values::default()
+        };
+        self.render(Kind::HardLocked, self.templates_for(locale), &values)
+    }
+
     fn render(&self, kind: Kind, templates: &Templates, v: &Values<'_>) -> SecretString {
         let template = match kind {
             Kind::Code | Kind::ChannelCode => &templates.code,
             Kind::PasswordChanged => &templates.password_changed,
             Kind::Locked => &templates.locked,
+            Kind::HardLocked => &templates.hard_locked,
         };
         // Sized up front so the buffer holding the code never reallocates
         // (a reallocation would free a copy of the code without zeroizing
@@ -398,6 +410,7 @@ impl Messages {
             (Kind::Code, &t.code),
             (Kind::PasswordChanged, &t.password_changed),
             (Kind::Locked, &t.locked),
+            (Kind::HardLocked, &t.hard_locked),
         ] {
             let names = placeholders(text).ok_or(MessageError::Template(locale, "unbalanced braces"))?;
             if let Some(bad) = names.iter().find(|n| !PLACEHOLDERS.contains(n)) {

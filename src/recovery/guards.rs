@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::case::SupportCase;
+use crate::case::{SupportCase, SupportReference};
 use crate::clock::{Clock, Timestamp};
 use crate::detect;
 use crate::error::{Error, Result};
@@ -28,19 +28,31 @@ pub(crate) struct Detection {
     /// Country code, number block pseudonym, and the indexes of their send
     /// and verified counts.
     pumping: Option<(u16, String, [usize; 4])>,
+    /// What the country's send count lacks of what this call would have
+    /// added: 1 for a send that spends nothing shared (a decoy's), which is
+    /// judged as if it had.
+    unspent: u64,
 }
 
 impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// Adds to `plan` the blocks to read and the counts of one send: every
     /// send limit, and the detectors. `destination` is the real phone, or
-    /// an unknown identifier's made-up one: both are counted alike.
+    /// an unknown identifier's made-up one, and both are limited alike; but
+    /// only a send that will reach a real phone (`spends`) counts against
+    /// what everyone shares (the country and global budgets, the country's
+    /// pumping count). A decoy reads them and is refused exactly where one
+    /// more send would be, and its number block has a name of its own, so
+    /// no flood of unknown identifiers can spend, block or pump what real
+    /// users need.
     pub(crate) fn plan_send(
         &self,
         plan: &mut Plan,
         subject_key: &str,
         destination: &PhoneNumber,
+        spends: bool,
         ctx: &RequestContext,
     ) -> Detection {
+        let spent = u32::from(spends);
         // Personal values (phones, IPs, accounts) enter counter keys only
         // as pseudonyms.
         let ip = ctx.ip_key();
@@ -48,7 +60,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let cc = destination.country_code();
         let mut cc_text = itoa::Buffer::new();
         let cc_text = cc_text.format(cc);
-        let p_block = self.keys.pseudonym(&limits::number_block(destination));
+        let p_block = self.block_pseudonym(destination, spends);
         if let (Some(ip), Some(p_ip)) = (&ip, &p_ip) {
             let target = BlockTarget::Ip(ip.clone());
             let key = target.key(|_| p_ip.clone());
@@ -58,20 +70,23 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.plan_block(plan, BlockTarget::NumberBlock(p_block.clone()));
         let p_phone = self.keys.pseudonym(destination.as_str());
         for rule in self.limits.send_rules() {
-            let value = match rule.scope {
-                LimitScope::Phone => Some(p_phone.as_str()),
-                LimitScope::Account => Some(subject_key),
-                LimitScope::Ip => p_ip.as_deref(),
-                LimitScope::CountryCode => Some(cc_text),
-                LimitScope::Global => Some("all"),
-                _ => None,
+            let (value, by) = match rule.scope {
+                LimitScope::Phone => (Some(p_phone.as_str()), 1),
+                LimitScope::Account => (Some(subject_key), 1),
+                LimitScope::Ip => (p_ip.as_deref(), 1),
+                LimitScope::CountryCode => (Some(cc_text), spent),
+                LimitScope::Global => (Some("all"), spent),
+                _ => (None, 1),
             };
             if let Some(value) = value {
-                plan.limit(rule, value, 1);
+                plan.limit(rule, value, by);
             }
         }
         let window = self.limits.detectors().window;
-        let mut detection = Detection::default();
+        let mut detection = Detection {
+            unspent: u64::from(1 - spent),
+            ..Detection::default()
+        };
         if let (Some(ip), Some(p_ip)) = (ip, p_ip) {
             // Counted even when the call is refused: probing is a signal.
             let unguarded = Role::Measure { guarded: false };
@@ -91,7 +106,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let [cc_verified, nb_verified] = self.verified_counters(cc_text, &p_block, 0);
         let indexes = [
             plan.push(
-                Counter::new(key(&["det:sends:cc:", cc_text]), window, 1),
+                Counter::new(key(&["det:sends:cc:", cc_text]), window, spent),
                 sent.clone(),
             ),
             plan.push(cc_verified, read.clone()),
@@ -100,6 +115,17 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ];
         detection.pumping = Some((cc, p_block, indexes));
         detection
+    }
+
+    /// The pseudonym of `phone`'s number block, which its block and its
+    /// pumping counts are keyed by. One that no code will reach (`real`
+    /// false: a decoy's made-up number) is drawn under another label, so it
+    /// can never count into, or block, the block of real numbers it falls
+    /// in; both cost alike.
+    pub(crate) fn block_pseudonym(&self, phone: &PhoneNumber, real: bool) -> String {
+        let label: &[u8] = [b"decoy-nb:".as_slice(), b"phone-nb:".as_slice()][usize::from(real)];
+        self.keys
+            .pseudonym_of(&[label, limits::number_block(phone).as_bytes()])
     }
 
     /// The pumping detector's counts of verified codes into a country code
@@ -113,20 +139,26 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ]
     }
 
-    /// How many counters a send's plan holds: the two locks, three blocks,
-    /// the send rules and six detector counters.
+    /// How many counters a send's plan holds: the three locks, three
+    /// blocks, the send rules and six detector counters.
     pub(crate) fn send_plan_len(&self) -> usize {
-        2 + 3 + self.limits.send_rules().len() + 6
+        3 + 3 + self.limits.send_rules().len() + 6
     }
 
-    /// Adds the reads of the subject's failures and lock to `plan`, as
-    /// refusals; returns their indexes.
+    /// Adds the reads of the subject's failures, lock and wrong codes in a
+    /// row to `plan`, as refusals; returns their indexes.
     /// `subject_key` is the subject's pseudonym.
-    pub(crate) fn plan_locks(&self, plan: &mut Plan, subject_key: &str) -> (usize, usize) {
+    pub(crate) fn plan_locks(&self, plan: &mut Plan, subject_key: &str) -> Locks {
         let max = u64::from(self.policy.max_account_failures());
         let failures = plan.lock(self.failure_counter_of(subject_key, 0), max - 1);
         let lock = plan.lock(lock_read_of(subject_key), 0);
-        (failures, lock)
+        let streak = u64::from(self.policy.max_consecutive_failures());
+        let streak = plan.lock(streak_counter_of(subject_key, 0), streak - 1);
+        Locks {
+            failures,
+            lock,
+            streak,
+        }
     }
 
     /// Adds a read of the block of `target` to `plan`.
@@ -147,13 +179,17 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         values: &[CounterValue],
         now: Timestamp,
         subject: &Subject,
-        (failures, lock): (usize, usize),
+        locks: Locks,
         event: &(dyn Fn(EventKind) -> Event + Sync),
     ) -> Result<()> {
         match plan.refusal(values, now) {
             None => Ok(()),
+            Some(Refusal::Locked) if machine::hard_locked(values[locks.streak].count, &self.policy) => {
+                self.emit(event(EventKind::LockedOut { until: None }));
+                Err(self.hard_locked(subject, values[locks.streak]))
+            }
             Some(Refusal::Locked) => {
-                let until = self.lock_end(values[failures], values[lock]);
+                let until = self.lock_end(values[locks.failures], values[locks.lock]);
                 self.emit(event(EventKind::LockedOut { until }));
                 Err(self.locked(subject, until))
             }
@@ -217,7 +253,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             let count = |i: &usize| values[*i].count;
             found.extend(detect::pumping(
                 d,
-                (*cc, [count(cc_sends), count(cc_verified)]),
+                (*cc, [count(cc_sends) + detection.unspent, count(cc_verified)]),
                 (block, [count(nb_sends), count(nb_verified)]),
             ));
         }
@@ -284,6 +320,24 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.locked(&locked.subject, Some(until))
     }
 
+    /// The error for a subject whose wrong codes in a row reached the cap
+    /// (`streak`, their counter's value): no end, and the reference of the
+    /// streak, which stays the same until support clears it.
+    pub(crate) fn hard_locked(&self, subject: &Subject, streak: CounterValue) -> Error {
+        Error::Locked {
+            until: None,
+            reference: Some(self.hard_lock_reference(subject, streak)),
+            support: self.messages.support_contact().map(str::to_owned),
+        }
+    }
+
+    /// The support reference of a hard lock: of the subject and the end of
+    /// its streak's window, which its first wrong code fixed.
+    pub(crate) fn hard_lock_reference(&self, subject: &Subject, streak: CounterValue) -> SupportReference {
+        let end = streak.resets_at.unwrap_or(Timestamp::from_unix_millis(0));
+        self.keys.support_reference(&subject.key(), end)
+    }
+
     /// The error for a locked subject.
     pub(crate) fn locked(&self, subject: &Subject, until: Option<Timestamp>) -> Error {
         Error::Locked {
@@ -324,6 +378,28 @@ pub(crate) fn lock_counter_of(pseudonym: &str, window: Duration, by: u32) -> Cou
 /// nothing, and opens no window that matters.
 pub(crate) fn lock_read_of(pseudonym: &str) -> Counter {
     lock_counter_of(pseudonym, Duration::from_secs(1), 0)
+}
+
+/// The indexes, in a plan, of the subject's lock reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Locks {
+    /// Its failures in the current window.
+    pub(crate) failures: usize,
+    /// Its lock.
+    pub(crate) lock: usize,
+    /// Its wrong codes in a row.
+    pub(crate) streak: usize,
+}
+
+/// How long a streak of wrong codes is kept: far longer than any account
+/// is attacked for, so in effect only a reset or support clears it.
+const STREAK_WINDOW: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// The counter of a subject's wrong codes in a row (by its pseudonym):
+/// every wrong code adds one; a completed reset or a support unlock
+/// deletes it.
+pub(crate) fn streak_counter_of(pseudonym: &str, by: u32) -> Counter {
+    Counter::new(key(&["streak:", pseudonym]), STREAK_WINDOW, by)
 }
 
 /// The window in which repeated lockouts of one account are counted.

@@ -34,7 +34,7 @@ use crate::rng::Randomness;
 use crate::secret::SecretString;
 use crate::sms::{MessageKind, SmsMessage, SmsSender};
 use crate::store::{CodeStore, Counter, CounterValue, one_per_counter};
-pub(crate) use guards::lock_read_of;
+pub(crate) use guards::{lock_read_of, streak_counter_of};
 pub use parity::MAX_IDENTIFIER_BYTES;
 pub use second_factor::FactorCodeSent;
 
@@ -281,17 +281,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.events.emit(&event);
     }
 
-    /// Load, decide, compare-and-swap; again on a lost race.
-    pub(crate) async fn update<E: Into<Error>>(
-        &self,
-        flow_id: &FlowId,
-        decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord, E>,
-    ) -> Result<FlowRecord> {
-        self.update_from(None, flow_id, decide).await
-    }
-
-    /// [`Recovery::update`], whose first round decides on `read`, a record
-    /// of the flow the caller has just read, when it has one.
+    /// Load, decide, compare-and-swap; again on a lost race. The first
+    /// round decides on `read`, a record of the flow the caller has just
+    /// read, when it has one.
     pub(crate) async fn update_from<E: Into<Error>>(
         &self,
         mut read: Option<&FlowRecord>,
@@ -311,6 +303,27 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             let next = decide(flow, now).map_err(Into::into)?;
             if self.store.compare_and_swap(flow.version, &next).await? {
                 return Ok(next);
+            }
+        }
+        Err(Error::Busy)
+    }
+
+    /// [`Recovery::update_from`], without a record read, whose swap also applies the counters
+    /// `counters_of` names for the record it replaces; returns the new
+    /// record and their values.
+    pub(crate) async fn update_counting<E: Into<Error>>(
+        &self,
+        flow_id: &FlowId,
+        counters_of: impl Fn(&FlowRecord) -> Vec<Counter>,
+        decide: impl Fn(&FlowRecord, Timestamp) -> Result<FlowRecord, E>,
+    ) -> Result<(FlowRecord, Vec<CounterValue>)> {
+        for _ in 0..MAX_CAS_ROUNDS {
+            let now = self.clock.now();
+            let flow = self.store.get_flow(flow_id).await?.ok_or(Error::NotFound)?;
+            let next = decide(&flow, now).map_err(Into::into)?;
+            let counters = counters_of(&flow);
+            if let Some(values) = self.swap_counting(flow.version, &next, &counters, now).await? {
+                return Ok((next, values));
             }
         }
         Err(Error::Busy)

@@ -102,7 +102,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let mut plan = Plan::with_capacity(self.send_plan_len());
         let who = self.subject_pseudonym(&subject);
         let locks = self.plan_locks(&mut plan, &who);
-        let detection = self.plan_send(&mut plan, &who, destination, ctx);
+        // Both paths look the country up: only a code that will be sent
+        // spends what everyone shares.
+        let allowed = self.limits.country_allowed(destination.country_code());
+        let spends = phone.is_some() && allowed;
+        let detection = self.plan_send(&mut plan, &who, destination, spends, ctx);
         let values = self.count(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &subject, locks, &event)?;
@@ -114,8 +118,6 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // which would link it to the identifier's unknown flows): its code
         // will never be sent, so it is never valid, and no second write has
         // to void it (an unknown identifier makes no such write either).
-        // Both paths look the country up.
-        let allowed = self.limits.country_allowed(destination.country_code());
         let code_mac = match (phone.is_some(), allowed) {
             (false, _) => decoy,
             (true, true) => code_mac,
@@ -127,7 +129,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             phone,
             key_id,
             code_mac,
-            prior_failures: u32::try_from(values[locks.0].count).unwrap_or(u32::MAX),
+            prior_failures: u32::try_from(values[locks.failures].count).unwrap_or(u32::MAX),
         };
         let flow = machine::open(&self.policy, now, opening);
         if let Err(e) = self.store.create_flow(&flow).await {
@@ -182,14 +184,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let mut plan = Plan::with_capacity(self.send_plan_len());
         let who = self.subject_pseudonym(&flow.subject);
         let locks = self.plan_locks(&mut plan, &who);
-        let detection = self.plan_send(&mut plan, &who, destination, ctx);
+        let sendable = self.limits.country_allowed(destination.country_code());
+        let spends = flow.phone.is_some() && sendable;
+        let detection = self.plan_send(&mut plan, &who, destination, spends, ctx);
         let values = self.count(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         self.judge(&plan, &values, now, &flow.subject, locks, &event)?;
 
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(flow_id, &code);
-        let sendable = self.limits.country_allowed(destination.country_code());
         // The first round decides on the record read above (one read, not
         // two); a lost race reads it again.
         let resent = self

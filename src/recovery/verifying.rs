@@ -2,17 +2,18 @@
 //! comparison, failures count against the flow and its account, and a
 //! token resets once.
 
-use super::guards::{lock_counter_of, lock_read_of, lockouts_counter_of};
+use super::guards::{lock_counter_of, lock_read_of, lockouts_counter_of, streak_counter_of};
 use super::second_factor::Requirement;
 use super::{MAX_CAS_ROUNDS, Recovery, RequestContext, flow_event, parity};
 use crate::answer::{Completed, Progress, Verified};
+use crate::case::SupportCase;
 use crate::clock::{Clock, Timestamp};
 use crate::code::Mac;
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind};
 use crate::id::FlowId;
 use crate::input::InputError;
-use crate::limits::{self, BlockTarget, Plan};
+use crate::limits::{BlockTarget, Plan};
 use crate::machine::{self, AfterFailure, Evaluation, Verdict};
 use crate::phone::PhoneNumber;
 use crate::record::{FlowRecord, FlowState};
@@ -95,7 +96,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                     .phone
                     .iter()
                     .flat_map(|phone| {
-                        let block = self.keys.pseudonym(&limits::number_block(phone));
+                        let block = self.block_pseudonym(phone, true);
                         let mut cc = itoa::Buffer::new();
                         self.verified_counters(cc.format(phone.country_code()), &block, 1)
                     })
@@ -222,7 +223,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         now: Timestamp,
     ) -> Result<Option<Vec<CounterValue>>> {
         let subject = self.subject_pseudonym(&flow.subject);
-        let mut counters = vec![self.failure_counter_of(&subject, 1)];
+        let mut counters = vec![
+            self.failure_counter_of(&subject, 1),
+            streak_counter_of(&subject, 1),
+        ];
         if account_locked {
             counters.extend(self.locking_counters(&subject));
         }
@@ -256,9 +260,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ctx: &RequestContext,
     ) -> Result<Option<Error>> {
         let decided = machine::after_failure(&counted, account_locked, &self.policy, now);
+        if let AfterFailure::HardLocked { first } = decided {
+            return self.hard_lock(next, counted[1], first, now, ctx).await.map(Some);
+        }
         if let AfterFailure::CatchUp { another_first } = decided {
             return self
-                .catch_up(next, counted[0], another_first, now, ctx)
+                .catch_up(next, [counted[0], counted[1]], another_first, now, ctx)
                 .await
                 .map(Some);
         }
@@ -295,7 +302,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     pub(super) async fn catch_up(
         &self,
         next: &FlowRecord,
-        failures: CounterValue,
+        [failures, streak]: [CounterValue; 2],
         another_first: bool,
         now: Timestamp,
         ctx: &RequestContext,
@@ -323,9 +330,57 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             self.emit(flow_event(now, EventKind::FlowLocked, &locked, ctx));
             return Ok(self.locked(&locked.subject, self.lock_end(failures, values[0])));
         }
-        let counted = vec![failures, values[0], values[1]];
+        let counted = vec![failures, streak, values[0], values[1]];
         let locked_now = Box::pin(self.after_failure(&locked, counted, true, now, ctx)).await?;
         Ok(locked_now.unwrap_or_else(|| self.locked(&locked.subject, None)))
+    }
+
+    /// After a counted failure that left the subject's wrong codes in a row
+    /// (`streak`) at the cap or past it: the flow locks (a second write
+    /// unless its own attempts locked it), and the failure that reached
+    /// the cap (`first`) opens the support case, reports and notifies.
+    async fn hard_lock(
+        &self,
+        next: &FlowRecord,
+        streak: CounterValue,
+        first: bool,
+        now: Timestamp,
+        ctx: &RequestContext,
+    ) -> Result<Error> {
+        let locked = if next.state == FlowState::Locked {
+            next.clone()
+        } else {
+            // No attempt is left to the account: the flow locks as one
+            // that caught up with a full count.
+            self.update_from(Some(next), &next.id, |f, now| {
+                machine::catch_up(f, &self.policy, now, u64::MAX)
+            })
+            .await?
+        };
+        let event = |kind| flow_event(now, kind, &locked, ctx);
+        self.emit(event(EventKind::FlowLocked));
+        if first {
+            let reference = self.hard_lock_reference(&locked.subject, streak);
+            let case = SupportCase {
+                reference,
+                subject: locked.subject.clone(),
+                flow: locked.id,
+                opened_at: now,
+                locked_until: streak.resets_at.unwrap_or(now),
+                unlocked_at: None,
+                purge_after: streak.resets_at.unwrap_or(now),
+            };
+            // The lock is the stored streak; a case that cannot be stored
+            // only means support finds it by account.
+            let _ = self.store.put_case(&case).await;
+            self.emit(event(EventKind::AccountHardLocked {
+                failures: streak.count,
+                reference,
+            }));
+            let notice = self.messages.hard_locked_message(&reference, ctx.locale);
+            self.notify(&locked, notice, now, ctx).await;
+        }
+        Ok(self.hard_locked(&locked.subject, streak))
     }
 
     /// Consumes a reset token and returns the account whose password the
@@ -340,8 +395,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     pub async fn reset(&self, token: &str, ctx: &RequestContext) -> Result<Completed> {
         let token = ResetToken::parse(token)?;
         let flow_id = *token.flow_id();
-        let flow = self
-            .update(&flow_id, |flow, now| {
+        // The swap reads the account's streak of wrong codes, which a
+        // completed recovery ends.
+        let streak_of =
+            |flow: &FlowRecord| vec![streak_counter_of(&self.subject_pseudonym(&flow.subject), 0)];
+        let (flow, streak) = self
+            .update_counting(&flow_id, streak_of, |flow, now| {
                 let presented = self
                     .keys
                     .token_mac(flow.key_id, &flow_id, token.secret_bytes())
@@ -356,6 +415,13 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             })?;
         let account = flow.account().cloned().ok_or(Error::InvalidToken)?;
         let now = flow.updated_at;
+        // Deleted only when there is one (a third round trip, after wrong
+        // codes only). The reset stands whatever this answers: a streak
+        // left behind only brings the support-only lock nearer.
+        if streak[0].count > 0 {
+            let key = streak_of(&flow).swap_remove(0).key;
+            let _ = self.store.delete_counters(&[key]).await;
+        }
         self.emit(
             Event::new(now, EventKind::ResetCompleted)
                 .flow(flow_id)
