@@ -88,15 +88,17 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             ..Detection::default()
         };
         if let (Some(ip), Some(p_ip)) = (ip, p_ip) {
-            // Counted even when the call is refused: probing is a signal.
-            let unguarded = Role::Measure { guarded: false };
+            // Undone with a refused call, like its limits: a refused probe
+            // is judged on its count but leaves no counter behind, so a
+            // flood of identifiers refused from one network stores nothing.
+            let guarded = Role::Measure { guarded: true };
             let pair = plan.push(
                 Counter::new(key(&["det:pair:", &p_ip, ":", subject_key]), window, 1),
-                unguarded.clone(),
+                guarded.clone(),
             );
             let distinct = plan.push(
                 Counter::new(key(&["det:subjects:", &p_ip]), window, 1).only_if_opened(pair),
-                unguarded,
+                guarded,
             );
             detection.subjects_from_ip = Some((ip, p_ip, distinct));
         }
@@ -169,6 +171,38 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
     pub(crate) fn block_key(&self, target: &BlockTarget) -> String {
         target.key(|value| self.keys.pseudonym(value))
+    }
+
+    /// Refuses, without a store call, a send from a network this instance
+    /// saw refused by its own send limit, until that refusal ends: the
+    /// answer the store would give, for any identifier, at no write.
+    pub(crate) fn refused_before(
+        &self,
+        detection: &Detection,
+        now: Timestamp,
+        event: &(dyn Fn(EventKind) -> Event + Sync),
+    ) -> Result<()> {
+        if let Some((ip, _, _)) = &detection.subjects_from_ip
+            && let Some(wait) = self.refusals.wait(ip, now)
+        {
+            return Err(self.refuse(Refusal::Limited(LimitScope::Ip, wait), now, event));
+        }
+        Ok(())
+    }
+
+    /// Remembers a send refused by its network's own limit (see
+    /// [`Recovery::refused_before`]).
+    pub(crate) fn remember_refusal(&self, detection: &Detection, judged: &Result<()>, now: Timestamp) {
+        if let (
+            Some((ip, _, _)),
+            Err(Error::RateLimited {
+                scope: LimitScope::Ip,
+                retry_after,
+            }),
+        ) = (&detection.subjects_from_ip, judged)
+        {
+            self.refusals.remember(ip, now.saturating_add(*retry_after), now);
+        }
     }
 
     /// Refuses when the subject is locked, a block is in force or a limit

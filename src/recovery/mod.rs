@@ -11,6 +11,7 @@
 
 mod guards;
 mod parity;
+mod refusals;
 mod second_factor;
 mod sending;
 mod verifying;
@@ -139,6 +140,7 @@ pub struct Recovery<S, T, C = SystemClock> {
     pub(crate) factors: Option<Arc<dyn FactorSource>>,
     pub(crate) channel: Option<Arc<dyn ChannelSender>>,
     pub(crate) rng: Randomness,
+    pub(crate) refusals: Arc<refusals::Refusals>,
 }
 
 impl<S, T, C> fmt::Debug for Recovery<S, T, C> {
@@ -169,6 +171,7 @@ impl<S: CodeStore, T: SmsSender> Recovery<S, T, SystemClock> {
             factors: None,
             channel: None,
             rng: Randomness::os(),
+            refusals: Arc::default(),
         }
     }
 }
@@ -242,6 +245,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             factors: self.factors,
             channel: self.channel,
             rng: self.rng,
+            refusals: self.refusals,
         }
     }
 

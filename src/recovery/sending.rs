@@ -107,9 +107,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let allowed = self.limits.country_allowed(destination.country_code());
         let spends = phone.is_some() && allowed;
         let detection = self.plan_send(&mut plan, &who, destination, spends, ctx);
+        self.refused_before(&detection, now, &event)?;
         let values = self.count(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
-        self.judge(&plan, &values, now, &subject, locks, &event)?;
+        let judged = self.judge(&plan, &values, now, &subject, locks, &event);
+        self.remember_refusal(&detection, &judged, now);
+        judged?;
 
         // A decoy stores its decoy MAC, under a label no code MAC shares, so
         // it can never verify; the code is drawn and MACed all the same, so
@@ -187,9 +190,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let sendable = self.limits.country_allowed(destination.country_code());
         let spends = flow.phone.is_some() && sendable;
         let detection = self.plan_send(&mut plan, &who, destination, spends, ctx);
+        self.refused_before(&detection, now, &event)?;
         let values = self.count(&plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
-        self.judge(&plan, &values, now, &flow.subject, locks, &event)?;
+        let judged = self.judge(&plan, &values, now, &flow.subject, locks, &event);
+        self.remember_refusal(&detection, &judged, now);
+        judged?;
 
         let key_id = self.keys.current_id();
         let code_mac = self.keys.current_code_mac(flow_id, &code);

@@ -33,8 +33,10 @@ const MIN_SWEEP_LEN: usize = 256;
 /// Expired flows and counters are swept as the store grows, so memory stays
 /// within twice the live records; [`CodeStore::purge_expired`] sweeps
 /// everything at once. Live records are capped too (default 1,000,000
-/// flows, about 250 MB): past the cap, new flows are refused with a
-/// retryable error rather than exhausting memory.
+/// flows, about 250 MB, and 4,000,000 counter windows, about 500 MB): past
+/// a cap, a new flow, or a call that could open a counter window, is
+/// refused with a retryable error, before it changes anything, rather than
+/// exhausting memory.
 ///
 /// A flow is kept packed (about 115 bytes for an account flow, its
 /// account id and phone inline) in one allocation, and unpacked into a
@@ -56,6 +58,8 @@ pub struct MemoryStore {
     subject_hasher: SubjectHasher,
     flow_count: AtomicUsize,
     capacity: usize,
+    counter_count: AtomicUsize,
+    counter_capacity: usize,
 }
 
 /// One shard on its own cache lines, so that two threads working on two
@@ -129,14 +133,16 @@ impl CounterShard {
     /// Drops the counters whose window ended by `now`, once the table has
     /// grown enough (or always, with `force`): the counters' twin of
     /// [`MemoryStore::sweep_flows`].
-    fn sweep_ended(&mut self, force: bool, now: Timestamp) {
+    /// Returns how many it dropped.
+    fn sweep_ended(&mut self, force: bool, now: Timestamp) -> usize {
         sweep(
             &mut self.table,
             &mut self.sweep_at,
             force,
             |e| e.value.resets_at.is_none_or(|end| end <= now),
             |e| e.hash,
-        );
+        )
+        .len()
     }
 }
 
@@ -196,6 +202,8 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// Default cap on flow records.
     pub const DEFAULT_CAPACITY: usize = 1_000_000;
+    /// Default cap on counter windows.
+    pub const DEFAULT_COUNTER_CAPACITY: usize = 4_000_000;
 
     /// An empty store holding at most [`MemoryStore::DEFAULT_CAPACITY`] flows.
     pub fn new() -> Self {
@@ -217,7 +225,16 @@ impl MemoryStore {
             subject_hasher,
             flow_count: AtomicUsize::new(0),
             capacity,
+            counter_count: AtomicUsize::new(0),
+            counter_capacity: Self::DEFAULT_COUNTER_CAPACITY,
         }
+    }
+
+    /// Holds at most `capacity` counter windows (see the type's docs).
+    #[must_use]
+    pub fn with_counter_capacity(mut self, capacity: usize) -> Self {
+        self.counter_capacity = capacity;
+        self
     }
 
     /// Number of flow records held, expired ones not yet swept included.
@@ -225,9 +242,28 @@ impl MemoryStore {
         self.flow_count.load(Ordering::Relaxed)
     }
 
-    /// Number of counter windows held.
+    /// Number of counter windows held, ended ones not yet swept included.
     pub fn counter_count(&self) -> usize {
-        self.counters.iter().map(|s| lock(s).table.len()).sum()
+        self.counter_count.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a call whose `counters` could open windows past the counter
+    /// capacity, once the ended ones are swept, before it changes anything.
+    /// (Racing calls may pass it together: the cap holds to within their
+    /// counters.)
+    fn room_for(&self, counters: &[Counter], now: Timestamp) -> Result<()> {
+        let new = counters.iter().filter(|c| c.by > 0).count();
+        if self.counter_count() + new <= self.counter_capacity {
+            return Ok(());
+        }
+        for shard in self.counters.iter() {
+            let swept = lock(shard).sweep_ended(true, now);
+            self.counter_count.fetch_sub(swept, Ordering::Relaxed);
+        }
+        if self.counter_count() + new <= self.counter_capacity {
+            return Ok(());
+        }
+        Err(StoreError::backend("the memory store's counters are full", true))
     }
 
     fn flow_hash(&self, id: &FlowId) -> u64 {
@@ -365,7 +401,9 @@ impl MemoryStore {
         let value = c.apply(None, now);
         if value.resets_at.is_some() {
             // Only an increment opens a window: reads store nothing.
-            shard.sweep_ended(false, now);
+            let swept = shard.sweep_ended(false, now);
+            self.counter_count.fetch_sub(swept, Ordering::Relaxed);
+            self.counter_count.fetch_add(1, Ordering::Relaxed);
             shard.table.insert_unique(
                 hash,
                 CounterEntry {
@@ -391,7 +429,10 @@ impl MemoryStore {
         {
             match c.unapply(applied, Some(entry.get().value)) {
                 Some(value) => entry.get_mut().value = value,
-                None => drop(entry.remove()),
+                None => {
+                    entry.remove();
+                    self.counter_count.fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -497,6 +538,7 @@ impl CodeStore for MemoryStore {
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         // No await between the two: nothing can fail or cancel in between.
+        self.room_for(counters, now)?;
         let flow = self.read_flow(id)?;
         Ok((flow, self.count(counters, now)))
     }
@@ -508,6 +550,7 @@ impl CodeStore for MemoryStore {
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<Option<Vec<CounterValue>>> {
+        self.room_for(counters, now)?;
         if !self.swap(expected_version, flow)? {
             return Ok(None);
         }
@@ -519,6 +562,7 @@ impl CodeStore for MemoryStore {
     }
 
     async fn increment_counters(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
+        self.room_for(counters, now)?;
         Ok(self.count(counters, now))
     }
 
@@ -558,6 +602,7 @@ impl CodeStore for MemoryStore {
                 .find_entry(hash, |e| e.hash == hash && *e.key == **key)
             {
                 entry.remove();
+                self.counter_count.fetch_sub(1, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -571,7 +616,8 @@ impl CodeStore for MemoryStore {
             self.forget_open(swept);
         }
         for shard in self.counters.iter() {
-            lock(shard).sweep_ended(true, now);
+            let swept = lock(shard).sweep_ended(true, now);
+            self.counter_count.fetch_sub(swept, Ordering::Relaxed);
         }
         lock(&self.cases).retain(|_, case| case.purge_after > now);
         Ok(purged)
@@ -666,6 +712,46 @@ mod tests {
         }
         run(store.purge_expired(now)).unwrap();
         assert_eq!(store.counter_count(), 0);
+    }
+
+    #[test]
+    fn counter_windows_are_capped_and_a_refused_call_changes_nothing() {
+        let store = MemoryStore::new().with_counter_capacity(10);
+        let t = Timestamp::from_unix_millis(1_800_000_000_000);
+        let minute = Duration::from_secs(60);
+        let c = |k: &str| Counter::new(k, minute, 1);
+        let ten: Vec<Counter> = (0..10).map(|i| c(&format!("k{i}"))).collect();
+        run(store.increment_counters(&ten, t)).unwrap();
+        assert_eq!(store.counter_count(), 10);
+        let err = run(store.increment_counters(&[c("k0"), c("new")], t)).unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert_eq!(
+            run(store.increment_counters(&[Counter::read("k0", minute)], t)).unwrap()[0].count,
+            1,
+            "the refused call counted nothing"
+        );
+        // A counting swap is refused before its swap.
+        let f = flow(t, Some("a"));
+        run(store.create_flow(&f)).unwrap();
+        let next = FlowRecord {
+            version: f.version + 1,
+            ..f.clone()
+        };
+        assert!(run(store.compare_and_swap_counting(f.version, &next, &[c("new")], t)).is_err());
+        assert_eq!(run(store.get_flow(&f.id)).unwrap().unwrap().version, f.version);
+        // Windows that ended make room; deletes and undos give it back.
+        let later = t.saturating_add(2 * minute);
+        run(store.increment_counters(&[c("new")], later)).unwrap();
+        assert_eq!(store.counter_count(), 1);
+        run(store.delete_counters(&["new".to_owned()])).unwrap();
+        assert_eq!(store.counter_count(), 0);
+        let refused = [c("x"), Counter::new("y", minute, 2).with_max(1)];
+        run(store.increment_counters(&refused, later)).unwrap();
+        assert_eq!(
+            store.counter_count(),
+            1,
+            "the refused call's guarded window is gone, x stays"
+        );
     }
 
     #[test]

@@ -33,6 +33,11 @@ impl Observed {
         self.calls.swap(0, Ordering::SeqCst)
     }
 
+    /// The wrapped store.
+    pub fn inner(&self) -> &MemoryStore {
+        &self.inner
+    }
+
     /// Every counter key seen.
     pub fn keys(&self) -> Vec<String> {
         self.keys.lock().unwrap().clone()
