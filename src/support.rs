@@ -146,6 +146,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Support<'_, S, T, C> {
             && let Some(mut case) = r.store.get_case(&reference).await?
         {
             case.unlocked_at = Some(now);
+            case.purge_after = case
+                .purge_after
+                .min(now.saturating_add(r.policy.record_retention()));
             r.store.put_case(&case).await?;
         }
         Ok(())

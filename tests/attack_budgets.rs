@@ -224,3 +224,40 @@ async fn at_the_pumping_threshold_an_unknown_identifier_is_judged_as_a_real_requ
         assert_eq!(sender.count(), 9, "the probe sent nothing");
     }
 }
+
+/// Below the threshold a decoy adds nothing, and where the next real send
+/// would be judged it reports nothing it would not block: only real sends
+/// make the report.
+#[tokio::test]
+async fn decoys_do_not_repeat_the_countrys_pumping_report() {
+    let detectors = Detectors::default().with_pumping_min_sends(10, 1_000);
+    let limits = Limits::builder()
+        .clear_send_rules()
+        .detectors(detectors)
+        .build()
+        .unwrap();
+    let (r, _, events) = recovery(limits);
+    for n in 0..9 {
+        real(&r, n, &ip("192.0.2.1")).await.unwrap();
+    }
+    for n in 0..5 {
+        unknown(&r, n, &ip("198.51.100.1")).await.unwrap();
+    }
+    let reports = || {
+        events
+            .kinds()
+            .iter()
+            .filter(|k| {
+                matches!(
+                    k,
+                    EventKind::Suspicious {
+                        pattern: Suspicion::SmsPumpingCountry { .. }
+                    }
+                )
+            })
+            .count()
+    };
+    assert_eq!(reports(), 0);
+    real(&r, 9, &ip("192.0.2.1")).await.unwrap();
+    assert_eq!(reports(), 1, "the tenth real send reports it");
+}

@@ -315,3 +315,53 @@ fn the_cap_is_a_policy_setting_under_nists_hundred() {
     assert!(Policy::builder().consecutive_failures(99).build().is_ok());
     assert!(Policy::builder().consecutive_failures(100).build().is_err());
 }
+
+/// Racing guesses at the cap: the flow's snapshot of the streak locks it
+/// in the write that counts the 50th wrong code, so no racing guess is
+/// counted or checked after it, and the right code is refused after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_guesses_at_the_cap_count_exactly_to_fifty() {
+    let w = world();
+    assert_eq!(campaign(&w, 48, 30).await.counted, 48);
+    let flow =
+        w.r.request("victim@example.com", Some(victim()), &ctx())
+            .await
+            .unwrap()
+            .flow_id;
+    let code = w.sender.last_code().unwrap();
+    // The flow knows how near the cap it opened: one attempt is left.
+    let err = w.r.verify(&flow, &wrong(&code), &ctx()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidCode { attempts_left: 1, .. }),
+        "{err:?}"
+    );
+    let r = std::sync::Arc::new(w.r);
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (r, guess) = (r.clone(), wrong(&code));
+            tokio::spawn(async move { r.verify(&flow, &guess, &ctx()).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    let err = r.verify(&flow, code.expose_secret(), &ctx()).await.unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err:?}");
+    let view = r
+        .support()
+        .lookup_account(
+            &Agent::new("dana").unwrap(),
+            "race",
+            &AccountId::new("victim").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((view.failures_in_a_row, view.hard_locked), (50, true));
+    let locked = w
+        .events
+        .kinds()
+        .into_iter()
+        .filter(|k| matches!(k, EventKind::AccountHardLocked { .. }))
+        .count();
+    assert_eq!(locked, 1, "one case, one event, one notice");
+}

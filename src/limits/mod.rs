@@ -260,6 +260,50 @@ impl Detectors {
     }
 }
 
+/// One kind of made-up destination for unknown identifiers: a country, a
+/// national number length, and how often it is drawn.
+///
+/// An unknown identifier's answer shows the mask of a made-up number; for
+/// it to look like an account's, the made-up numbers must come from the
+/// same countries and lengths as your users' phones, in about the same
+/// shares (`SELECT country_code, length(national), count(*) ... GROUP BY`
+/// gives them). Each identifier draws one, by a keyed hash, so its answer
+/// is the same on every call and every instance for as long as the list
+/// stays the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DecoyDestination {
+    /// The country calling code.
+    pub country_code: u16,
+    /// Digits after the country code (4 to 14; 15 in all at most).
+    pub national_digits: u8,
+    /// Its share, relative to the others' (at least 1).
+    pub weight: u32,
+}
+
+impl DecoyDestination {
+    /// Numbers in `country_code` with `national_digits` digits after it,
+    /// drawn `weight` times as often as a destination of weight 1.
+    pub fn new(country_code: u16, national_digits: u8, weight: u32) -> Self {
+        DecoyDestination {
+            country_code,
+            national_digits,
+            weight,
+        }
+    }
+
+    fn valid(&self) -> bool {
+        let code_len = match self.country_code {
+            0..=9 => 1,
+            10..=99 => 2,
+            _ => 3,
+        };
+        self.weight > 0
+            && (4..=14).contains(&self.national_digits)
+            && (7..=15).contains(&(code_len + usize::from(self.national_digits)))
+    }
+}
+
 /// The limits a [`Recovery`](crate::Recovery) enforces besides the
 /// per-flow rules of its [`Policy`](crate::Policy).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,8 +312,18 @@ pub struct Limits {
     ip_verifies: Option<Rule>,
     countries: CountryFilter,
     detectors: Detectors,
-    decoy_country: u16,
+    decoys: Vec<DecoyDestination>,
+    /// Whether the host chose `decoys` (otherwise an allow list without
+    /// the default's country moves it to the list's first).
+    decoys_chosen: bool,
 }
+
+/// The default made-up destination: a North American number.
+const DEFAULT_DECOY: DecoyDestination = DecoyDestination {
+    country_code: 1,
+    national_digits: 10,
+    weight: 1,
+};
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// The longest window or block a setting may have.
@@ -296,7 +350,8 @@ impl Default for Limits {
             ip_verifies: Some(Rule::new(LimitScope::IpVerifies, 30, HOUR)),
             countries: CountryFilter::Deny(NON_GEOGRAPHIC_CODES.to_vec()),
             detectors: Detectors::default(),
-            decoy_country: 1,
+            decoys: vec![DEFAULT_DECOY],
+            decoys_chosen: false,
         }
     }
 }
@@ -315,21 +370,34 @@ impl Limits {
             ip_verifies: None,
             countries: CountryFilter::Deny(Vec::new()),
             detectors: Detectors::default(),
-            decoy_country: 1,
+            decoys: vec![DEFAULT_DECOY],
+            decoys_chosen: false,
         }
     }
 
-    /// The country calling code of the made-up destination of unknown
-    /// identifiers: the first allowed country under an allow list,
-    /// otherwise the configured one (default +1). Set it to where most of
-    /// your users are, so a made-up mask looks like a real one.
-    pub fn decoy_country_code(&self) -> u16 {
-        match &self.countries {
-            CountryFilter::Allow(codes) if !codes.is_empty() && !codes.contains(&self.decoy_country) => {
-                codes[0]
-            }
-            _ => self.decoy_country,
+    /// The made-up destinations of unknown identifiers (default: +1 with
+    /// 10 digits, or the allow list's first country if +1 is not on it).
+    /// See [`DecoyDestination`].
+    pub fn decoy_destinations(&self) -> &[DecoyDestination] {
+        &self.decoys
+    }
+
+    /// The destination an unknown identifier whose decoy MAC begins with
+    /// `draw` gets: by weight, the same for every call.
+    pub(crate) fn decoy_destination(&self, draw: u64) -> DecoyDestination {
+        let total: u64 = self.decoys.iter().map(|d| u64::from(d.weight)).sum();
+        // Weights are at most 2^32 each, so the bias of the modulo is
+        // negligible; every destination is scanned, whichever is drawn.
+        let mut left = draw % total.max(1);
+        let mut chosen = self.decoys.first().copied().unwrap_or(DEFAULT_DECOY);
+        let mut found = false;
+        for d in &self.decoys {
+            let here = !found && left < u64::from(d.weight);
+            chosen = if here { *d } else { chosen };
+            found |= here;
+            left = left.saturating_sub(u64::from(d.weight));
         }
+        chosen
     }
 
     /// The send rules.
@@ -400,11 +468,20 @@ impl LimitsBuilder {
         self
     }
 
-    /// The country calling code unknown identifiers appear to have (see
-    /// [`Limits::decoy_country_code`]). It must not be on a deny list:
-    /// `build` refuses that, since unknown identifiers would stand out.
-    pub fn decoy_country(mut self, country_code: u16) -> Self {
-        self.0.decoy_country = country_code;
+    /// Unknown identifiers appear to have numbers in this country, with 10
+    /// digits after its code: [`LimitsBuilder::decoy_destinations`] with
+    /// one destination.
+    pub fn decoy_country(self, country_code: u16) -> Self {
+        self.decoy_destinations([DecoyDestination::new(country_code, 10, 1)])
+    }
+
+    /// The made-up destinations of unknown identifiers, in the shares of
+    /// your users' phones (see [`DecoyDestination`]). Each must be a valid
+    /// length for E.164 in an allowed country: `build` refuses the rest,
+    /// since unknown identifiers would stand out.
+    pub fn decoy_destinations(mut self, destinations: impl IntoIterator<Item = DecoyDestination>) -> Self {
+        self.0.decoys = destinations.into_iter().collect();
+        self.0.decoys_chosen = true;
         self
     }
 
@@ -420,7 +497,7 @@ impl LimitsBuilder {
     /// [`LimitsError`] for a rule with a zero maximum or window, an unknown
     /// country calling code, or a detector threshold of zero.
     pub fn build(self) -> Result<Limits, LimitsError> {
-        let l = self.0;
+        let mut l = self.0;
         if let Some(bad) = l.sends.iter().find(|r| r.scope == LimitScope::IpVerifies) {
             return Err(LimitsError::Rule(bad.scope));
         }
@@ -435,13 +512,27 @@ impl LimitsBuilder {
         if let Some(&bad) = codes.iter().find(|&&c| !is_country_code(c)) {
             return Err(LimitsError::CountryCode(bad));
         }
-        if !is_country_code(l.decoy_country) || NON_GEOGRAPHIC_CODES.contains(&l.decoy_country) {
-            return Err(LimitsError::CountryCode(l.decoy_country));
-        }
-        if let CountryFilter::Deny(denied) = &l.countries
-            && denied.contains(&l.decoy_country)
+        if let CountryFilter::Allow(codes) = &l.countries
+            && !l.decoys_chosen
+            && !codes.is_empty()
+            && !codes.contains(&DEFAULT_DECOY.country_code)
         {
-            return Err(LimitsError::DecoyCountryDenied(l.decoy_country));
+            l.decoys = vec![DecoyDestination::new(codes[0], 10, 1)];
+        }
+        if l.decoys.is_empty() || l.decoys.len() > 1_000 {
+            return Err(LimitsError::DecoyDestination);
+        }
+        for d in &l.decoys {
+            let cc = d.country_code;
+            if !is_country_code(cc) || NON_GEOGRAPHIC_CODES.contains(&cc) {
+                return Err(LimitsError::CountryCode(cc));
+            }
+            if !l.country_allowed(cc) {
+                return Err(LimitsError::DecoyCountryDenied(cc));
+            }
+            if !d.valid() {
+                return Err(LimitsError::DecoyDestination);
+            }
         }
         let d = &l.detectors;
         if d.subjects_per_ip == 0
@@ -475,8 +566,13 @@ pub enum LimitsError {
     /// The decoy country (see [`LimitsBuilder::decoy_country`]) is on the
     /// deny list: unknown identifiers would appear to have phones that no
     /// real account can be sent a code at, and would stand out.
-    #[error("the decoy country +{0} is denied: choose one of the allowed countries with decoy_country")]
+    #[error("the decoy country +{0} is denied: choose allowed countries with decoy_destinations")]
     DecoyCountryDenied(u16),
+    /// Decoy destinations need 1 to 1,000 entries, each of weight at least
+    /// 1 and a length valid for E.164 (4 to 14 digits after the code, 15
+    /// in all at most).
+    #[error("decoy destinations need 1 to 1,000 entries of weight 1 or more, each a valid E.164 length")]
+    DecoyDestination,
     /// Detector thresholds must be at least 1 (a percentage at most 100,
     /// a window at least a minute).
     #[error("detector thresholds must be positive, the percentage at most 100, the window at least a minute")]

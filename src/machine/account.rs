@@ -48,6 +48,19 @@ pub fn hard_locked(streak: u64, policy: &Policy) -> bool {
     streak >= u64::from(policy.max_consecutive_failures())
 }
 
+/// What a new flow records as its account's failures before it
+/// (`prior_failures`): those of the failure window, or as many as leave it
+/// no more attempts than the subject's wrong codes in a row (`streak`)
+/// leave before their cap, whichever is more. So the wrong code that
+/// reaches either limit locks the flow in the write that counts it, and
+/// racing guesses at the cap find the flow locked.
+pub(crate) fn prior_failures(window: u64, streak: u64, policy: &Policy) -> u32 {
+    let max = policy.max_account_failures();
+    let to_cap = u64::from(policy.max_consecutive_failures()).saturating_sub(streak);
+    let by_streak = max.saturating_sub(u32::try_from(to_cap).unwrap_or(u32::MAX).min(max));
+    u32::try_from(window).unwrap_or(u32::MAX).max(by_streak)
+}
+
 /// When a subject's lock ends, from its failures and its lock counter
 /// (read together): the later of the failure window's end, while the
 /// failures are at the limit, and the lock counter's, while it is open.

@@ -44,7 +44,7 @@ use crate::record::{EffectiveState, FactorProgress, FlowRecord, FlowState, Subje
 mod account;
 mod factor;
 
-pub(crate) use account::{AfterFailure, after_failure, lock_end};
+pub(crate) use account::{AfterFailure, after_failure, lock_end, prior_failures};
 pub use account::{catch_up, hard_locked, subject_locked};
 pub use factor::{
     FactorEvaluation, channel_code_sent, channel_send_failed, channel_send_gate, factor_attempts_left,
@@ -499,6 +499,30 @@ mod tests {
             },
             "no window holds it: the minimum lockout from now"
         );
+    }
+
+    #[test]
+    fn a_flow_opened_near_the_streak_cap_is_left_only_the_attempts_to_it() {
+        let policy = Policy::default();
+        let (max, cap) = (
+            policy.max_account_failures(),
+            u64::from(policy.max_consecutive_failures()),
+        );
+        assert_eq!(prior_failures(3, 0, &policy), 3, "far from the cap: the window's");
+        assert_eq!(
+            prior_failures(0, cap - u64::from(max), &policy),
+            0,
+            "exactly the window left"
+        );
+        assert_eq!(prior_failures(0, cap - 1, &policy), max - 1, "one attempt left");
+        assert_eq!(prior_failures(7, cap - 15, &policy), 7, "the window is nearer");
+        assert_eq!(prior_failures(2, cap - 15, &policy), 5, "the cap is nearer");
+        assert_eq!(
+            prior_failures(0, cap + 5, &policy),
+            max,
+            "past the cap: none left"
+        );
+        assert_eq!(prior_failures(u64::MAX, 0, &policy), u32::MAX);
     }
 
     #[test]

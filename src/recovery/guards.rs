@@ -11,7 +11,7 @@ use crate::case::{SupportCase, SupportReference};
 use crate::clock::{Clock, Timestamp};
 use crate::detect;
 use crate::error::{Error, Result};
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, Suspicion};
 use crate::limits::{self, BlockTarget, LimitScope, Plan, Refusal, Role, key};
 use crate::machine;
 use crate::phone::PhoneNumber;
@@ -285,11 +285,21 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             (admitted, &detection.pumping)
         {
             let count = |i: &usize| values[*i].count;
-            found.extend(detect::pumping(
-                d,
-                (*cc, [count(cc_sends) + detection.unspent, count(cc_verified)]),
-                (block, [count(nb_sends), count(nb_verified)]),
-            ));
+            // A decoy judges the country as the next real send would, to
+            // block where it would; it reports nothing it would not block,
+            // or every decoy at that count would repeat the real report.
+            let own = |(s, t): &detect::Finding| {
+                detection.unspent == 0 || t.is_some() || !matches!(s, Suspicion::SmsPumpingCountry { .. })
+            };
+            found.extend(
+                detect::pumping(
+                    d,
+                    (*cc, [count(cc_sends) + detection.unspent, count(cc_verified)]),
+                    (block, [count(nb_sends), count(nb_verified)]),
+                )
+                .into_iter()
+                .filter(own),
+            );
         }
         for (pattern, _) in &found {
             self.emit(event(EventKind::Suspicious {

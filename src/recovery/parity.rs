@@ -9,6 +9,7 @@ use std::hint::black_box;
 
 use crate::code::Mac;
 use crate::events::{Event, EventSink};
+use crate::limits::Limits;
 use crate::phone::PhoneNumber;
 use crate::record::DecoyId;
 use crate::sms::{SendError, SendReceipt, SmsMessage, SmsSender};
@@ -36,37 +37,42 @@ pub(super) fn decoy_id(decoy: &Mac) -> DecoyId {
 }
 
 /// The made-up destination of an unknown identifier: a plausible number
-/// in `country`, its digits from the decoy MAC. It is never sent to; it is
+/// of one of the configured destinations (drawn by the decoy MAC's first
+/// bytes), its digits from the rest of the MAC. It is never sent to; it is
 /// counted and masked like a real one.
-pub(super) fn made_up_phone(decoy: &Mac, country: u16) -> PhoneNumber {
-    let mut text = [0u8; 16];
-    let text = made_up_phone_text(decoy, country, &mut text);
+pub(super) fn made_up_phone(decoy: &Mac, limits: &Limits) -> PhoneNumber {
+    let mut text = [0u8; 20];
+    let text = made_up_phone_text(decoy, limits, &mut text);
     PhoneNumber::parse(text).expect("a made-up number is valid E.164")
 }
 
-/// The text of [`made_up_phone`], written into `buf` (at most 14 bytes:
-/// `+`, a code of up to 3 digits, 10 more).
-fn made_up_phone_text<'b>(decoy: &Mac, country: u16, buf: &'b mut [u8; 16]) -> &'b str {
+/// The text of [`made_up_phone`], written into `buf` (at most 16 bytes:
+/// `+` and 15 digits).
+fn made_up_phone_text<'b>(decoy: &Mac, limits: &Limits, buf: &'b mut [u8; 20]) -> &'b str {
     let b = decoy.as_bytes();
+    let draw = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let destination = limits.decoy_destination(draw);
     let mut digits = itoa::Buffer::new();
-    let country = digits.format(country).as_bytes();
+    let country = digits.format(destination.country_code).as_bytes();
     let code = country.len();
+    // Limits checked the length: 4 to 14 national digits, 15 in all.
+    let national = usize::from(destination.national_digits).clamp(4, 14);
     buf[0] = b'+';
     buf[1..=code].copy_from_slice(country);
     buf[code + 1] = b'2' + b[16] % 8;
-    for (out, byte) in buf[code + 2..code + 11].iter_mut().zip(&b[17..26]) {
+    for (out, byte) in buf[code + 2..code + 1 + national].iter_mut().zip(&b[17..31]) {
         *out = b'0' + byte % 10;
     }
-    std::str::from_utf8(&buf[..code + 11]).unwrap_or_default()
+    std::str::from_utf8(&buf[..code + 1 + national]).unwrap_or_default()
 }
 
 /// What a real flow's record costs on load: its phone decoded (text, then
 /// number), masked for its events and shared by the next record (a
 /// reference count, an atomic operation). A decoy's flow has no phone and
 /// does the same with the text of its made-up one.
-pub(super) fn load_made_up_phone(decoy: &Mac, country: u16) {
-    let mut text = [0u8; 16];
-    let text = made_up_phone_text(decoy, country, &mut text);
+pub(super) fn load_made_up_phone(decoy: &Mac, limits: &Limits) {
+    let mut text = [0u8; 20];
+    let text = made_up_phone_text(decoy, limits, &mut text);
     let decoded = std::str::from_utf8(black_box(text.as_bytes())).map(PhoneNumber::parse);
     if let Ok(Ok(phone)) = black_box(decoded) {
         black_box((phone.masked(), phone.clone()));

@@ -75,7 +75,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // through the very same plan of limits, blocks and detectors. Both
         // paths make one, so that they do the same work.
         let (made_up, unknown) = (
-            parity::made_up_phone(&decoy, self.limits.decoy_country_code()),
+            parity::made_up_phone(&decoy, &self.limits),
             parity::decoy_id(&decoy),
         );
         // A real flow keeps its unused decoy id as long as a decoy's flow
@@ -132,7 +132,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             phone,
             key_id,
             code_mac,
-            prior_failures: u32::try_from(values[locks.failures].count).unwrap_or(u32::MAX),
+            prior_failures: machine::prior_failures(
+                values[locks.failures].count,
+                values[locks.streak].count,
+                &self.policy,
+            ),
         };
         let flow = machine::open(&self.policy, now, opening);
         if let Err(e) = self.store.create_flow(&flow).await {
@@ -169,7 +173,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // As in `request`: both paths make up a destination and borrow the
         // one they use, and one mask serves the answer and, for a real
         // phone only, the events.
-        let made_up = parity::made_up_phone(&flow.code_mac, self.limits.decoy_country_code());
+        let made_up = parity::made_up_phone(&flow.code_mac, &self.limits);
         let destination = flow.phone.as_ref().unwrap_or(&made_up);
         // A real flow's record decoded its phone (text, then number), which
         // lives as long as the record; a decoy's reads its made-up one the

@@ -185,7 +185,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         };
         let flow = flow.ok_or(Error::NotFound)?;
         if flow.phone.is_none() {
-            parity::load_made_up_phone(&flow.code_mac, self.limits.decoy_country_code());
+            parity::load_made_up_phone(&flow.code_mac, &self.limits);
         }
         if round == 0
             && let Some(refusal) = checks.refusal(&values, now)
@@ -347,17 +347,21 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         now: Timestamp,
         ctx: &RequestContext,
     ) -> Result<Error> {
-        let locked = if next.state == FlowState::Locked {
-            next.clone()
-        } else {
-            // No attempt is left to the account: the flow locks as one
-            // that caught up with a full count.
-            self.update_from(Some(next), &next.id, |f, now| {
-                machine::catch_up(f, &self.policy, now, u64::MAX)
-            })
-            .await?
-        };
-        let event = |kind| flow_event(now, kind, &locked, ctx);
+        // The flow's snapshot of the streak (in its prior failures) locked
+        // it in the write that counted this failure; a flow opened before
+        // its streak grew elsewhere locks now. One that is closed already
+        // (a racing guess locked it) needs nothing, and a failed write
+        // leaves the stored streak to refuse the next call: the case, the
+        // event and the notice go out either way.
+        if next.state != FlowState::Locked {
+            let _ = self
+                .update_from(Some(next), &next.id, |f, now| {
+                    machine::catch_up(f, &self.policy, now, u64::MAX)
+                })
+                .await;
+        }
+        let locked = next;
+        let event = |kind| flow_event(now, kind, locked, ctx);
         self.emit(event(EventKind::FlowLocked));
         if first {
             let reference = self.hard_lock_reference(&locked.subject, streak);
@@ -368,6 +372,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 opened_at: now,
                 locked_until: streak.resets_at.unwrap_or(now),
                 unlocked_at: None,
+                // Kept while the lock holds; an unlock shortens it.
                 purge_after: streak.resets_at.unwrap_or(now),
             };
             // The lock is the stored streak; a case that cannot be stored
@@ -378,7 +383,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
                 reference,
             }));
             let notice = self.messages.hard_locked_message(&reference, ctx.locale);
-            self.notify(&locked, notice, now, ctx).await;
+            self.notify(locked, notice, now, ctx).await;
         }
         Ok(self.hard_locked(&locked.subject, streak))
     }
