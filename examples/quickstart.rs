@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .request(
             "alice@example.com",
             find_account("alice@example.com"),
-            &RequestContext::none(),
+            &RequestContext::without_client_ip(),
         )
         .await?;
     println!(
@@ -68,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .request(
             "mallory@example.com",
             find_account("mallory@example.com"),
-            &RequestContext::none(),
+            &RequestContext::without_client_ip(),
         )
         .await?;
     println!(
@@ -77,7 +77,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     println!("3. alice asks for another code straight away");
-    match recovery.resend(&requested.flow_id, &RequestContext::none()).await {
+    match recovery
+        .resend(&requested.flow_id, &RequestContext::without_client_ip())
+        .await
+    {
         Err(Error::TooSoon { retry_after, .. }) => {
             println!("   -> refused: try again in {} s", retry_after.as_secs().max(1))
         }
@@ -93,7 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("4. alice mistypes the code");
     match recovery
-        .verify(&requested.flow_id, wrong, &RequestContext::none())
+        .verify(&requested.flow_id, wrong, &RequestContext::without_client_ip())
         .await
     {
         Err(Error::InvalidCode { attempts_left, .. }) => {
@@ -104,20 +107,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("5. alice types something that is not a six-digit code");
     let err = recovery
-        .verify(&requested.flow_id, "12a456", &RequestContext::none())
+        .verify(&requested.flow_id, "12a456", &RequestContext::without_client_ip())
         .await
         .unwrap_err();
     println!("   -> refused before any check, no attempt used: {err}");
 
     println!("6. alice types the code from the SMS");
     let verified = recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await?;
     println!("   -> verified; a single-use reset token was issued, valid 10 minutes");
 
     println!("7. alice submits her new password with the token");
     let done = recovery
-        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .reset(
+            &verified.token.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await?;
     println!(
         "   -> token accepted: the host now sets the password of account {}",
@@ -126,12 +136,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("8. the token is replayed, and the code typed again");
     let replay = recovery
-        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .reset(
+            &verified.token.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     println!("   -> token refused: {replay}");
     let again = recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     println!("   -> code refused: {again}");

@@ -64,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_messages(Messages::builder("Acme").build()?)
         .with_policy(policy)
         .with_factors(factors);
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let account = Account::new(alice.clone(), PhoneNumber::parse("+14155550123")?);
 
     println!("1. alice asks to recover her account; the SMS code arrives");

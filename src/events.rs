@@ -117,6 +117,11 @@ pub enum EventKind {
         /// The reference support can look the case up by.
         reference: SupportReference,
     },
+    /// The first call without a client IP
+    /// ([`RequestContext::without_client_ip`](crate::RequestContext::without_client_ip))
+    /// of a recovery whose limits have per-IP rules: they did not apply to
+    /// it, nor will they to any such call. Emitted once per `Recovery`.
+    ClientIpMissing,
     /// A request or resend was refused because the account (or unknown
     /// identifier) is locked.
     LockedOut {
@@ -345,6 +350,7 @@ impl EventSink for TracingSink {
             EventKind::Suspicious { .. }
             | EventKind::AccountLocked { .. }
             | EventKind::AccountHardLocked { .. }
+            | EventKind::ClientIpMissing
             | EventKind::LockedOut { .. }
             | EventKind::AutoBlocked { .. }
             | EventKind::BlockedRequest { .. }

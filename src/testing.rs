@@ -23,7 +23,7 @@
 //! // The second store operation from now (the flow's creation, after the
 //! // counters) fails: the request fails with a typed error, nothing is stored.
 //! store.fail_nth(2, StoreFault::Fail);
-//! let result = recovery.request("alice", Some(alice), &RequestContext::none()).await;
+//! let result = recovery.request("alice", Some(alice), &RequestContext::without_client_ip()).await;
 //! assert!(matches!(result, Err(Error::Store(_))));
 //! assert_eq!(store.inner().flow_count(), 0);
 //! assert!(store.operations() >= 2);

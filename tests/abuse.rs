@@ -92,7 +92,7 @@ fn ip(s: &str) -> RequestContext {
 }
 
 fn none() -> RequestContext {
-    RequestContext::none()
+    RequestContext::without_client_ip()
 }
 
 fn wrong(code: &Code) -> String {
@@ -1026,7 +1026,7 @@ async fn a_failed_notice_is_an_event_and_the_reset_still_stands() {
 #[tokio::test]
 async fn messages_follow_the_requests_locale() {
     let h = harness(Limits::none());
-    let ctx = RequestContext::none().with_locale(otp_recovery::Locale::DE);
+    let ctx = RequestContext::without_client_ip().with_locale(otp_recovery::Locale::DE);
     h.recovery
         .request("x@example.com", Some(account(1)), &ctx)
         .await

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use otp_recovery::events::{EventKind, RecordingSink};
 use otp_recovery::record::Subject;
-use otp_recovery::sms::RecordingSender;
+use otp_recovery::sms::{MessageKind, RecordingSender};
 use otp_recovery::store::MemoryStore;
 use otp_recovery::support::Agent;
 use otp_recovery::{
@@ -67,7 +67,7 @@ fn subject() -> Subject {
 }
 
 fn ctx() -> RequestContext {
-    RequestContext::none()
+    RequestContext::without_client_ip()
 }
 
 fn wrong(code: &Code) -> String {
@@ -140,6 +140,29 @@ async fn a_week_of_guessing_stops_at_fifty_wrong_codes_in_a_row() {
     let w = world();
     let c = campaign(&w, 1_000, 7).await;
     assert_eq!(c.counted, 50, "guesses before the cap");
+    // What the victim's phone got: the attacker's codes (each counted
+    // against the send limits) and one notice per lock, not per guess.
+    let notices = w
+        .sender
+        .messages()
+        .iter()
+        .filter(|m| m.kind == MessageKind::Notice)
+        .count();
+    let days = w
+        .clock
+        .now()
+        .saturating_duration_since(T0)
+        .as_secs()
+        .div_ceil(86_400);
+    println!(
+        "victim's phone over {days} days: {} SMS, {notices} of them notices",
+        w.sender.count()
+    );
+    assert_eq!(notices, 3, "two window locks and the hard lock");
+    assert!(
+        w.sender.count() as u64 <= 10 * days,
+        "the phone's daily limit holds"
+    );
     match c.stopped_by {
         Some(Error::Locked {
             until: None,

@@ -69,7 +69,7 @@ async fn masks(limits: Limits) -> (Vec<String>, Vec<String>) {
         KeyRing::new(1, ServerKey::from_bytes(vec![9; 32]).unwrap()),
     )
     .with_limits(limits);
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let mut draw = Draw(0x9e37_79b9_7f4a_7c15);
     let (mut known, mut unknown) = (Vec::new(), Vec::new());
     for n in 0..PER_CLASS {

@@ -413,7 +413,11 @@ async fn verifies(flow: &FlowRecord, code: &Code, now: Timestamp, keys: &KeyRing
     copy.code_expires_at = now.saturating_add(Duration::from_secs(1));
     scratch.store().create_flow(&copy).await.unwrap();
     scratch
-        .verify(&flow.id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &flow.id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .is_ok()
 }
@@ -549,7 +553,7 @@ fn a_failed_send_voids_the_code_and_costs_no_attempt() {
         let run = Run::new(true);
         run.sender
             .fail_nth(1, SendFault::Delivered(SendErrorKind::Timeout));
-        let ctx = RequestContext::none();
+        let ctx = RequestContext::without_client_ip();
         let e = run
             .recovery
             .request("alice@example.com", Some(alice()), &ctx)
@@ -578,14 +582,18 @@ fn a_hanging_store_is_bounded_by_the_hosts_timeout() {
     block_on(async {
         let run = Run::new(false);
         run.store.fail_nth(1, StoreFault::Hang);
-        let ctx = RequestContext::none();
+        let ctx = RequestContext::without_client_ip();
         let call = run.recovery.request("alice@example.com", Some(alice()), &ctx);
         let timed = tokio::time::timeout(Duration::from_millis(50), call).await;
         assert!(timed.is_err(), "a hung store operation completed");
         // Nothing was applied, and the next call works.
         assert_eq!(run.store.inner().inner.flow_count(), 0);
         run.recovery
-            .request("alice@example.com", Some(alice()), &RequestContext::none())
+            .request(
+                "alice@example.com",
+                Some(alice()),
+                &RequestContext::without_client_ip(),
+            )
             .await
             .unwrap();
     });
@@ -594,7 +602,7 @@ fn a_hanging_store_is_bounded_by_the_hosts_timeout() {
 #[test]
 fn a_code_write_whose_answer_was_lost_leaves_no_unsent_code_valid() {
     block_on(async {
-        let ctx = RequestContext::none();
+        let ctx = RequestContext::without_client_ip();
         let subject = Subject::Account(alice().id).key();
         // A request: counters (1), then the flow's creation (2) applies but
         // its answer is lost. The code is never sent, so it must not work.
@@ -654,7 +662,7 @@ fn an_account_lock_is_stored_with_the_failure_that_reaches_the_limit() {
                 .build()
                 .unwrap();
             let run = Run::with_policy(policy);
-            let ctx = RequestContext::none();
+            let ctx = RequestContext::without_client_ip();
             let request = || run.recovery.request("alice@example.com", Some(alice()), &ctx);
             let first = request().await.unwrap().flow_id;
             let code = run.last_code().unwrap();
@@ -724,7 +732,7 @@ fn a_recovery_code_whose_token_was_not_issued_can_be_used_again() {
                 alice().id,
                 Factors::none().with_recovery_codes(codes.set().clone()),
             )]));
-            let ctx = RequestContext::none();
+            let ctx = RequestContext::without_client_ip();
             let saved = codes.codes()[0].expose_secret().to_owned();
             let past_sms = async |run: &Run| {
                 let requested = run
@@ -787,7 +795,7 @@ fn a_support_action_whose_read_fails_is_audited() {
         let mut run = Run::new(false);
         let sink = RecordingSink::new();
         run.recovery = run.recovery.with_events(sink.clone());
-        let ctx = RequestContext::none();
+        let ctx = RequestContext::without_client_ip();
         let requested = run
             .recovery
             .request("alice@example.com", Some(alice()), &ctx)
@@ -828,7 +836,7 @@ fn a_store_that_answers_too_few_counter_values_gets_a_typed_error() {
         let store = Arc::new(common::Observed::default());
         let sender = RecordingSender::new();
         let recovery = Recovery::new(store.clone(), sender.clone(), keys());
-        let ctx = RequestContext::none();
+        let ctx = RequestContext::without_client_ip();
         let flow = recovery
             .request("alice@example.com", Some(alice()), &ctx)
             .await

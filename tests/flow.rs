@@ -68,7 +68,11 @@ impl Harness {
     async fn request(&self) -> (Requested, Code) {
         let requested = self
             .recovery
-            .request("alice@example.com", Some(alice()), &RequestContext::none())
+            .request(
+                "alice@example.com",
+                Some(alice()),
+                &RequestContext::without_client_ip(),
+            )
             .await
             .unwrap();
         (requested, self.sender.last_code().unwrap())
@@ -96,7 +100,11 @@ async fn the_whole_flow_returns_the_account_once() {
     );
     let verified = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -105,7 +113,10 @@ async fn the_whole_flow_returns_the_account_once() {
     );
     let done = h
         .recovery
-        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .reset(
+            &verified.token.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap();
     assert_eq!(done.account, alice().id);
@@ -113,7 +124,10 @@ async fn the_whole_flow_returns_the_account_once() {
     assert_eq!(h.state(&requested.flow_id).await, FlowState::Completed);
     assert!(matches!(
         h.recovery
-            .reset(&verified.token.expose_secret(), &RequestContext::none())
+            .reset(
+                &verified.token.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await,
         Err(Error::AlreadyUsed)
     ));
@@ -128,7 +142,11 @@ async fn code_verifies_at_its_last_valid_millisecond() {
     ));
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                code.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -141,14 +159,18 @@ async fn code_is_rejected_at_the_millisecond_it_expires_without_costing_an_attem
     h.clock.set(requested.code_expires_at);
     let err = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Expired), "{err:?}");
     // A resend gives a fresh code; the expired check consumed nothing.
     let again = h
         .recovery
-        .resend(&requested.flow_id, &RequestContext::none())
+        .resend(&requested.flow_id, &RequestContext::without_client_ip())
         .await
         .unwrap();
     assert_eq!(again.attempts_left, 5);
@@ -161,7 +183,11 @@ async fn fifth_wrong_code_locks_the_flow_and_sixth_is_refused() {
     for left in (0..5).rev() {
         let err = h
             .recovery
-            .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                &wrong(&code),
+                &RequestContext::without_client_ip(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -172,13 +198,21 @@ async fn fifth_wrong_code_locks_the_flow_and_sixth_is_refused() {
     assert_eq!(h.state(&requested.flow_id).await, FlowState::Locked);
     let err = h
         .recovery
-        .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            &wrong(&code),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Locked { until: None, .. }), "{err:?}");
     let err = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -187,7 +221,7 @@ async fn fifth_wrong_code_locks_the_flow_and_sixth_is_refused() {
     );
     let err = h
         .recovery
-        .resend(&requested.flow_id, &RequestContext::none())
+        .resend(&requested.flow_id, &RequestContext::without_client_ip())
         .await
         .unwrap_err();
     assert!(
@@ -202,13 +236,21 @@ async fn right_code_on_the_last_allowed_attempt_verifies() {
     let (requested, code) = h.request().await;
     for _ in 0..4 {
         h.recovery
-            .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                &wrong(&code),
+                &RequestContext::without_client_ip(),
+            )
             .await
             .unwrap_err();
     }
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                code.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -219,12 +261,20 @@ async fn a_verified_code_can_never_be_used_again() {
     let h = harness();
     let (requested, code) = h.request().await;
     h.recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap();
     let err = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::AlreadyUsed), "{err:?}");
@@ -236,7 +286,11 @@ async fn token_resets_at_its_last_valid_millisecond_and_not_at_expiry() {
     let (requested, code) = h.request().await;
     let verified = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap();
     h.clock.set(Timestamp::from_unix_millis(
@@ -244,7 +298,10 @@ async fn token_resets_at_its_last_valid_millisecond_and_not_at_expiry() {
     ));
     assert!(
         h.recovery
-            .reset(&verified.token.expose_secret(), &RequestContext::none())
+            .reset(
+                &verified.token.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -253,13 +310,20 @@ async fn token_resets_at_its_last_valid_millisecond_and_not_at_expiry() {
     let (requested, code) = h.request().await;
     let verified = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap();
     h.clock.set(verified.token_expires_at);
     let err = h
         .recovery
-        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .reset(
+            &verified.token.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Expired), "{err:?}");
@@ -271,7 +335,11 @@ async fn a_wrong_or_garbage_token_is_refused_and_the_right_one_still_works() {
     let (requested, code) = h.request().await;
     let verified = h
         .recovery
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap();
     let token = verified.token.expose_secret();
@@ -279,23 +347,32 @@ async fn a_wrong_or_garbage_token_is_refused_and_the_right_one_still_works() {
     let last = if tampered.ends_with('0') { "1" } else { "0" };
     tampered.replace_range(95.., last);
     assert!(matches!(
-        h.recovery.reset(&tampered, &RequestContext::none()).await,
+        h.recovery
+            .reset(&tampered, &RequestContext::without_client_ip())
+            .await,
         Err(Error::InvalidToken)
     ));
     for garbage in ["", "not a token", &token[..95], &token.to_uppercase()] {
         let err = h
             .recovery
-            .reset(garbage, &RequestContext::none())
+            .reset(garbage, &RequestContext::without_client_ip())
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Input(InputError::MalformedToken)), "{err:?}");
     }
     let unknown_flow = format!("{}{}", FlowId::generate().unwrap(), &token[32..]);
     assert!(matches!(
-        h.recovery.reset(&unknown_flow, &RequestContext::none()).await,
+        h.recovery
+            .reset(&unknown_flow, &RequestContext::without_client_ip())
+            .await,
         Err(Error::InvalidToken)
     ));
-    assert!(h.recovery.reset(&token, &RequestContext::none()).await.is_ok());
+    assert!(
+        h.recovery
+            .reset(&token, &RequestContext::without_client_ip())
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -310,7 +387,7 @@ async fn resend_waits_out_a_cooldown_that_doubles_then_stops_at_five_sends() {
             .set(Timestamp::from_unix_millis(open_at.as_unix_millis() - 1));
         let err = h
             .recovery
-            .resend(&flow, &RequestContext::none())
+            .resend(&flow, &RequestContext::without_client_ip())
             .await
             .unwrap_err();
         assert!(
@@ -318,7 +395,11 @@ async fn resend_waits_out_a_cooldown_that_doubles_then_stops_at_five_sends() {
             "after {sends}: {err:?}"
         );
         h.clock.set(open_at);
-        let again = h.recovery.resend(&flow, &RequestContext::none()).await.unwrap();
+        let again = h
+            .recovery
+            .resend(&flow, &RequestContext::without_client_ip())
+            .await
+            .unwrap();
         assert_eq!(h.sender.count(), sends + 1);
         last_send = open_at;
         let next = (sends < 4).then(|| open_at.saturating_add(Duration::from_secs(2 * wait)));
@@ -326,7 +407,9 @@ async fn resend_waits_out_a_cooldown_that_doubles_then_stops_at_five_sends() {
     }
     h.clock.advance(Duration::from_secs(3600));
     assert!(matches!(
-        h.recovery.resend(&flow, &RequestContext::none()).await,
+        h.recovery
+            .resend(&flow, &RequestContext::without_client_ip())
+            .await,
         Err(Error::TooManySends)
     ));
     assert_eq!(h.sender.count(), 5);
@@ -338,7 +421,7 @@ async fn resend_makes_the_earlier_code_invalid() {
     let (requested, old) = h.request().await;
     h.clock.advance(Duration::from_secs(30));
     h.recovery
-        .resend(&requested.flow_id, &RequestContext::none())
+        .resend(&requested.flow_id, &RequestContext::without_client_ip())
         .await
         .unwrap();
     let new = h.sender.last_code().unwrap();
@@ -349,7 +432,11 @@ async fn resend_makes_the_earlier_code_invalid() {
     );
     let err = h
         .recovery
-        .verify(&requested.flow_id, old.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            old.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -358,7 +445,11 @@ async fn resend_makes_the_earlier_code_invalid() {
     );
     assert!(
         h.recovery
-            .verify(&requested.flow_id, new.expose_secret(), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                new.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -370,25 +461,37 @@ async fn resend_keeps_the_failed_attempts() {
     let (requested, code) = h.request().await;
     for _ in 0..3 {
         h.recovery
-            .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                &wrong(&code),
+                &RequestContext::without_client_ip(),
+            )
             .await
             .unwrap_err();
     }
     h.clock.advance(Duration::from_secs(30));
     let again = h
         .recovery
-        .resend(&requested.flow_id, &RequestContext::none())
+        .resend(&requested.flow_id, &RequestContext::without_client_ip())
         .await
         .unwrap();
     assert_eq!(again.attempts_left, 2);
     let code = h.sender.last_code().unwrap();
     h.recovery
-        .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            &wrong(&code),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     let err = h
         .recovery
-        .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            &wrong(&code),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -407,7 +510,7 @@ async fn a_new_request_supersedes_every_earlier_code_and_token() {
         .verify(
             &second.flow_id,
             second_code.expose_secret(),
-            &RequestContext::none(),
+            &RequestContext::without_client_ip(),
         )
         .await
         .unwrap();
@@ -417,14 +520,17 @@ async fn a_new_request_supersedes_every_earlier_code_and_token() {
         .verify(
             &first.flow_id,
             first_code.expose_secret(),
-            &RequestContext::none(),
+            &RequestContext::without_client_ip(),
         )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Superseded), "{err:?}");
     let err = h
         .recovery
-        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .reset(
+            &verified.token.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -441,7 +547,11 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
     let (first, code) = h.request().await;
     for _ in 0..5 {
         h.recovery
-            .verify(&first.flow_id, &wrong(&code), &RequestContext::none())
+            .verify(
+                &first.flow_id,
+                &wrong(&code),
+                &RequestContext::without_client_ip(),
+            )
             .await
             .unwrap_err();
     }
@@ -451,7 +561,11 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
     assert_eq!(second.attempts_left, 2);
     let err = h
         .recovery
-        .verify(&second.flow_id, &wrong(&code), &RequestContext::none())
+        .verify(
+            &second.flow_id,
+            &wrong(&code),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -462,7 +576,11 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
     let window_end = T0.saturating_add(day);
     let err = h
         .recovery
-        .verify(&second.flow_id, &wrong(&code), &RequestContext::none())
+        .verify(
+            &second.flow_id,
+            &wrong(&code),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -472,13 +590,21 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
     assert_eq!(h.state(&second.flow_id).await, FlowState::Locked);
     let err = h
         .recovery
-        .verify(&second.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &second.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err:?}");
     let err = h
         .recovery
-        .request("alice@example.com", Some(alice()), &RequestContext::none())
+        .request(
+            "alice@example.com",
+            Some(alice()),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -508,14 +634,22 @@ async fn account_failures_carry_across_requests_until_the_window_ends() {
         .set(Timestamp::from_unix_millis(window_end.as_unix_millis() - 1));
     assert!(
         h.recovery
-            .request("alice@example.com", Some(alice()), &RequestContext::none())
+            .request(
+                "alice@example.com",
+                Some(alice()),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_err()
     );
     h.clock.set(window_end);
     assert!(
         h.recovery
-            .request("alice@example.com", Some(alice()), &RequestContext::none())
+            .request(
+                "alice@example.com",
+                Some(alice()),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -527,7 +661,7 @@ async fn an_unknown_identifier_gets_answers_of_the_same_shape_and_no_sms() {
     let (known, _) = h.request().await;
     let unknown = h
         .recovery
-        .request("nobody@example.com", None, &RequestContext::none())
+        .request("nobody@example.com", None, &RequestContext::without_client_ip())
         .await
         .unwrap();
     assert_eq!(
@@ -545,7 +679,7 @@ async fn an_unknown_identifier_gets_answers_of_the_same_shape_and_no_sms() {
     );
     let again = h
         .recovery
-        .request("nobody@example.com", None, &RequestContext::none())
+        .request("nobody@example.com", None, &RequestContext::without_client_ip())
         .await
         .unwrap();
     assert_eq!(
@@ -557,7 +691,7 @@ async fn an_unknown_identifier_gets_answers_of_the_same_shape_and_no_sms() {
     for left in (0..5).rev() {
         let err = h
             .recovery
-            .verify(&again.flow_id, "000000", &RequestContext::none())
+            .verify(&again.flow_id, "000000", &RequestContext::without_client_ip())
             .await
             .unwrap_err();
         assert!(
@@ -567,23 +701,25 @@ async fn an_unknown_identifier_gets_answers_of_the_same_shape_and_no_sms() {
     }
     assert!(matches!(
         h.recovery
-            .verify(&again.flow_id, "000000", &RequestContext::none())
+            .verify(&again.flow_id, "000000", &RequestContext::without_client_ip())
             .await,
         Err(Error::Locked { until: None, .. })
     ));
     let fresh = h
         .recovery
-        .request("nobody@example.com", None, &RequestContext::none())
+        .request("nobody@example.com", None, &RequestContext::without_client_ip())
         .await
         .unwrap();
     assert!(matches!(
-        h.recovery.resend(&fresh.flow_id, &RequestContext::none()).await,
+        h.recovery
+            .resend(&fresh.flow_id, &RequestContext::without_client_ip())
+            .await,
         Err(Error::TooSoon { .. })
     ));
     h.clock.advance(Duration::from_secs(30));
     let resent = h
         .recovery
-        .resend(&fresh.flow_id, &RequestContext::none())
+        .resend(&fresh.flow_id, &RequestContext::without_client_ip())
         .await
         .unwrap();
     assert_eq!(resent.masked_phone, unknown.masked_phone);
@@ -596,30 +732,34 @@ async fn an_unknown_identifier_locks_like_an_account() {
     let h = harness_with(Policy::builder().account_failures(5, day).build().unwrap());
     let flow = h
         .recovery
-        .request("nobody@example.com", None, &RequestContext::none())
+        .request("nobody@example.com", None, &RequestContext::without_client_ip())
         .await
         .unwrap();
     for _ in 0..4 {
         h.recovery
-            .verify(&flow.flow_id, "000000", &RequestContext::none())
+            .verify(&flow.flow_id, "000000", &RequestContext::without_client_ip())
             .await
             .unwrap_err();
     }
     let err = h
         .recovery
-        .verify(&flow.flow_id, "000000", &RequestContext::none())
+        .verify(&flow.flow_id, "000000", &RequestContext::without_client_ip())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Locked { until: Some(_), .. }), "{err:?}");
     let err = h
         .recovery
-        .request("nobody@example.com", None, &RequestContext::none())
+        .request("nobody@example.com", None, &RequestContext::without_client_ip())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Locked { until: Some(_), .. }), "{err:?}");
     assert!(
         h.recovery
-            .request("someone-else@example.com", None, &RequestContext::none())
+            .request(
+                "someone-else@example.com",
+                None,
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -642,7 +782,7 @@ async fn malformed_codes_are_refused_without_costing_an_attempt() {
     ] {
         let err = h
             .recovery
-            .verify(&requested.flow_id, bad, &RequestContext::none())
+            .verify(&requested.flow_id, bad, &RequestContext::without_client_ip())
             .await
             .unwrap_err();
         assert!(
@@ -652,7 +792,11 @@ async fn malformed_codes_are_refused_without_costing_an_attempt() {
     }
     let err = h
         .recovery
-        .verify(&requested.flow_id, &wrong(&code), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            &wrong(&code),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -666,11 +810,13 @@ async fn unknown_flows_are_not_found() {
     let h = harness();
     let id = FlowId::generate().unwrap();
     assert!(matches!(
-        h.recovery.verify(&id, "123456", &RequestContext::none()).await,
+        h.recovery
+            .verify(&id, "123456", &RequestContext::without_client_ip())
+            .await,
         Err(Error::NotFound)
     ));
     assert!(matches!(
-        h.recovery.resend(&id, &RequestContext::none()).await,
+        h.recovery.resend(&id, &RequestContext::without_client_ip()).await,
         Err(Error::NotFound)
     ));
     assert!(FlowId::parse("../../etc/passwd").is_err());
@@ -686,7 +832,7 @@ async fn a_failed_send_answers_like_a_sent_one_but_leaves_no_valid_code() {
     // By default the caller cannot tell (an unknown identifier never fails).
     let resent = h
         .recovery
-        .resend(&requested.flow_id, &RequestContext::none())
+        .resend(&requested.flow_id, &RequestContext::without_client_ip())
         .await
         .unwrap();
     assert_eq!(resent.attempts_left, 5);
@@ -694,7 +840,11 @@ async fn a_failed_send_answers_like_a_sent_one_but_leaves_no_valid_code() {
     // like any wrong code (as an unknown identifier's flow would).
     let err = h
         .recovery
-        .verify(&requested.flow_id, first.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            first.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -705,7 +855,7 @@ async fn a_failed_send_answers_like_a_sent_one_but_leaves_no_valid_code() {
     h.clock.advance(Duration::from_secs(60));
     let again = h
         .recovery
-        .resend(&requested.flow_id, &RequestContext::none())
+        .resend(&requested.flow_id, &RequestContext::without_client_ip())
         .await
         .unwrap();
     assert_eq!(
@@ -715,7 +865,11 @@ async fn a_failed_send_answers_like_a_sent_one_but_leaves_no_valid_code() {
     let code = h.sender.last_code().unwrap();
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                code.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -728,7 +882,11 @@ async fn a_failed_send_is_reported_when_the_policy_reveals_it() {
         .fail_next(SendError::new(SendErrorKind::InvalidNumber, "21211"));
     let err = h
         .recovery
-        .request("alice@example.com", Some(alice()), &RequestContext::none())
+        .request(
+            "alice@example.com",
+            Some(alice()),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -744,7 +902,7 @@ async fn a_failed_send_is_reported_when_the_policy_reveals_it() {
         .fail_next(SendError::new(SendErrorKind::Unavailable, "503 from gateway"));
     let err = h
         .recovery
-        .resend(&requested.flow_id, &RequestContext::none())
+        .resend(&requested.flow_id, &RequestContext::without_client_ip())
         .await
         .unwrap_err();
     assert!(matches!(&err, Error::Send(e) if e.is_retryable()), "{err:?}");
@@ -752,7 +910,11 @@ async fn a_failed_send_is_reported_when_the_policy_reveals_it() {
     let (requested, code) = h.request().await;
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                code.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -768,14 +930,18 @@ async fn a_code_from_one_flow_is_refused_on_another() {
     );
     let bobs = h
         .recovery
-        .request("bob@example.com", Some(bob), &RequestContext::none())
+        .request("bob@example.com", Some(bob), &RequestContext::without_client_ip())
         .await
         .unwrap();
     let bob_code = h.sender.last_code().unwrap();
     if alice_code.expose_secret() != bob_code.expose_secret() {
         let err = h
             .recovery
-            .verify(&bobs.flow_id, alice_code.expose_secret(), &RequestContext::none())
+            .verify(
+                &bobs.flow_id,
+                alice_code.expose_secret(),
+                &RequestContext::without_client_ip(),
+            )
             .await
             .unwrap_err();
         assert!(
@@ -788,7 +954,7 @@ async fn a_code_from_one_flow_is_refused_on_another() {
             .verify(
                 &alices.flow_id,
                 alice_code.expose_secret(),
-                &RequestContext::none()
+                &RequestContext::without_client_ip()
             )
             .await
             .is_ok()
@@ -802,23 +968,23 @@ async fn an_unknown_identifier_is_superseded_like_an_account() {
     h.request().await;
     let first_unknown = h
         .recovery
-        .request("nobody@example.com", None, &RequestContext::none())
+        .request("nobody@example.com", None, &RequestContext::without_client_ip())
         .await
         .unwrap();
     h.recovery
-        .request("nobody@example.com", None, &RequestContext::none())
+        .request("nobody@example.com", None, &RequestContext::without_client_ip())
         .await
         .unwrap();
     for flow in [first_known.flow_id, first_unknown.flow_id] {
         let err = h
             .recovery
-            .verify(&flow, "000000", &RequestContext::none())
+            .verify(&flow, "000000", &RequestContext::without_client_ip())
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Superseded), "{err:?}");
         let err = h
             .recovery
-            .resend(&flow, &RequestContext::none())
+            .resend(&flow, &RequestContext::without_client_ip())
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Superseded), "{err:?}");
@@ -832,12 +998,19 @@ async fn flows_opened_before_a_key_rotation_still_verify() {
     let rotated = KeyRing::new(2, key(2)).with_previous(1, key(1)).unwrap();
     let after = Recovery::new(h.store.clone(), h.sender.clone(), rotated).with_clock(h.clock.clone());
     let verified = after
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap();
     assert!(
         after
-            .reset(&verified.token.expose_secret(), &RequestContext::none())
+            .reset(
+                &verified.token.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -847,7 +1020,11 @@ async fn flows_opened_before_a_key_rotation_still_verify() {
     let lost = Recovery::new(h.store.clone(), h.sender.clone(), KeyRing::new(2, key(2)));
     let lost = lost.with_clock(h.clock.clone());
     let err = lost
-        .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &requested.flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::UnknownKey(1)), "{err:?}");
@@ -860,13 +1037,17 @@ async fn longer_codes_follow_the_policy() {
     assert_eq!(code.len(), 10);
     let err = h
         .recovery
-        .verify(&requested.flow_id, "123456", &RequestContext::none())
+        .verify(&requested.flow_id, "123456", &RequestContext::without_client_ip())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Input(InputError::MalformedCode)), "{err:?}");
     assert!(
         h.recovery
-            .verify(&requested.flow_id, code.expose_secret(), &RequestContext::none())
+            .verify(
+                &requested.flow_id,
+                code.expose_secret(),
+                &RequestContext::without_client_ip()
+            )
             .await
             .is_ok()
     );
@@ -886,7 +1067,7 @@ async fn expired_records_are_purged_after_their_retention() {
     assert_eq!(h.recovery.purge_expired().await.unwrap(), 1);
     assert!(matches!(
         h.recovery
-            .verify(&requested.flow_id, "123456", &RequestContext::none())
+            .verify(&requested.flow_id, "123456", &RequestContext::without_client_ip())
             .await,
         Err(Error::NotFound)
     ));
@@ -915,7 +1096,11 @@ async fn code_sent_carries_the_time_of_the_send() {
     .with_events(events.clone())
     .with_clock(Ticking(std::sync::atomic::AtomicU64::new(T0.as_unix_millis())));
     recovery
-        .request("alice@example.com", Some(alice()), &RequestContext::none())
+        .request(
+            "alice@example.com",
+            Some(alice()),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .unwrap();
     let at = |wanted: fn(&otp_recovery::events::EventKind) -> bool| {

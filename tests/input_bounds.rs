@@ -53,7 +53,7 @@ async fn a_megabyte_identifier_is_refused_before_any_work_for_any_account() {
 #[tokio::test]
 async fn the_identifier_bound_is_exact() {
     let (recovery, _, _) = setup();
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let at = format!("{}@x.io", "a".repeat(MAX_IDENTIFIER_BYTES - 5));
     assert_eq!(at.len(), MAX_IDENTIFIER_BYTES);
     recovery
@@ -74,7 +74,7 @@ async fn the_identifier_bound_is_exact() {
 #[tokio::test]
 async fn a_code_typed_with_spaces_or_in_another_script_verifies_and_garbage_costs_no_attempt() {
     let (recovery, _, sender) = setup();
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = recovery
         .request("alice", Some(alice()), &ctx)
         .await
@@ -111,4 +111,38 @@ async fn a_code_typed_with_spaces_or_in_another_script_verifies_and_garbage_cost
         .verify(&flow, &arabic, &ctx)
         .await
         .expect("the right code in Arabic-Indic digits, with a space");
+}
+
+/// A call without a client IP turns every per-IP rule off for it: the
+/// constructor says so, and the first such call of a recovery reports it,
+/// once, whichever call it is.
+#[tokio::test]
+async fn calls_without_a_client_ip_are_reported_once_per_recovery() {
+    use otp_recovery::events::{EventKind, RecordingSink};
+    let missing = |sink: &RecordingSink| {
+        sink.kinds()
+            .iter()
+            .filter(|k| matches!(k, EventKind::ClientIpMissing))
+            .count()
+    };
+    let (recovery, _, _) = setup();
+    let sink = RecordingSink::new();
+    let recovery = recovery.with_events(sink.clone());
+    let with_ip = RequestContext::from_ip("198.51.100.7".parse().unwrap());
+    let flow = recovery
+        .request("alice@example.com", Some(alice()), &with_ip)
+        .await
+        .unwrap()
+        .flow_id;
+    assert_eq!(missing(&sink), 0, "a call with an IP reports nothing");
+    let _ = recovery
+        .verify(&flow, "000000", &RequestContext::without_client_ip())
+        .await;
+    assert_eq!(missing(&sink), 1, "a verify without one reports it");
+    for _ in 0..3 {
+        let _ = recovery
+            .request("bob@example.com", None, &RequestContext::without_client_ip())
+            .await;
+    }
+    assert_eq!(missing(&sink), 1, "once per recovery");
 }

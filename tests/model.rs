@@ -366,7 +366,7 @@ async fn run<S: CodeStore>(store: S, ops: &[Op]) -> Result<(), TestCaseError> {
         sender,
         clock,
     };
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let agent = Agent::new("model").unwrap();
     let mut m = Model {
         subjects: (0..SUBJECTS).map(|_| Subject::default()).collect(),

@@ -83,7 +83,7 @@ fn recovery(seed: u64) -> (Rec, Arc<MemoryStore>, RecordingSender, Arc<AtomicBoo
 
 #[tokio::test]
 async fn a_seeded_generator_makes_flow_ids_and_codes_reproducible() {
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let mut seen = Vec::new();
     for seed in [1, 1, 2] {
         let (recovery, _, sender, _) = recovery(seed);
@@ -97,7 +97,7 @@ async fn a_seeded_generator_makes_flow_ids_and_codes_reproducible() {
 
 #[tokio::test]
 async fn a_failing_generator_is_a_typed_error_and_writes_nothing() {
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let (recovery, store, sender, fail) = recovery(3);
     fail.store(true, Ordering::SeqCst);
     let err = recovery
@@ -115,7 +115,7 @@ async fn a_failing_generator_is_a_typed_error_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_generator_failing_at_the_token_leaves_the_code_usable() {
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let (recovery, _, sender, fail) = recovery(4);
     let flow = recovery
         .request("alice", Some(alice()), &ctx)
@@ -145,7 +145,7 @@ async fn a_resend_the_generator_fails_spends_no_send_limit() {
     use otp_recovery::limits::{LimitScope, Limits, Rule};
     use std::time::Duration;
 
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let fail = Arc::new(AtomicBool::new(false));
     let clock = ManualClock::new(T0);
     let sender = RecordingSender::new();

@@ -47,7 +47,7 @@ fn alice() -> Account {
 }
 
 fn ctx() -> RequestContext {
-    RequestContext::none()
+    RequestContext::without_client_ip()
 }
 
 fn required() -> Policy {

@@ -51,7 +51,7 @@ async fn past_sms<S: CodeStore>(
     sender: &RecordingSender,
     who: &Account,
 ) -> FlowId {
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = recovery
         .request(who.id.as_str(), Some(who.clone()), &ctx)
         .await
@@ -84,7 +84,7 @@ async fn two_accounts_use_their_authenticators_in_the_same_step() {
         .with_policy(required())
         .with_clock(clock.clone())
         .with_factors(factors);
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     for (who, authenticator) in [(&alice, &alice_totp), (&bob, &bob_totp)] {
         let flow = past_sms(&recovery, &sender, who).await;
         let code = authenticator.code_at(clock.now());
@@ -116,7 +116,7 @@ async fn factor_attempts_left_is_capped_by_what_the_account_has_left() {
             alice.id.clone(),
             Factors::none().with_totp(authenticator.clone()),
         )]));
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = recovery
         .request("alice", Some(alice.clone()), &ctx)
         .await
@@ -170,7 +170,7 @@ async fn a_used_recovery_code_stays_refused_years_later() {
             alice.id.clone(),
             Factors::none().with_recovery_codes(codes.set().clone()),
         )]));
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let code = codes.codes()[0].expose_secret().to_owned();
     let flow = past_sms(&recovery, &sender, &alice).await;
     recovery
@@ -203,7 +203,7 @@ async fn an_emptied_recovery_code_set_is_no_factor() {
             alice.id.clone(),
             Factors::none().with_recovery_codes(empty),
         )]));
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = recovery
         .request("alice", Some(alice), &ctx)
         .await
@@ -331,7 +331,12 @@ async fn race_the_right_code_with_copies(copies: usize) -> Result<otp_recovery::
         let (recovery, code) = (recovery.clone(), code.clone());
         tokio::spawn(async move {
             recovery
-                .verify_factor(&flow, FactorKind::Totp, &code, &RequestContext::none())
+                .verify_factor(
+                    &flow,
+                    FactorKind::Totp,
+                    &code,
+                    &RequestContext::without_client_ip(),
+                )
                 .await
         })
     };
@@ -339,7 +344,12 @@ async fn race_the_right_code_with_copies(copies: usize) -> Result<otp_recovery::
     store.reached.notified().await;
     for _ in 0..copies {
         let copy = recovery
-            .verify_factor(&flow, FactorKind::Totp, &code, &RequestContext::none())
+            .verify_factor(
+                &flow,
+                FactorKind::Totp,
+                &code,
+                &RequestContext::without_client_ip(),
+            )
             .await;
         assert!(copy.is_err(), "only one token");
     }
@@ -379,7 +389,7 @@ async fn a_factor_removed_after_the_sms_code_is_unavailable_and_costs_nothing() 
         .with_clock(clock.clone())
         .with_channel(mailer.clone())
         .with_factors(source.clone());
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = past_sms(&recovery, &sender, &alice).await;
     recovery.send_factor_code(&flow, &ctx).await.unwrap();
     let emailed = mailer.last_code().unwrap();
@@ -445,7 +455,7 @@ async fn the_second_channel_sends_at_most_the_flows_allowance_and_never_outlives
             Factors::none()
                 .with_channel(otp_recovery::factor::ChannelAddress::email("alice@example.com").unwrap()),
         )]));
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = past_sms(&recovery, &sender, &alice).await;
     let step_ends = T0.saturating_add(policy.code_ttl());
     clock.advance(Duration::from_secs(60));
@@ -500,7 +510,7 @@ async fn an_sms_code_never_passes_for_a_second_channel_code() {
             Factors::none()
                 .with_channel(otp_recovery::factor::ChannelAddress::email("alice@example.com").unwrap()),
         )]));
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = past_sms(&recovery, &sender, &alice).await;
     let sms = sender.last_code().unwrap();
     recovery.send_factor_code(&flow, &ctx).await.unwrap();
@@ -544,7 +554,7 @@ async fn a_second_channel_code_survives_a_key_rotation_between_send_and_check() 
         .with_policy(required())
         .with_clock(ManualClock::new(T0))
         .with_factors(factors);
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = past_sms(&a, &sender, &alice).await;
     a.send_factor_code(&flow, &ctx).await.unwrap();
     let code = mailer.last_code().unwrap();
@@ -594,7 +604,12 @@ async fn wrong_codes_raced_through_two_instances_are_evaluated_exactly_up_to_the
             tokio::spawn(async move {
                 barrier.wait().await;
                 recovery
-                    .verify_factor(&flow, FactorKind::Totp, &wrong, &RequestContext::none())
+                    .verify_factor(
+                        &flow,
+                        FactorKind::Totp,
+                        &wrong,
+                        &RequestContext::without_client_ip(),
+                    )
                     .await
             })
         })

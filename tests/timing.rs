@@ -352,7 +352,7 @@ fn measure() -> [Verdict; 4] {
         AccountId::new("5f0c3c1e9b8a4d2f8e7a6b5c4d3e2f1a").unwrap(),
         PhoneNumber::parse("+14155550123").unwrap(),
     );
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     // One identifier per class, asked again and again: each request
     // supersedes the flow of the one before, on both paths.
     let requests = compare(

@@ -445,7 +445,7 @@ pub async fn expiry_is_decided_to_the_millisecond<S: CodeStore>(store: Arc<S>) {
     ));
     let code = sender.last_code().expect("a code was sent");
     recovery
-        .verify(&flow, code.expose_secret(), &RequestContext::none())
+        .verify(&flow, code.expose_secret(), &RequestContext::without_client_ip())
         .await
         .expect("the code must verify at its last valid millisecond");
 
@@ -454,7 +454,7 @@ pub async fn expiry_is_decided_to_the_millisecond<S: CodeStore>(store: Arc<S>) {
     let code = sender.last_code().expect("a code was sent");
     clock.set(start.saturating_add(ttl));
     let err = recovery
-        .verify(&flow, code.expose_secret(), &RequestContext::none())
+        .verify(&flow, code.expose_secret(), &RequestContext::without_client_ip())
         .await
         .expect_err("expired");
     assert!(

@@ -186,7 +186,11 @@ async fn in_turn<T, Fut: Future<Output = T>>(futures: Vec<Fut>) -> Vec<T> {
 pub(super) async fn requested_flow<S: CodeStore>(recovery: &TestRecovery<S>) -> FlowId {
     let account = Account::new(account(), phone());
     recovery
-        .request("someone@example.com", Some(account), &RequestContext::none())
+        .request(
+            "someone@example.com",
+            Some(account),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .expect("request")
         .flow_id

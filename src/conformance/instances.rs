@@ -50,7 +50,7 @@ pub async fn two_instances_hold_every_limit<S: CodeStore + 'static>(a: Arc<S>, b
             two.clone()
         }
     };
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
 
     // Wrong codes: exactly the attempt limit is evaluated.
     let flow = requested_flow(&one).await;
@@ -242,7 +242,7 @@ where
             .with_limits(Limits::none())
             .with_clock(clock.clone())
     };
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let first = make(open().await);
     let account = Account::new(account(), phone());
     let flow = first

@@ -283,7 +283,7 @@ pub async fn request_races_hold_the_send_limits<S: CodeStore + 'static>(store: A
         .with_limits(limits)
         .with_clock(ManualClock::new(now())),
     );
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
 
     let one = Account::new(account(), phone_with_random_line());
     let sent = race(40, |_| {

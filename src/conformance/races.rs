@@ -152,7 +152,11 @@ pub async fn wrong_code_race_evaluates_exactly_the_attempt_limit<S: CodeStore + 
     );
     let outcomes = race(1000, |_| {
         let (recovery, wrong) = (recovery.clone(), wrong.clone());
-        async move { recovery.verify(&flow, &wrong, &RequestContext::none()).await }
+        async move {
+            recovery
+                .verify(&flow, &wrong, &RequestContext::without_client_ip())
+                .await
+        }
     })
     .await;
     let mut left: Vec<u32> = Vec::new();
@@ -173,7 +177,7 @@ pub async fn wrong_code_race_evaluates_exactly_the_attempt_limit<S: CodeStore + 
     assert_eq!(stored.failed_attempts, 5);
     assert_eq!(stored.state, FlowState::Locked);
     let err = recovery
-        .verify(&flow, right.expose_secret(), &RequestContext::none())
+        .verify(&flow, right.expose_secret(), &RequestContext::without_client_ip())
         .await
         .expect_err("locked");
     assert!(
@@ -191,7 +195,7 @@ pub async fn right_code_race_issues_exactly_one_token<S: CodeStore + 'static>(st
         let (recovery, code) = (recovery.clone(), code.clone());
         async move {
             recovery
-                .verify(&flow, code.expose_secret(), &RequestContext::none())
+                .verify(&flow, code.expose_secret(), &RequestContext::without_client_ip())
                 .await
                 .map(|_| ())
         }
@@ -214,13 +218,18 @@ pub async fn reset_race_completes_exactly_once<S: CodeStore + 'static>(store: Ar
     let flow = requested_flow(&recovery).await;
     let code = sender.last_code().expect("a code was sent");
     let verified = recovery
-        .verify(&flow, code.expose_secret(), &RequestContext::none())
+        .verify(&flow, code.expose_secret(), &RequestContext::without_client_ip())
         .await
         .expect("verify");
     let token = verified.token.expose_secret();
     let outcomes = race(RACERS, |_| {
         let (recovery, token) = (recovery.clone(), token.clone());
-        async move { recovery.reset(&token, &RequestContext::none()).await.map(|_| ()) }
+        async move {
+            recovery
+                .reset(&token, &RequestContext::without_client_ip())
+                .await
+                .map(|_| ())
+        }
     })
     .await;
     let mut completed = 0;
@@ -242,7 +251,12 @@ pub async fn resend_race_sends_exactly_once<S: CodeStore + 'static>(store: Arc<S
     let before = sender.count();
     let outcomes = race(RACERS, |_| {
         let recovery = recovery.clone();
-        async move { recovery.resend(&flow, &RequestContext::none()).await.map(|_| ()) }
+        async move {
+            recovery
+                .resend(&flow, &RequestContext::without_client_ip())
+                .await
+                .map(|_| ())
+        }
     })
     .await;
     let mut sent = 0;

@@ -41,7 +41,7 @@
 //! let recovery = Recovery::new(MemoryStore::new(), sender.clone(), keys)
 //!     .with_policy(policy)
 //!     .with_factors(factors);
-//! let ctx = RequestContext::none();
+//! let ctx = RequestContext::without_client_ip();
 //!
 //! let account = Account::new(id, PhoneNumber::parse("+14155550123").unwrap());
 //! let flow = recovery.request("alice", Some(account), &ctx).await.unwrap().flow_id;

@@ -53,6 +53,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ctx: &RequestContext,
     ) -> Detection {
         let spent = u32::from(spends);
+        self.note_client_ip(ctx);
         // Personal values (phones, IPs, accounts) enter counter keys only
         // as pseudonyms.
         let ip = ctx.ip_key();

@@ -19,6 +19,7 @@ mod verifying;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::KeyRing;
@@ -63,7 +64,13 @@ impl Account {
 }
 
 /// What the host knows about the client making a call.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Build it with [`RequestContext::from_ip`] wherever the host knows the
+/// client's address: every per-IP rule (the send limit per IP, the codes
+/// checked per IP, IP blocks, the many-identifiers detector) needs it.
+/// [`RequestContext::without_client_ip`] says, in the code, that they are
+/// off for the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RequestContext {
     /// The client's IP address, as the host determined it (behind a proxy,
@@ -75,9 +82,18 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// No client information: IP rules do not apply.
-    pub fn none() -> Self {
-        Self::default()
+    /// A call whose client address the host does not know: **no per-IP
+    /// rule applies to it** (the per-IP send and verify limits, IP blocks,
+    /// the many-identifiers detector), so one client may spend every
+    /// account's and phone's own limits. For tests, and for hosts that rate
+    /// limit clients themselves in front of the crate. The first such call
+    /// of a [`Recovery`] whose limits have per-IP rules emits
+    /// [`EventKind::ClientIpMissing`] (a warning in the default sink).
+    pub fn without_client_ip() -> Self {
+        RequestContext {
+            client_ip: None,
+            locale: None,
+        }
     }
 
     /// A call from `ip`.
@@ -141,6 +157,8 @@ pub struct Recovery<S, T, C = SystemClock> {
     pub(crate) channel: Option<Arc<dyn ChannelSender>>,
     pub(crate) rng: Randomness,
     pub(crate) refusals: Arc<refusals::Refusals>,
+    /// Whether a call without a client IP was reported.
+    pub(crate) told_no_ip: Arc<AtomicBool>,
 }
 
 impl<S, T, C> fmt::Debug for Recovery<S, T, C> {
@@ -172,6 +190,7 @@ impl<S: CodeStore, T: SmsSender> Recovery<S, T, SystemClock> {
             channel: None,
             rng: Randomness::os(),
             refusals: Arc::default(),
+            told_no_ip: Arc::default(),
         }
     }
 }
@@ -246,6 +265,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             channel: self.channel,
             rng: self.rng,
             refusals: self.refusals,
+            told_no_ip: self.told_no_ip,
         }
     }
 
@@ -283,6 +303,14 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
     pub(crate) fn emit(&self, event: Event) {
         self.events.emit(&event);
+    }
+
+    /// Reports, once per recovery, a call whose per-IP rules cannot apply
+    /// for want of a client IP.
+    pub(crate) fn note_client_ip(&self, ctx: &RequestContext) {
+        if ctx.client_ip.is_none() && !self.told_no_ip.swap(true, Ordering::Relaxed) {
+            self.emit(Event::new(self.clock.now(), EventKind::ClientIpMissing));
+        }
     }
 
     /// Load, decide, compare-and-swap; again on a lost race. The first

@@ -148,6 +148,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// The blocks and limits read (and, for the IP's verify limit, counted)
     /// before any code of a flow is checked.
     pub(crate) fn verify_checks(&self, ctx: &RequestContext) -> Plan {
+        self.note_client_ip(ctx);
         let ip = ctx.ip_key();
         let ip_rule = ip.as_ref().and(self.limits.ip_verify_rule());
         let mut checks = Plan::with_capacity(2);

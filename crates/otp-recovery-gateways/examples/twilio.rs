@@ -77,7 +77,11 @@ mod run {
         let account = Account::new(AccountId::new("example-user")?, to);
 
         match recovery
-            .request("user@example.com", Some(account), &RequestContext::none())
+            .request(
+                "user@example.com",
+                Some(account),
+                &RequestContext::without_client_ip(),
+            )
             .await
         {
             Ok(requested) => {

@@ -111,7 +111,7 @@ async fn foreign_data_where_records_live_is_a_typed_error() {
         KeyRing::new(1, ServerKey::generate().expect("randomness")),
     )
     .with_limits(Limits::none());
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
     let flow = recovery
         .request("someone@example.com", Some(account()), &ctx)
         .await
@@ -360,7 +360,11 @@ async fn recovery_flow(store: &RedisStore) -> FlowId {
         KeyRing::new(1, ServerKey::generate().expect("key")),
     );
     recovery
-        .request("someone@example.com", Some(account()), &RequestContext::none())
+        .request(
+            "someone@example.com",
+            Some(account()),
+            &RequestContext::without_client_ip(),
+        )
         .await
         .expect("request")
         .flow_id

@@ -117,7 +117,11 @@ async fn start(database: &Path) -> Result<()> {
     println!("2. alice@example.com asks to recover her account");
     let identifier = "alice@example.com";
     let requested = recovery
-        .request(identifier, find_account(identifier), &RequestContext::none())
+        .request(
+            identifier,
+            find_account(identifier),
+            &RequestContext::without_client_ip(),
+        )
         .await?;
     println!(
         "   -> code sent to {}; recovery id {}",
@@ -134,7 +138,7 @@ async fn start(database: &Path) -> Result<()> {
         "000000"
     };
     match recovery
-        .verify(&requested.flow_id, wrong, &RequestContext::none())
+        .verify(&requested.flow_id, wrong, &RequestContext::without_client_ip())
         .await
     {
         Err(Error::InvalidCode { attempts_left, .. }) => {
@@ -177,13 +181,20 @@ async fn finish(database: &Path) -> Result<()> {
     println!("6. alice types the code from the SMS");
     let code = read_code(&beside(database, "inbox"))?;
     let verified = recovery
-        .verify(&flow_id, code.expose_secret(), &RequestContext::none())
+        .verify(
+            &flow_id,
+            code.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await?;
     println!("   -> verified; a single-use reset token was issued");
 
     println!("7. alice submits her new password with the token");
     let done = recovery
-        .reset(&verified.token.expose_secret(), &RequestContext::none())
+        .reset(
+            &verified.token.expose_secret(),
+            &RequestContext::without_client_ip(),
+        )
         .await?;
     println!(
         "   -> token accepted: the host now sets the password of account {}",

@@ -88,7 +88,7 @@ fn a_corrupt_record_is_a_typed_error_not_a_panic() {
             KeyRing::new(1, ServerKey::generate().unwrap()),
         );
         let err = recovery
-            .verify(&id, "123456", &RequestContext::none())
+            .verify(&id, "123456", &RequestContext::without_client_ip())
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Store(_)), "{err:?}");
@@ -131,7 +131,7 @@ fn a_pool_at_a_stricter_isolation_level_is_refused_on_create() {
             KeyRing::new(1, ServerKey::generate().unwrap()),
         );
         let err = recovery
-            .request("nobody@example.com", None, &RequestContext::none())
+            .request("nobody@example.com", None, &RequestContext::without_client_ip())
             .await
             .unwrap_err();
         assert!(

@@ -198,7 +198,7 @@ async fn request<S: CodeStore>(
         .request(
             &format!("{who}@example.com"),
             Some(account(who)),
-            &RequestContext::none(),
+            &RequestContext::without_client_ip(),
         )
         .await
         .unwrap();
@@ -210,7 +210,7 @@ async fn a_flow_and_its_wrong_attempts_survive_a_restart() {
     let db = TempDb::new();
     let sender = RecordingSender::new();
     let clock = ManualClock::new(T0);
-    let ctx = RequestContext::none();
+    let ctx = RequestContext::without_client_ip();
 
     let before = recovery(SqliteStore::open(db.path()).await.unwrap(), &sender, &clock);
     let (flow, code) = request(&before, &sender, "alice").await;
@@ -256,7 +256,7 @@ async fn corrupt_records_are_decode_errors_not_panics() {
     let err = store.get_flow(&alice).await.unwrap_err();
     assert!(matches!(err, StoreError::Decode(_)), "{err:?}");
     let err = recovery
-        .verify(&alice, code.expose_secret(), &RequestContext::none())
+        .verify(&alice, code.expose_secret(), &RequestContext::without_client_ip())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Store(StoreError::Decode(_))), "{err:?}");

@@ -15,9 +15,9 @@
 //! let recovery = Recovery::new(store, sender.clone(), KeyRing::new(1, ServerKey::generate()?));
 //!
 //! let alice = Account::new(AccountId::new("user-1001")?, PhoneNumber::parse("+14155550123")?);
-//! let requested = recovery.request("alice@example.com", Some(alice), &RequestContext::none()).await?;
+//! let requested = recovery.request("alice@example.com", Some(alice), &RequestContext::without_client_ip()).await?;
 //! let code = sender.last_code().expect("a code was sent");
-//! recovery.verify(&requested.flow_id, code.expose_secret(), &RequestContext::none()).await?;
+//! recovery.verify(&requested.flow_id, code.expose_secret(), &RequestContext::without_client_ip()).await?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
