@@ -1,0 +1,182 @@
+//! The memory store's counter windows: a sharded table of per-key atomic
+//! counters, capped in number.
+
+use std::hash::BuildHasher;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hashbrown::HashTable;
+
+use super::{MIN_SWEEP_LEN, Padded, SHARDS, lock, shard_of, sweep};
+use crate::clock::Timestamp;
+use crate::counter::{Counter, CounterValue};
+use crate::store::{Result, StoreError};
+
+/// Counter windows by key. Each counter is atomic on its own shard; a
+/// refused call undoes its guarded increments one by one, so a racing call
+/// may briefly see a count above a limit (and be refused: never admitted
+/// past it).
+pub(super) struct CounterTable {
+    shards: Box<[Padded<Mutex<CounterShard>>]>,
+    hasher: foldhash::fast::RandomState,
+    count: AtomicUsize,
+    capacity: usize,
+}
+
+struct CounterShard {
+    table: HashTable<CounterEntry>,
+    sweep_at: usize,
+}
+
+struct CounterEntry {
+    /// The key's hash, kept so that growing or shrinking the table reads
+    /// no key (each would be a cache miss in a large store).
+    hash: u64,
+    key: Box<str>,
+    value: CounterValue,
+}
+
+impl CounterShard {
+    /// Drops the counters whose window ended by `now`, once the table has
+    /// grown enough (or always, with `force`). Returns how many it dropped.
+    fn sweep_ended(&mut self, force: bool, now: Timestamp) -> usize {
+        sweep(
+            &mut self.table,
+            &mut self.sweep_at,
+            force,
+            |e| e.value.resets_at.is_none_or(|end| end <= now),
+            |e| e.hash,
+        )
+        .len()
+    }
+}
+
+impl Default for CounterShard {
+    fn default() -> Self {
+        CounterShard {
+            table: HashTable::new(),
+            sweep_at: MIN_SWEEP_LEN,
+        }
+    }
+}
+
+impl CounterTable {
+    pub(super) fn new(capacity: usize) -> Self {
+        CounterTable {
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            count: AtomicUsize::new(0),
+            capacity,
+        }
+    }
+
+    pub(super) fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+    }
+
+    /// Windows held, ended ones not yet swept included.
+    pub(super) fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Refuses a call whose `counters` could open windows past the
+    /// capacity, once the ended ones are swept, before it changes anything.
+    /// (Racing calls may pass it together: the cap holds to within their
+    /// counters.)
+    pub(super) fn room_for(&self, counters: &[Counter], now: Timestamp) -> Result<()> {
+        let new = counters.iter().filter(|c| c.by > 0).count();
+        if self.len() + new <= self.capacity {
+            return Ok(());
+        }
+        self.sweep_all(now);
+        if self.len() + new <= self.capacity {
+            return Ok(());
+        }
+        Err(StoreError::backend("the memory store's counters are full", true))
+    }
+
+    /// Drops every window that ended by `now`.
+    pub(super) fn sweep_all(&self, now: Timestamp) {
+        for shard in self.shards.iter() {
+            let swept = lock(shard).sweep_ended(true, now);
+            self.count.fetch_sub(swept, Ordering::Relaxed);
+        }
+    }
+
+    /// Applies one call's counters by the shared rules.
+    pub(super) fn count(&self, counters: &[Counter], now: Timestamp) -> Vec<CounterValue> {
+        Counter::apply_all(
+            counters,
+            now,
+            |c| self.step(c, now),
+            |c, applied| self.undo(c, applied),
+        )
+    }
+
+    /// Applies one counter atomically on its shard.
+    pub(super) fn step(&self, c: &Counter, now: Timestamp) -> CounterValue {
+        let hash = self.hasher.hash_one(c.key.as_str());
+        let mut shard = lock(&self.shards[shard_of(hash)]);
+        // A stored counter is updated in place (one look-up); only a new
+        // window inserts, copying the key.
+        if let Some(stored) = shard.table.find_mut(hash, |e| e.hash == hash && *e.key == *c.key) {
+            let value = c.apply(Some(stored.value), now);
+            if value.resets_at.is_some() {
+                stored.value = value;
+            }
+            return value;
+        }
+        let value = c.apply(None, now);
+        if value.resets_at.is_some() {
+            // Only an increment opens a window: reads store nothing.
+            let swept = shard.sweep_ended(false, now);
+            self.count.fetch_sub(swept, Ordering::Relaxed);
+            self.count.fetch_add(1, Ordering::Relaxed);
+            shard.table.insert_unique(
+                hash,
+                CounterEntry {
+                    hash,
+                    key: c.key.as_str().into(),
+                    value,
+                },
+                |e| e.hash,
+            );
+        }
+        value
+    }
+
+    /// Takes one counter's increment, which made it `applied`, back
+    /// atomically on its shard (from that window only).
+    pub(super) fn undo(&self, c: &Counter, applied: CounterValue) {
+        let hash = self.hasher.hash_one(c.key.as_str());
+        let mut shard = lock(&self.shards[shard_of(hash)]);
+        // Nothing stored: nothing to take back.
+        if let Ok(mut entry) = shard
+            .table
+            .find_entry(hash, |e| e.hash == hash && *e.key == *c.key)
+        {
+            match c.unapply(applied, Some(entry.get().value)) {
+                Some(value) => entry.get_mut().value = value,
+                None => {
+                    entry.remove();
+                    self.count.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Deletes the windows of `keys`.
+    pub(super) fn delete(&self, keys: &[String]) {
+        for key in keys {
+            let hash = self.hasher.hash_one(key.as_str());
+            let mut shard = lock(&self.shards[shard_of(hash)]);
+            if let Ok(entry) = shard
+                .table
+                .find_entry(hash, |e| e.hash == hash && *e.key == **key)
+            {
+                entry.remove();
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
