@@ -9,8 +9,8 @@ and prints the strongly connected components of more than one module.
 Exits 1 if any. A top-level module and its
 submodules are one unit: edges inside it are not counted, and edges from
 any of its files count as the unit's. Comments, string
-literals and test modules (`#[cfg(test)] mod ...`, by their braces) are
-skipped: tests may use anything.
+literals and test modules (`#[cfg(test)] mod ...`, by their braces, or
+their files) are skipped: tests may use anything.
 """
 import os, re, sys
 
@@ -29,6 +29,15 @@ for d, _, fs in os.walk(ROOT):
         if f.endswith(".rs"):
             p = os.path.join(d, f)
             files[module_of(p)] = p
+
+# Test modules in files of their own (`#[cfg(test)] mod tests;`) are left
+# out with their submodules, as inline ones are.
+test_mods = set()
+for mod, path in files.items():
+    for name in re.findall(r"#\[cfg\(test\)\]\s*mod (\w+)\s*;", open(path).read()):
+        test_mods.add(mod + (name,))
+files = {m: p for m, p in files.items()
+         if not any(m[:len(t)] == t for t in test_mods)}
 
 def resolve(parts):
     """The longest module prefix of `parts` that is a file."""
