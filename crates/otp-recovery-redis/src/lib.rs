@@ -65,10 +65,7 @@
 //! one also drops its members
 //! whose keys Redis has expired (score plus the margin before the server's
 //! clock: one `ZREMRANGEBYSCORE`), so the indexes stay the size of the live
-//! data even if `purge_expired` never runs. (Earlier builds stored
-//! counters as hashes and indexed them in `idx:ctrs`:
-//! [`RedisStore::migrate`] carries them over, and `purge_expired` still
-//! drains that index.)
+//! data even if `purge_expired` never runs.
 //!
 //! # Round trips
 //!
@@ -149,7 +146,7 @@ mod scripts;
 use replies::{
     array, as_bytes, as_u64, counter_values, expire_at, flow_from_fields, redis_error, unexpected,
 };
-use scripts::{COUNT, CREATE, FIND, LOAD, MIGRATE, PURGE, PUT_CASE, SWAP};
+use scripts::{COUNT, CREATE, FIND, LOAD, PURGE, PUT_CASE, SWAP};
 
 /// The default key prefix.
 const DEFAULT_PREFIX: &str = "otp";
@@ -298,40 +295,6 @@ impl<C> RedisStore<C> {
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> RedisStore<C> {
-    /// Carries the counters that earlier builds stored (as hashes, listed
-    /// in `idx:ctrs`) over to the current form: each open window keeps its
-    /// count, its end and its expiry, and ended ones are deleted, judged by
-    /// the server's clock. Until then the store reads those counters as
-    /// absent (no window), so run it once when upgrading, after stopping
-    /// every instance of an earlier build and before serving; later runs
-    /// find nothing to do. It works in batches of 500, each one script, so
-    /// a large index never blocks the server for long. Returns how many
-    /// windows it carried over.
-    ///
-    /// # Errors
-    /// As any store call: connection errors are retryable. A batch that
-    /// failed can be run again: carrying over is idempotent.
-    pub async fn migrate(&self) -> Result<u64> {
-        let op = "migrate";
-        let mut carried = 0;
-        loop {
-            let mut inv = MIGRATE.prepare_invoke();
-            inv.key(self.index_key("ctrs")).arg(&self.base).arg(500);
-            let reply = self.invoke(op, &inv).await?;
-            let Value::Array(parts) = &reply else {
-                return Err(unexpected(op));
-            };
-            let (Some(done), Some(left)) = (parts.first().and_then(as_u64), parts.get(1).and_then(as_u64))
-            else {
-                return Err(unexpected(op));
-            };
-            carried += done;
-            if left == 0 {
-                return Ok(carried);
-            }
-        }
-    }
-
     async fn invoke(&self, op: &'static str, inv: &ScriptInvocation<'_>) -> Result<Value> {
         let mut conn = self.conn.clone();
         inv.invoke_async::<Value>(&mut conn)
@@ -533,7 +496,6 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> CodeStore for RedisStore
         let mut inv = PURGE.prepare_invoke();
         inv.key(self.index_key("flows"))
             .key(self.index_key("cases"))
-            .key(self.index_key("ctrs"))
             .arg(&self.base)
             .arg(now.as_unix_millis());
         as_u64(&self.invoke(op, &inv).await?).ok_or_else(|| unexpected(op))

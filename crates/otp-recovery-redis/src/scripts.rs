@@ -72,37 +72,6 @@ local function store(key, w)
   redis.call('SET', key, text(w[1], w[2]), 'KEEPTTL')
 end
 
--- Carries a counter that an earlier build stored as a hash {c, e} (and
--- indexed in idx:ctrs) over to a string: an open window keeps its count,
--- its end and its expiry. A hash that `live` does not read as open (an
--- ended window, or parts that are not plain decimals), and a key of
--- another type, are deleted. A string
--- (carried over already, or opened since) keeps an open window; with
--- `strings_too` (the purge, judged by the host's `now`) one whose window
--- has ended is deleted, without it (migrate, judged by the server's clock,
--- which may run ahead of the hosts') it is left to its own expiry.
--- Returns 1 if it carried a window over.
-local function carry(key, now, strings_too)
-  local v = redis.pcall('GET', key)
-  if not (type(v) == 'table' and v.err) then
-    if strings_too and not live(v, now) then redis.call('DEL', key) end
-    return 0
-  end
-  local h = redis.pcall('HMGET', key, 'c', 'e')
-  local w = not h.err and h[1] and h[2] and live(h[1] .. ':' .. h[2], now)
-  if not w then
-    redis.call('DEL', key)
-    return 0
-  end
-  local ttl = redis.call('PTTL', key)
-  if ttl > 0 then
-    redis.call('SET', key, text(w[1], w[2]), 'PX', ttl)
-  else
-    redis.call('SET', key, text(w[1], w[2]), 'PXAT', tonumber(w[2]) + margin)
-  end
-  return 1
-end
-
 -- Counter.apply_all over n counters: keys from KEYS[k], six arguments each
 -- from ARGV[a] (by, end of a window opened now, its expiry, condition, max
 -- or -1, guarded 1 or 0). Returns count, end pairs in one flat array: the
@@ -256,9 +225,8 @@ index(KEYS[2], ARGV[5], ARGV[3], ARGV[4])
 return 1
 "#;
 
-/// KEYS: flow, case and counter indexes. ARGV: base, now. Deletes what is
-/// due at `now`; returns how many flows it deleted. (No counter is indexed
-/// any more; the loop drains an index an earlier release filled.)
+/// KEYS: flow and case indexes. ARGV: base, now. Deletes what is due at
+/// `now`; returns how many flows it deleted.
 pub(crate) const PURGE_LUA: &str = r#"
 local now, purged = ARGV[2], 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
@@ -270,28 +238,8 @@ end
 for _, ref in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do
   redis.call('DEL', base .. 'case:' .. ref)
 end
--- A member's score is the end of the window it was indexed with; the key
--- may have opened a new, unindexed window since (a string now), which
--- stays; a hash is carried over or, ended, deleted.
-for _, counter in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  carry(base .. 'ctr:' .. counter, now, true)
-end
-for i = 1, 3 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
+for i = 1, 2 do redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) end
 return purged
-"#;
-
-/// KEYS: the old counter index. ARGV: base, batch size. Carries up to a
-/// batch of the index's counters over to strings, judged by the server's
-/// clock, and drops them from the index; returns {carried over, members
-/// left}.
-pub(crate) const MIGRATE_LUA: &str = r#"
-local now, carried = string.format('%d', server_ms()), 0
-local batch = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-for _, counter in ipairs(batch) do
-  carried = carried + carry(base .. 'ctr:' .. counter, now, false)
-end
-if #batch > 0 then redis.call('ZREM', KEYS[1], unpack(batch)) end
-return {carried, redis.call('ZCARD', KEYS[1])}
 "#;
 
 /// A script: the margin, the shared helpers, then `body`.
@@ -307,4 +255,3 @@ pub(crate) static COUNT: LazyLock<Script> = LazyLock::new(|| script(COUNT_LUA));
 pub(crate) static FIND: LazyLock<Script> = LazyLock::new(|| script(FIND_LUA));
 pub(crate) static PUT_CASE: LazyLock<Script> = LazyLock::new(|| script(PUT_CASE_LUA));
 pub(crate) static PURGE: LazyLock<Script> = LazyLock::new(|| script(PURGE_LUA));
-pub(crate) static MIGRATE: LazyLock<Script> = LazyLock::new(|| script(MIGRATE_LUA));
