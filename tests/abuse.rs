@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otp_recovery::events::{EventKind, RecordingSink, SupportAction, Suspicion};
-use otp_recovery::limits::{BlockTarget, Detectors, LimitScope, Limits, LimitsError, Rule};
+use otp_recovery::limits::{BlockTarget, DecoyDestination, Detectors, LimitScope, Limits, LimitsError, Rule};
 use otp_recovery::record::{EffectiveState, FlowState, Subject};
 use otp_recovery::sms::{MessageKind, RecordingSender, SendError, SendErrorKind};
 use otp_recovery::store::{CodeStore, Counter, MemoryStore};
@@ -1181,6 +1181,164 @@ mod enumeration_property {
             // would verify and differ by design.)
             prop_assert_eq!(a, b);
             prop_assert_eq!(unknown.sender.count(), 0);
+        }
+
+        /// The same over an account in any of seven countries (national
+        /// numbers of 7 to 11 digits) and clients on three networks, one
+        /// without an IP: every answer, its error scope and the mask's
+        /// shape, and what a reader of the store sees (calls and counters
+        /// per operation), are the same for an unknown identifier whose
+        /// made-up destinations are the host's users'. (Timing is
+        /// tests/timing.rs's.)
+        #[test]
+        fn known_and_unknown_identifiers_look_alike_to_the_client_and_the_store(
+            user in 0..USERS.len(),
+            seed in any::<u64>(),
+            ops in proptest::collection::vec(observed_op(), 1..50),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (cc, national) = USERS[user];
+            let limits = Limits::builder()
+                .clear_send_rules()
+                .add_send_rule(Rule::new(LimitScope::Phone, 4, 10 * MINUTE))
+                .add_send_rule(Rule::new(LimitScope::Account, 6, HOUR))
+                .add_send_rule(Rule::new(LimitScope::Ip, 7, HOUR))
+                .decoy_destinations([DecoyDestination::new(cc, national, 1)])
+                .build()
+                .unwrap();
+            let policy = Policy::builder().account_failures(8, HOUR).build().unwrap();
+            let known = Observing::new(limits.clone(), policy.clone());
+            let unknown = Observing::new(limits, policy);
+            let mut digits = format!("+{cc}{}", 2 + seed % 8);
+            for i in 1..u32::from(national) {
+                digits.push(char::from(b'0' + ((seed >> (i % 60)) % 10) as u8));
+            }
+            let account = Account::new(AccountId::new("u").unwrap(), PhoneNumber::parse(&digits).unwrap());
+            let a = rt.block_on(known.run(Some(account), &ops));
+            let b = rt.block_on(unknown.run(None, &ops));
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(unknown.sender.count(), 0);
+        }
+    }
+
+    /// The host's users: country and national digits.
+    const USERS: [(u16, u8); 7] = [(1, 10), (44, 10), (33, 9), (49, 11), (354, 7), (372, 8), (86, 11)];
+
+    /// An operation from one of three networks (0: no client IP).
+    #[derive(Debug, Clone)]
+    enum Observed {
+        Request(u8),
+        Wrong(u8),
+        Resend(u8),
+        Wait(u64),
+    }
+
+    fn observed_op() -> impl Strategy<Value = Observed> {
+        prop_oneof![
+            3 => (0u8..3).prop_map(Observed::Request),
+            4 => (0u8..3).prop_map(Observed::Wrong),
+            2 => (0u8..3).prop_map(Observed::Resend),
+            2 => prop_oneof![Just(1u64), Just(31), Just(61), 0u64..4_000].prop_map(Observed::Wait),
+        ]
+    }
+
+    fn network(n: u8) -> RequestContext {
+        match n {
+            0 => none(),
+            1 => ip("203.0.113.7"),
+            _ => ip("2001:db8:5::1"),
+        }
+    }
+
+    /// The mask with its digits hidden: country, length and format.
+    fn mask_shape(mask: &otp_recovery::MaskedPhone) -> String {
+        mask.to_string()
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect()
+    }
+
+    /// An answer as a client compares it.
+    fn answer(r: &Result<Requested, Error>) -> String {
+        match r {
+            Ok(ok) => format!(
+                "ok {} {:?} {:?} {}",
+                mask_shape(&ok.masked_phone),
+                ok.code_expires_at,
+                ok.next_send_at,
+                ok.attempts_left
+            ),
+            Err(_) => shape(r),
+        }
+    }
+
+    struct Observing {
+        recovery: Recovery<Arc<common::Observed>, RecordingSender, ManualClock>,
+        store: Arc<common::Observed>,
+        sender: RecordingSender,
+        clock: ManualClock,
+    }
+
+    impl Observing {
+        fn new(limits: Limits, policy: Policy) -> Self {
+            let store = Arc::new(common::Observed::default());
+            let sender = RecordingSender::new();
+            let clock = ManualClock::new(T0);
+            let recovery = Recovery::new(
+                store.clone(),
+                sender.clone(),
+                KeyRing::new(1, ServerKey::from_bytes(vec![3; 32]).unwrap()),
+            )
+            .with_policy(policy)
+            .with_limits(limits)
+            .with_clock(clock.clone());
+            Observing {
+                recovery,
+                store,
+                sender,
+                clock,
+            }
+        }
+
+        /// What the client and a reader of the store see of each operation.
+        async fn run(&self, account: Option<Account>, ops: &[Observed]) -> Vec<String> {
+            let mut trace = Vec::new();
+            let mut flow = None;
+            let mut keys = 0;
+            for op in ops {
+                let seen = match op {
+                    Observed::Request(n) => {
+                        let r = self
+                            .recovery
+                            .request("target@example.com", account.clone(), &network(*n))
+                            .await;
+                        if let Ok(r) = &r {
+                            flow = Some(r.flow_id);
+                        }
+                        answer(&r)
+                    }
+                    Observed::Wrong(n) => match flow {
+                        Some(f) => shape(&self.recovery.verify(&f, "000000", &network(*n)).await),
+                        None => continue,
+                    },
+                    Observed::Resend(n) => match flow {
+                        Some(f) => answer(&self.recovery.resend(&f, &network(*n)).await),
+                        None => continue,
+                    },
+                    Observed::Wait(secs) => {
+                        self.clock.advance(Duration::from_secs(*secs));
+                        continue;
+                    }
+                };
+                let counted = self.store.keys().len();
+                trace.push(format!(
+                    "{op:?}: {seen}; {} calls, {} counters",
+                    self.store.take(),
+                    counted - keys
+                ));
+                keys = counted;
+            }
+            trace
         }
     }
 }
