@@ -144,6 +144,50 @@ impl Counter {
         values
     }
 
+    /// [`Counter::apply_all`] over counters held in `cells` for the whole
+    /// call: for a store that applies a call under one lock or inside one
+    /// transaction (a map behind a mutex, rows read into a batch).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::time::Duration;
+    /// use otp_recovery::Timestamp;
+    /// use otp_recovery::store::{Counter, CounterValue};
+    ///
+    /// let mut counters: HashMap<String, CounterValue> = HashMap::new();
+    /// let now = Timestamp::from_unix_millis(0);
+    /// let limit = Counter::new("k", Duration::from_secs(60), 1).with_max(1);
+    /// assert_eq!(Counter::apply_all_in(&[limit.clone()], now, &mut counters)[0].count, 1);
+    /// // Refused above its max, and taken back: the count stays 1.
+    /// assert_eq!(Counter::apply_all_in(&[limit], now, &mut counters)[0].count, 2);
+    /// assert_eq!(counters["k"].count, 1);
+    /// ```
+    pub fn apply_all_in(
+        counters: &[Counter],
+        now: Timestamp,
+        cells: &mut impl CounterCells,
+    ) -> Vec<CounterValue> {
+        let cells = std::cell::RefCell::new(cells);
+        Counter::apply_all(
+            counters,
+            now,
+            |c| {
+                let mut cells = cells.borrow_mut();
+                let value = c.apply(cells.get(&c.key), now);
+                // A read opens nothing, so stores nothing.
+                if value.resets_at.is_some() {
+                    cells.set(&c.key, Some(value));
+                }
+                value
+            },
+            |c, applied| {
+                let mut cells = cells.borrow_mut();
+                let value = c.unapply(applied, cells.get(&c.key));
+                cells.set(&c.key, value);
+            },
+        )
+    }
+
     /// Whether a call whose counters ended at `values` was refused.
     pub fn refused(counters: &[Counter], values: &[CounterValue]) -> bool {
         counters.iter().zip(values).any(|(c, v)| c.refuses(v))
@@ -217,5 +261,66 @@ impl CounterValue {
         counter.by > 0
             && self.count == u64::from(counter.by)
             && self.resets_at == Some(counter.window_end_from(now))
+    }
+}
+
+/// Counter windows by key, for [`Counter::apply_all_in`]: what a store holds
+/// (or has read) while it applies one call.
+pub trait CounterCells {
+    /// The stored value of `key`, if any.
+    fn get(&self, key: &str) -> Option<CounterValue>;
+    /// Stores `value` under `key`; `None` deletes it.
+    fn set(&mut self, key: &str, value: Option<CounterValue>);
+}
+
+impl<S: std::hash::BuildHasher> CounterCells for std::collections::HashMap<String, CounterValue, S> {
+    fn get(&self, key: &str) -> Option<CounterValue> {
+        std::collections::HashMap::get(self, key).copied()
+    }
+
+    fn set(&mut self, key: &str, value: Option<CounterValue>) {
+        match (value, self.get_mut(key)) {
+            (Some(v), Some(slot)) => *slot = v,
+            (Some(v), None) => drop(self.insert(key.to_owned(), v)),
+            (None, _) => drop(self.remove(key)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn a_map_holds_what_apply_all_decides() {
+        let mut map: HashMap<String, CounterValue> = HashMap::new();
+        let now = Timestamp::from_unix_millis(1_000);
+        let minute = Duration::from_secs(60);
+        // A read stores nothing.
+        assert_eq!(
+            Counter::apply_all_in(&[Counter::read("r", minute)], now, &mut map)[0].count,
+            0
+        );
+        assert!(map.is_empty());
+        // A pair opened by this call counts the distinct subject; a repeat does not.
+        let call = [
+            Counter::new("pair", minute, 1),
+            Counter::new("distinct", minute, 1).only_if_opened(0),
+        ];
+        Counter::apply_all_in(&call, now, &mut map);
+        let again = Counter::apply_all_in(&call, now, &mut map);
+        assert_eq!((again[0].count, again[1].count), (2, 1));
+        // A refused call takes its guarded increments back, and deletes a
+        // window it opened.
+        let refused = [
+            Counter::new("fresh", minute, 1).guarded(),
+            Counter::new("pair", minute, 1).with_max(2),
+        ];
+        let values = Counter::apply_all_in(&refused, now, &mut map);
+        assert_eq!((values[0].count, values[1].count), (1, 3));
+        assert_eq!(map.get("fresh"), None);
+        assert_eq!(map["pair"].count, 2);
     }
 }

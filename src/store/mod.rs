@@ -35,28 +35,9 @@
 //! }
 //!
 //! impl Inner {
-//!     /// One call's counters, each applied (and undone) by the shared rules.
+//!     /// One call's counters, applied (and undone) by the shared rules.
 //!     fn count(&mut self, counters: &[Counter], now: Timestamp) -> Vec<CounterValue> {
-//!         let map = std::cell::RefCell::new(&mut self.counters);
-//!         Counter::apply_all(
-//!             counters,
-//!             now,
-//!             |c| {
-//!                 let mut map = map.borrow_mut();
-//!                 let value = c.apply(map.get(&c.key).copied(), now);
-//!                 if value.resets_at.is_some() {
-//!                     map.insert(c.key.clone(), value);
-//!                 }
-//!                 value
-//!             },
-//!             |c, applied| {
-//!                 let mut map = map.borrow_mut();
-//!                 match c.unapply(applied, map.get(&c.key).copied()) {
-//!                     Some(v) => drop(map.insert(c.key.clone(), v)),
-//!                     None => drop(map.remove(&c.key)),
-//!                 }
-//!             },
-//!         )
+//!         Counter::apply_all_in(counters, now, &mut self.counters)
 //!     }
 //!
 //!     fn swap(&mut self, expected_version: u64, flow: &FlowRecord) -> bool {
@@ -168,7 +149,7 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 
-pub use crate::counter::{Counter, CounterValue};
+pub use crate::counter::{Counter, CounterCells, CounterValue};
 
 use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;

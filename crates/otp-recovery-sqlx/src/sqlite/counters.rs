@@ -1,13 +1,12 @@
 //! A call's counters, applied inside the caller's transaction by the rules
 //! of [`Counter::apply_all`], so no other call sees a refused call's counts.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 use sqlx::sqlite::SqliteConnection;
 
 use otp_recovery::Timestamp;
-use otp_recovery::store::{Counter, CounterValue, Result};
+use otp_recovery::store::{Counter, CounterCells, CounterValue, Result};
 
 use super::rows::{column, counter_from_columns, db, millis};
 
@@ -18,7 +17,7 @@ pub(super) fn writes_any(counters: &[Counter]) -> bool {
 }
 
 /// Applies a call's counters inside the caller's transaction: reads each
-/// key once, runs [`Counter::apply_all`] (increments, and the undo of a
+/// key once, runs [`Counter::apply_all_in`] (increments, and the undo of a
 /// refused call) over those values in memory, and writes back the counters
 /// that changed. Reads never create a row. Since the whole call is one
 /// transaction, no other call sees a refused call's increments.
@@ -34,28 +33,11 @@ pub(super) async fn apply_counters(
             batch.values.insert(counter.key.clone(), value);
         }
     }
-    let batch = RefCell::new(batch);
-    let values = Counter::apply_all(
-        counters,
-        now,
-        |c| {
-            let mut batch = batch.borrow_mut();
-            let value = c.apply(batch.get(&c.key), now);
-            if value.resets_at.is_some() {
-                batch.set(&c.key, Some(value));
-            }
-            value
-        },
-        |c, applied| {
-            let mut batch = batch.borrow_mut();
-            let value = c.unapply(applied, batch.get(&c.key));
-            batch.set(&c.key, value);
-        },
-    );
+    let values = Counter::apply_all_in(counters, now, &mut batch);
     let Batch {
         values: stored,
         changed,
-    } = batch.into_inner();
+    } = batch;
     for key in changed {
         let query = match stored.get(&key).copied().flatten() {
             Some(CounterValue {
@@ -89,7 +71,7 @@ pub(super) struct Batch {
     changed: Vec<String>,
 }
 
-impl Batch {
+impl CounterCells for Batch {
     fn get(&self, key: &str) -> Option<CounterValue> {
         self.values.get(key).copied().flatten()
     }
