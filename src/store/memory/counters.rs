@@ -3,7 +3,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hashbrown::HashTable;
 
@@ -21,6 +21,10 @@ pub(super) struct CounterTable {
     hasher: foldhash::fast::RandomState,
     count: AtomicUsize,
     capacity: usize,
+    /// No window ends before this instant (Unix ms) among those the last
+    /// full sweep kept or any call opened since: a full table is not swept
+    /// again before it, so a store held full costs each call no scan.
+    next_sweep: AtomicU64,
 }
 
 struct CounterShard {
@@ -49,6 +53,11 @@ impl CounterShard {
         )
         .len()
     }
+
+    /// The earliest end among the windows held.
+    fn earliest_end(&self) -> Option<Timestamp> {
+        self.table.iter().filter_map(|e| e.value.resets_at).min()
+    }
 }
 
 impl Default for CounterShard {
@@ -67,6 +76,7 @@ impl CounterTable {
             hasher: foldhash::fast::RandomState::default(),
             count: AtomicUsize::new(0),
             capacity,
+            next_sweep: AtomicU64::new(0),
         }
     }
 
@@ -81,26 +91,39 @@ impl CounterTable {
 
     /// Refuses a call whose `counters` could open windows past the
     /// capacity, once the ended ones are swept, before it changes anything.
-    /// (Racing calls may pass it together: the cap holds to within their
-    /// counters.)
+    /// Every counter needs room, reads too, so that calls of one shape fare
+    /// alike whatever they increment (an unknown identifier's request reads
+    /// what an account's counts). (Racing calls may pass it together: the
+    /// cap holds to within their counters.)
     pub(super) fn room_for(&self, counters: &[Counter], now: Timestamp) -> Result<()> {
-        let new = counters.iter().filter(|c| c.by > 0).count();
-        if self.len() + new <= self.capacity {
+        let needed = counters.len();
+        if self.len() + needed <= self.capacity {
             return Ok(());
         }
-        self.sweep_all(now);
-        if self.len() + new <= self.capacity {
-            return Ok(());
+        if now.as_unix_millis() >= self.next_sweep.load(Ordering::Relaxed) {
+            self.sweep_all(now);
+            if self.len() + needed <= self.capacity {
+                return Ok(());
+            }
         }
         Err(StoreError::backend("the memory store's counters are full", true))
     }
 
-    /// Drops every window that ended by `now`.
+    /// Drops every window that ended by `now`, and notes when the next of
+    /// those kept ends.
     pub(super) fn sweep_all(&self, now: Timestamp) {
+        // Raised for the sweep; windows opened during it lower it again.
+        self.next_sweep.store(u64::MAX, Ordering::Relaxed);
+        let mut earliest = u64::MAX;
         for shard in self.shards.iter() {
-            let swept = lock(shard).sweep_ended(true, now);
+            let mut shard = lock(shard);
+            let swept = shard.sweep_ended(true, now);
             self.count.fetch_sub(swept, Ordering::Relaxed);
+            if let Some(end) = shard.earliest_end() {
+                earliest = earliest.min(end.as_unix_millis());
+            }
         }
+        self.next_sweep.fetch_min(earliest, Ordering::Relaxed);
     }
 
     /// Applies one call's counters by the shared rules.
@@ -132,6 +155,9 @@ impl CounterTable {
             let swept = shard.sweep_ended(false, now);
             self.count.fetch_sub(swept, Ordering::Relaxed);
             self.count.fetch_add(1, Ordering::Relaxed);
+            if let Some(end) = value.resets_at {
+                self.next_sweep.fetch_min(end.as_unix_millis(), Ordering::Relaxed);
+            }
             shard.table.insert_unique(
                 hash,
                 CounterEntry {

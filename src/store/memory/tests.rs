@@ -97,11 +97,9 @@ fn counter_windows_are_capped_and_a_refused_call_changes_nothing() {
     assert_eq!(store.counter_count(), 10);
     let err = run(store.increment_counters(&[c("k0"), c("new")], t)).unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
-    assert_eq!(
-        run(store.increment_counters(&[Counter::read("k0", minute)], t)).unwrap()[0].count,
-        1,
-        "the refused call counted nothing"
-    );
+    // Every counter of a call needs room, a read too, so that calls of
+    // the same shape fare alike whatever they increment.
+    assert!(run(store.increment_counters(&[Counter::read("k0", minute)], t)).is_err());
     // A counting swap is refused before its swap.
     let f = flow(t, Some("a"));
     run(store.create_flow(&f)).unwrap();
@@ -111,11 +109,17 @@ fn counter_windows_are_capped_and_a_refused_call_changes_nothing() {
     };
     assert!(run(store.compare_and_swap_counting(f.version, &next, &[c("new")], t)).is_err());
     assert_eq!(run(store.get_flow(&f.id)).unwrap().unwrap().version, f.version);
+    run(store.delete_counters(&["k9".to_owned()])).unwrap();
+    assert_eq!(
+        run(store.increment_counters(&[Counter::read("k0", minute)], t)).unwrap()[0].count,
+        1,
+        "the refused call counted nothing"
+    );
     // Windows that ended make room; deletes and undos give it back.
     let later = t.saturating_add(2 * minute);
-    run(store.increment_counters(&[c("new")], later)).unwrap();
-    assert_eq!(store.counter_count(), 1);
-    run(store.delete_counters(&["new".to_owned()])).unwrap();
+    run(store.increment_counters(&[c("new"), c("new2")], later)).unwrap();
+    assert_eq!(store.counter_count(), 2);
+    run(store.delete_counters(&["new".to_owned(), "new2".to_owned()])).unwrap();
     assert_eq!(store.counter_count(), 0);
     let refused = [c("x"), Counter::new("y", minute, 2).with_max(1)];
     run(store.increment_counters(&refused, later)).unwrap();
@@ -124,6 +128,27 @@ fn counter_windows_are_capped_and_a_refused_call_changes_nothing() {
         1,
         "the refused call's guarded window is gone, x stays"
     );
+}
+
+#[test]
+fn a_full_counter_table_sweeps_again_only_once_a_window_can_have_ended() {
+    let store = MemoryStore::new().with_counter_capacity(10);
+    let t = Timestamp::from_unix_millis(1_800_000_000_000);
+    let (minute, hour) = (Duration::from_secs(60), Duration::from_secs(3600));
+    let long: Vec<Counter> = (0..10).map(|i| Counter::new(format!("k{i}"), hour, 1)).collect();
+    run(store.increment_counters(&long, t)).unwrap();
+    assert!(run(store.increment_counters(&[Counter::new("x", minute, 1)], t)).is_err());
+    // Room given back takes a window that ends before every other: the
+    // table is swept again once it has ended, not only after the hour.
+    run(store.delete_counters(&["k9".to_owned()])).unwrap();
+    run(store.increment_counters(&[Counter::new("short", minute, 1)], t)).unwrap();
+    let later = t.saturating_add(2 * minute);
+    run(store.increment_counters(&[Counter::new("y", minute, 1)], later)).unwrap();
+    assert_eq!(store.counter_count(), 10);
+    // Nothing has ended since: refused without a sweep, until the hour ends.
+    assert!(run(store.increment_counters(&[Counter::new("z", minute, 1)], later)).is_err());
+    let after = t.saturating_add(hour);
+    run(store.increment_counters(&[Counter::new("z", minute, 1)], after)).unwrap();
 }
 
 #[test]
