@@ -22,9 +22,9 @@ const MAX_REMEMBERED: usize = 65_536;
 /// Shards of the memory, so that concurrent calls rarely share a lock.
 const SHARDS: usize = 16;
 
-/// One shard: per network, when its refusal ends, and the earliest end
-/// among them when the shard last filled (nothing ends before it, so a
-/// full shard is not scanned again until then).
+/// One shard: per network, when its refusal ends, and no later than the
+/// earliest end among them (nothing ends before it, so a full shard is not
+/// scanned again until then).
 #[derive(Debug, Default)]
 struct Shard {
     map: HashMap<String, Timestamp>,
@@ -35,6 +35,8 @@ struct Shard {
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
     until: [Mutex<Shard>; SHARDS],
+    /// Keyed, so that no client can choose networks that share a shard.
+    hasher: std::hash::RandomState,
     /// Networks remembered in all: while none is, a call takes no lock.
     len: AtomicUsize,
 }
@@ -68,13 +70,11 @@ impl Refusals {
         if shard.map.insert(network.to_owned(), until).is_none() {
             self.len.fetch_add(1, Ordering::Relaxed);
         }
+        shard.earliest = Some(shard.earliest.map_or(until, |earliest| earliest.min(until)));
     }
 
     fn shard(&self, network: &str) -> std::sync::MutexGuard<'_, Shard> {
-        // Any spread will do: the key is already a network's text.
-        let i = network
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)));
+        let i = std::hash::BuildHasher::hash_one(&self.hasher, network) as usize;
         // A panic while holding it leaves a map that is still consistent.
         self.until[i % SHARDS]
             .lock()
@@ -125,5 +125,37 @@ mod tests {
             r.count()
         );
         assert!(r.wait("new1", later).is_some());
+    }
+
+    /// From review: a scan that left room noted the earliest end among
+    /// what it kept; refusals added after it with earlier ends did not
+    /// lower it, so once they had ended a full shard was not scanned again
+    /// until the older end (a day here), and nothing new was remembered.
+    #[test]
+    fn a_full_shard_is_scanned_again_once_any_refusal_in_it_has_ended() {
+        let r = Refusals::default();
+        let t = Timestamp::from_unix_millis(1_000_000_000);
+        let (minute, day) = (Duration::from_secs(60), Duration::from_secs(86_400));
+        // Half the room taken by long refusals, the rest by short ones.
+        for n in 0..MAX_REMEMBERED / 2 {
+            r.remember(&format!("long{n}"), t.saturating_add(day), t);
+        }
+        for n in 0..2 * MAX_REMEMBERED {
+            r.remember(&format!("short{n}"), t.saturating_add(minute), t);
+        }
+        // Once the short ones end, new ones (ending soon too) take their room.
+        let t2 = t.saturating_add(2 * minute);
+        for n in 0..2 * MAX_REMEMBERED {
+            r.remember(&format!("mid{n}"), t2.saturating_add(minute), t2);
+        }
+        // They have ended too: a new refusal finds room.
+        let t3 = t.saturating_add(10 * minute);
+        for n in 0..SHARDS * 4 {
+            r.remember(&format!("new{n}"), t3.saturating_add(minute), t3);
+        }
+        let kept = (0..SHARDS * 4)
+            .filter(|n| r.wait(&format!("new{n}"), t3).is_some())
+            .count();
+        assert_eq!(kept, SHARDS * 4);
     }
 }
