@@ -449,11 +449,13 @@ pub enum LimitsError {
 }
 
 /// The key an IP is counted under: IPv4 whole, IPv6 by its /64, since one
-/// host is usually given a whole /64.
+/// host is usually given a whole /64. IPv4 clients that reach the host as
+/// IPv4-mapped addresses or through a NAT64 translator's well-known prefix
+/// (`64:ff9b::/96`, RFC 6052) are counted by their IPv4 address.
 pub(crate) fn ip_key(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4_text(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped().or_else(|| nat64(v6)) {
             Some(v4) => v4_text(v4),
             None => {
                 let s = v6.segments();
@@ -461,6 +463,15 @@ pub(crate) fn ip_key(ip: IpAddr) -> String {
             }
         },
     }
+}
+
+/// The IPv4 address embedded in an address of the well-known NAT64 prefix.
+fn nat64(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| {
+        let [.., a, b, c, d] = v6.octets();
+        std::net::Ipv4Addr::new(a, b, c, d)
+    })
 }
 
 /// The dotted form of an IPv4 address, as its `Display` writes it, without
@@ -487,6 +498,17 @@ mod tests {
     use super::*;
     use crate::clock::Timestamp;
     use crate::counter::CounterValue;
+
+    /// From review: every IPv4 client behind a NAT64 translator arrives in
+    /// `64:ff9b::/96`, one /64, so they all shared one IP limit.
+    #[test]
+    fn nat64_clients_are_counted_by_their_ipv4_address() {
+        let key = |s: &str| ip_key(s.parse().unwrap());
+        assert_eq!(key("64:ff9b::192.0.2.7"), "192.0.2.7");
+        assert_ne!(key("64:ff9b::192.0.2.7"), key("64:ff9b::198.51.100.1"));
+        // The local-use prefix (RFC 8215) is a network's own: by /64.
+        assert_eq!(key("64:ff9b:1::1"), "64:ff9b:1:0::/64");
+    }
 
     #[test]
     fn ipv6_clients_are_counted_by_their_64_network() {
