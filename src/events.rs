@@ -117,10 +117,11 @@ pub enum EventKind {
         /// The reference support can look the case up by.
         reference: SupportReference,
     },
-    /// The first call without a client IP
+    /// A call without a client IP
     /// ([`RequestContext::without_client_ip`](crate::RequestContext::without_client_ip))
-    /// of a recovery whose limits have per-IP rules: they did not apply to
-    /// it, nor will they to any such call. Emitted once per `Recovery`.
+    /// to a recovery whose limits have per-IP rules: they did not apply to
+    /// it, nor will they to any such call. Emitted at most once an hour per
+    /// `Recovery` (and its clones), for the first such call.
     ClientIpMissing,
     /// A request or resend was refused because the account (or unknown
     /// identifier) is locked.

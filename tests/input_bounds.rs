@@ -117,7 +117,7 @@ async fn a_code_typed_with_spaces_or_in_another_script_verifies_and_garbage_cost
 /// constructor says so, and the first such call of a recovery reports it,
 /// once, whichever call it is.
 #[tokio::test]
-async fn calls_without_a_client_ip_are_reported_once_per_recovery() {
+async fn calls_without_a_client_ip_are_reported_once_an_hour_when_per_ip_rules_exist() {
     use otp_recovery::events::{EventKind, RecordingSink};
     let missing = |sink: &RecordingSink| {
         sink.kinds()
@@ -127,7 +127,8 @@ async fn calls_without_a_client_ip_are_reported_once_per_recovery() {
     };
     let (recovery, _, _) = setup();
     let sink = RecordingSink::new();
-    let recovery = recovery.with_events(sink.clone());
+    let clock = ManualClock::new(Timestamp::from_unix_millis(1_800_000_000_000));
+    let recovery = recovery.with_events(sink.clone()).with_clock(clock.clone());
     let with_ip = RequestContext::from_ip("198.51.100.7".parse().unwrap());
     let flow = recovery
         .request("alice@example.com", Some(alice()), &with_ip)
@@ -144,5 +145,27 @@ async fn calls_without_a_client_ip_are_reported_once_per_recovery() {
             .request("bob@example.com", None, &RequestContext::without_client_ip())
             .await;
     }
-    assert_eq!(missing(&sink), 1, "once per recovery");
+    assert_eq!(missing(&sink), 1, "once an hour");
+    // From review: once for the life of the instance hid a proxy that
+    // started dropping client IPs later on. An hour on, it is told again.
+    clock.advance(std::time::Duration::from_secs(3599));
+    let _ = recovery
+        .request("bob@example.com", None, &RequestContext::without_client_ip())
+        .await;
+    assert_eq!(missing(&sink), 1, "not before the hour is out");
+    clock.advance(std::time::Duration::from_secs(1));
+    let _ = recovery
+        .request("bob@example.com", None, &RequestContext::without_client_ip())
+        .await;
+    assert_eq!(missing(&sink), 2, "again an hour later");
+    // Without per-IP rules nothing is turned off, and nothing is told.
+    let quiet = RecordingSink::new();
+    let (recovery, _, _) = setup();
+    let recovery = recovery
+        .with_limits(otp_recovery::limits::Limits::none())
+        .with_events(quiet.clone());
+    let _ = recovery
+        .request("bob@example.com", None, &RequestContext::without_client_ip())
+        .await;
+    assert_eq!(missing(&quiet), 0, "no per-IP rule, nothing missing");
 }

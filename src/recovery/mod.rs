@@ -19,7 +19,7 @@ mod verifying;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::code::KeyRing;
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventSink, TracingSink};
 use crate::factor::{ChannelSender, FactorSource};
 use crate::id::{AccountId, FlowId};
-use crate::limits::{self, Limits};
+use crate::limits::{self, LimitScope, Limits};
 use crate::message::{Locale, Messages};
 use crate::phone::{MaskedPhone, PhoneNumber};
 use crate::policy::Policy;
@@ -157,9 +157,12 @@ pub struct Recovery<S, T, C = SystemClock> {
     pub(crate) channel: Option<Arc<dyn ChannelSender>>,
     pub(crate) rng: Randomness,
     pub(crate) refusals: Arc<refusals::Refusals>,
-    /// Whether a call without a client IP was reported.
-    pub(crate) told_no_ip: Arc<AtomicBool>,
+    /// When a call without a client IP may next be reported (Unix ms).
+    pub(crate) told_no_ip: Arc<AtomicU64>,
 }
+
+/// How often calls without a client IP are reported, at most.
+const NO_IP_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl<S, T, C> fmt::Debug for Recovery<S, T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -308,8 +311,28 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// Reports, once per recovery, a call whose per-IP rules cannot apply
     /// for want of a client IP.
     pub(crate) fn note_client_ip(&self, ctx: &RequestContext) {
-        if ctx.client_ip.is_none() && !self.told_no_ip.swap(true, Ordering::Relaxed) {
-            self.emit(Event::new(self.clock.now(), EventKind::ClientIpMissing));
+        if ctx.client_ip.is_some() {
+            return;
+        }
+        let per_ip = self.limits.ip_verify_rule().is_some()
+            || self.limits.send_rules().iter().any(|r| r.scope == LimitScope::Ip);
+        let now = self.clock.now();
+        let next = self.told_no_ip.load(Ordering::Relaxed);
+        // At most once an hour, so that a proxy that starts dropping client
+        // IPs later is still told; the exchange lets one racing call win.
+        if per_ip
+            && now.as_unix_millis() >= next
+            && self
+                .told_no_ip
+                .compare_exchange(
+                    next,
+                    now.saturating_add(NO_IP_REPORT_EVERY).as_unix_millis(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.emit(Event::new(now, EventKind::ClientIpMissing));
         }
     }
 
