@@ -42,6 +42,9 @@ pub enum LimitScope {
     Account,
     /// The client IP (IPv6 by its /64 network).
     Ip,
+    /// The client's IPv6 site, its /48: one holder of many /64 networks
+    /// (IPv4 clients are not counted by it).
+    IpSite,
     /// The destination's country calling code.
     CountryCode,
     /// All sends together: the cost cap.
@@ -58,6 +61,7 @@ impl LimitScope {
             LimitScope::Phone => "phone",
             LimitScope::Account => "account",
             LimitScope::Ip => "ip",
+            LimitScope::IpSite => "ipsite",
             LimitScope::CountryCode => "cc",
             LimitScope::Global => "global",
             LimitScope::IpVerifies => "ipverify",
@@ -202,7 +206,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 impl Default for Limits {
     /// Sends: 5 per 10 minutes and 10 per day per phone, 5 per hour and 10
-    /// per day per account, 20 per hour per IP, 300 per hour per country
+    /// per day per account, 20 per hour per IP, 100 per hour per IPv6 /48, 300 per hour per country
     /// code, 1,000 per hour in all. Codes checked: 30 per hour per IP.
     /// Destinations: every country but the non-geographic codes.
     fn default() -> Self {
@@ -213,6 +217,7 @@ impl Default for Limits {
                 Rule::new(LimitScope::Account, 5, HOUR),
                 Rule::new(LimitScope::Account, 10, DAY),
                 Rule::new(LimitScope::Ip, 20, HOUR),
+                Rule::new(LimitScope::IpSite, 100, HOUR),
                 Rule::new(LimitScope::CountryCode, 300, HOUR),
                 Rule::new(LimitScope::Global, 1_000, HOUR),
             ],
@@ -465,6 +470,18 @@ pub(crate) fn ip_key(ip: IpAddr) -> String {
     }
 }
 
+/// The key an IPv6 client's site is counted under, its /48; `None` for an
+/// IPv4 client (mapped and NAT64 addresses included).
+pub(crate) fn ip_site_key(ip: IpAddr) -> Option<String> {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() && nat64(v6).is_none() => {
+            let s = v6.segments();
+            Some(format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
+        }
+        _ => None,
+    }
+}
+
 /// The IPv4 address embedded in an address of the well-known NAT64 prefix.
 fn nat64(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     let s = v6.segments();
@@ -508,6 +525,17 @@ mod tests {
         assert_ne!(key("64:ff9b::192.0.2.7"), key("64:ff9b::198.51.100.1"));
         // The local-use prefix (RFC 8215) is a network's own: by /64.
         assert_eq!(key("64:ff9b:1::1"), "64:ff9b:1:0::/64");
+    }
+
+    #[test]
+    fn ipv6_sites_are_their_48_and_ipv4_clients_have_none() {
+        let site = |s: &str| ip_site_key(s.parse().unwrap());
+        assert_eq!(site("2001:db8:5:ffff::1"), site("2001:db8:5:1::9"));
+        assert_eq!(site("2001:db8:5::1").as_deref(), Some("2001:db8:5::/48"));
+        assert_ne!(site("2001:db8:5::1"), site("2001:db8:6::1"));
+        for v4 in ["192.0.2.7", "::ffff:192.0.2.7", "64:ff9b::192.0.2.7"] {
+            assert_eq!(site(v4), None, "{v4}");
+        }
     }
 
     #[test]

@@ -70,11 +70,21 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.plan_block(plan, BlockTarget::CountryCode(cc));
         self.plan_block(plan, BlockTarget::NumberBlock(p_block.clone()));
         let p_phone = self.keys.pseudonym(destination.as_str());
+        let sites = self
+            .limits
+            .send_rules()
+            .iter()
+            .any(|r| r.scope == LimitScope::IpSite);
+        let p_site = ctx
+            .ip_site_key()
+            .filter(|_| sites)
+            .map(|site| self.keys.pseudonym(&site));
         for rule in self.limits.send_rules() {
             let (value, by) = match rule.scope {
                 LimitScope::Phone => (Some(p_phone.as_str()), 1),
                 LimitScope::Account => (Some(subject_key), 1),
                 LimitScope::Ip => (p_ip.as_deref(), 1),
+                LimitScope::IpSite => (p_site.as_deref(), 1),
                 LimitScope::CountryCode => (Some(cc_text), spent),
                 LimitScope::Global => (Some("all"), spent),
                 _ => (None, 1),

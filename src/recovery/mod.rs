@@ -114,6 +114,10 @@ impl RequestContext {
     pub(crate) fn ip_key(&self) -> Option<String> {
         self.client_ip.map(limits::ip_key)
     }
+
+    pub(crate) fn ip_site_key(&self) -> Option<String> {
+        self.client_ip.and_then(limits::ip_site_key)
+    }
 }
 
 pub use crate::answer::{Completed, FactorChallenge, Progress, Requested, Verified};
