@@ -91,14 +91,15 @@ async fn a_flood_of_unknown_identifiers_leaves_the_country_budget_to_real_users(
 
 /// One IPv6 /60 holds sixteen /64 networks, each under its own IP limit:
 /// 320 unknown identifiers from it spend nothing anyone else needs. And
-/// its site, the /48, is limited as a whole (100 an hour by default), so
-/// ever more /64s of one holder buy no more requests (from review: 65,536
-/// /64s of one /48 at 20 an hour each filled the memory store's 4,000,000
-/// counter windows in under an hour).
+/// with a site limit (`LimitScope::IpSite`, not in the defaults), the /48
+/// is limited as a whole, so ever more /64s of one holder buy no more
+/// requests (from review: 65,536 /64s of one /48 at 20 an hour each filled
+/// the memory store's 4,000,000 counter windows in under an hour).
 #[tokio::test]
 async fn one_ipv6_60_cannot_spend_the_global_budget() {
     let limits = Limits::builder()
         .send_rule(Rule::new(LimitScope::Global, 10, HOUR))
+        .send_rule(Rule::new(LimitScope::IpSite, 100, HOUR))
         .build()
         .unwrap();
     let (r, _, _) = recovery(limits);

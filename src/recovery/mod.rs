@@ -319,7 +319,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             return;
         }
         let per_ip = self.limits.ip_verify_rule().is_some()
-            || self.limits.send_rules().iter().any(|r| r.scope == LimitScope::Ip);
+            || self
+                .limits
+                .send_rules()
+                .iter()
+                .any(|r| matches!(r.scope, LimitScope::Ip | LimitScope::IpSite));
         let now = self.clock.now();
         let next = self.told_no_ip.load(Ordering::Relaxed);
         // At most once an hour, so that a proxy that starts dropping client

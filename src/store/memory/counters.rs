@@ -4,6 +4,7 @@
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use hashbrown::HashTable;
 
@@ -11,6 +12,10 @@ use super::{MIN_SWEEP_LEN, Padded, SHARDS, lock, shard_of, sweep};
 use crate::clock::Timestamp;
 use crate::counter::{Counter, CounterValue};
 use crate::store::{Result, StoreError};
+
+/// A full table is swept at most this often, however many calls find it
+/// full.
+const MIN_FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Counter windows by key. Each counter is atomic on its own shard; a
 /// refused call undoes its guarded increments one by one, so a racing call
@@ -91,17 +96,27 @@ impl CounterTable {
 
     /// Refuses a call whose `counters` could open windows past the
     /// capacity, once the ended ones are swept, before it changes anything.
-    /// Every counter needs room, reads too, so that calls of one shape fare
-    /// alike whatever they increment (an unknown identifier's request reads
-    /// what an account's counts). (Racing calls may pass it together: the
-    /// cap holds to within their counters.)
+    /// Every counter of a call that increments any needs room, reads too,
+    /// so that calls of one shape fare alike whatever they increment (an
+    /// unknown identifier's request reads what an account's counts); a call
+    /// of reads only opens nothing and always passes (support reads a lock
+    /// before it lifts it). (Racing calls may pass it together: the cap
+    /// holds to within their counters.)
     pub(super) fn room_for(&self, counters: &[Counter], now: Timestamp) -> Result<()> {
         let needed = counters.len();
-        if self.len() + needed <= self.capacity {
+        if self.len() + needed <= self.capacity || counters.iter().all(|c| c.by == 0) {
             return Ok(());
         }
-        if now.as_unix_millis() >= self.next_sweep.load(Ordering::Relaxed) {
-            self.sweep_all(now);
+        // One caller sweeps at a time, and a table kept full by a flood is
+        // swept at most once per `MIN_FULL_SWEEP_EVERY`.
+        let seen = self.next_sweep.load(Ordering::Relaxed);
+        if now.as_unix_millis() >= seen
+            && self
+                .next_sweep
+                .compare_exchange(seen, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.sweep(now, MIN_FULL_SWEEP_EVERY);
             if self.len() + needed <= self.capacity {
                 return Ok(());
             }
@@ -109,11 +124,16 @@ impl CounterTable {
         Err(StoreError::backend("the memory store's counters are full", true))
     }
 
-    /// Drops every window that ended by `now`, and notes when the next of
-    /// those kept ends.
+    /// Drops every window that ended by `now` (the purge).
     pub(super) fn sweep_all(&self, now: Timestamp) {
-        // Raised for the sweep; windows opened during it lower it again.
         self.next_sweep.store(u64::MAX, Ordering::Relaxed);
+        self.sweep(now, Duration::ZERO);
+    }
+
+    /// Drops every window that ended by `now`, and notes when the next of
+    /// those kept ends (but not before `at_least` from now). Call with
+    /// `next_sweep` raised: windows opened during the sweep lower it again.
+    fn sweep(&self, now: Timestamp, at_least: Duration) {
         let mut earliest = u64::MAX;
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
@@ -123,7 +143,8 @@ impl CounterTable {
                 earliest = earliest.min(end.as_unix_millis());
             }
         }
-        self.next_sweep.fetch_min(earliest, Ordering::Relaxed);
+        let floor = now.saturating_add(at_least).as_unix_millis();
+        self.next_sweep.fetch_min(earliest.max(floor), Ordering::Relaxed);
     }
 
     /// Applies one call's counters by the shared rules.
