@@ -75,9 +75,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             .send_rules()
             .iter()
             .any(|r| r.scope == LimitScope::IpSite);
-        let p_site = ctx
-            .ip_site_key()
-            .filter(|_| sites)
+        // Only with a site rule: the key is a formatted string.
+        let p_site = sites
+            .then(|| ctx.ip_site_key())
+            .flatten()
             .map(|site| self.keys.pseudonym(&site));
         for rule in self.limits.send_rules() {
             let (value, by) = match rule.scope {
