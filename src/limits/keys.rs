@@ -1,7 +1,7 @@
 //! What a client or a destination is counted under: an IP's network, an
 //! IPv6 site, a number block.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::phone::PhoneNumber;
 
@@ -10,42 +10,45 @@ use crate::phone::PhoneNumber;
 /// IPv4-mapped addresses or through a NAT64 translator's well-known prefix
 /// (`64:ff9b::/96`, RFC 6052) are counted by their IPv4 address.
 pub(crate) fn ip_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4_text(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped().or_else(|| nat64(v6)) {
-            Some(v4) => v4_text(v4),
-            None => {
-                let s = v6.segments();
-                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
-        },
+    match ipv4_client(ip) {
+        Ok(v4) => v4_text(v4),
+        Err(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
 /// The key an IPv6 client's site is counted under, its /48; `None` for an
 /// IPv4 client (mapped and NAT64 addresses included).
 pub(crate) fn ip_site_key(ip: IpAddr) -> Option<String> {
+    ipv4_client(ip).err().map(|v6| {
+        let s = v6.segments();
+        format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+    })
+}
+
+/// An IPv4 client's address, embedded ones included (IPv4-mapped, NAT64);
+/// an IPv6 client's address as the error.
+fn ipv4_client(ip: IpAddr) -> Result<Ipv4Addr, Ipv6Addr> {
     match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() && nat64(v6).is_none() => {
-            let s = v6.segments();
-            Some(format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]))
-        }
-        _ => None,
+        IpAddr::V4(v4) => Ok(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().or_else(|| nat64(v6)).ok_or(v6),
     }
 }
 
 /// The IPv4 address embedded in an address of the well-known NAT64 prefix.
-fn nat64(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+fn nat64(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
     (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| {
         let [.., a, b, c, d] = v6.octets();
-        std::net::Ipv4Addr::new(a, b, c, d)
+        Ipv4Addr::new(a, b, c, d)
     })
 }
 
 /// The dotted form of an IPv4 address, as its `Display` writes it, without
 /// the formatting machinery (it is on every call).
-fn v4_text(v4: std::net::Ipv4Addr) -> String {
+fn v4_text(v4: Ipv4Addr) -> String {
     let mut text = String::with_capacity(15);
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {

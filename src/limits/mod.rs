@@ -283,6 +283,11 @@ impl Limits {
         &self.sends
     }
 
+    /// Whether a send rule counts by `scope`.
+    pub(crate) fn has_send_rule(&self, scope: LimitScope) -> bool {
+        self.sends.iter().any(|r| r.scope == scope)
+    }
+
     /// The rule on codes checked per IP.
     pub fn ip_verify_rule(&self) -> Option<Rule> {
         self.ip_verifies

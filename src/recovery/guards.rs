@@ -70,13 +70,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.plan_block(plan, BlockTarget::CountryCode(cc));
         self.plan_block(plan, BlockTarget::NumberBlock(p_block.clone()));
         let p_phone = self.keys.pseudonym(destination.as_str());
-        let sites = self
-            .limits
-            .send_rules()
-            .iter()
-            .any(|r| r.scope == LimitScope::IpSite);
         // Only with a site rule: the key is a formatted string.
-        let p_site = sites
+        let p_site = self
+            .limits
+            .has_send_rule(LimitScope::IpSite)
             .then(|| ctx.ip_site_key())
             .flatten()
             .map(|site| self.keys.pseudonym(&site));

@@ -312,18 +312,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.events.emit(&event);
     }
 
-    /// Reports, once per recovery, a call whose per-IP rules cannot apply
-    /// for want of a client IP.
+    /// Reports, at most once an hour, a call whose per-IP rules cannot
+    /// apply for want of a client IP.
     pub(crate) fn note_client_ip(&self, ctx: &RequestContext) {
         if ctx.client_ip.is_some() {
             return;
         }
         let per_ip = self.limits.ip_verify_rule().is_some()
-            || self
-                .limits
-                .send_rules()
-                .iter()
-                .any(|r| matches!(r.scope, LimitScope::Ip | LimitScope::IpSite));
+            || self.limits.has_send_rule(LimitScope::Ip)
+            || self.limits.has_send_rule(LimitScope::IpSite);
         let now = self.clock.now();
         let next = self.told_no_ip.load(Ordering::Relaxed);
         // At most once an hour, so that a proxy that starts dropping client

@@ -47,21 +47,23 @@ struct CounterEntry {
 
 impl CounterShard {
     /// Drops the counters whose window ended by `now`, once the table has
-    /// grown enough (or always, with `force`). Returns how many it dropped.
-    fn sweep_ended(&mut self, force: bool, now: Timestamp) -> usize {
+    /// grown enough (or always, with `force`), and lowers `earliest` (Unix
+    /// ms) to the end of each window it keeps. Returns how many it dropped.
+    fn sweep_ended(&mut self, force: bool, now: Timestamp, earliest: &mut u64) -> usize {
         sweep(
             &mut self.table,
             &mut self.sweep_at,
             force,
-            |e| e.value.resets_at.is_none_or(|end| end <= now),
+            |e| match e.value.resets_at {
+                Some(end) if end > now => {
+                    *earliest = (*earliest).min(end.as_unix_millis());
+                    false
+                }
+                _ => true,
+            },
             |e| e.hash,
         )
         .len()
-    }
-
-    /// The earliest end among the windows held.
-    fn earliest_end(&self) -> Option<Timestamp> {
-        self.table.iter().filter_map(|e| e.value.resets_at).min()
     }
 }
 
@@ -136,12 +138,8 @@ impl CounterTable {
     fn sweep(&self, now: Timestamp, at_least: Duration) {
         let mut earliest = u64::MAX;
         for shard in self.shards.iter() {
-            let mut shard = lock(shard);
-            let swept = shard.sweep_ended(true, now);
+            let swept = lock(shard).sweep_ended(true, now, &mut earliest);
             self.count.fetch_sub(swept, Ordering::Relaxed);
-            if let Some(end) = shard.earliest_end() {
-                earliest = earliest.min(end.as_unix_millis());
-            }
         }
         let floor = now.saturating_add(at_least).as_unix_millis();
         self.next_sweep.fetch_min(earliest.max(floor), Ordering::Relaxed);
@@ -171,14 +169,15 @@ impl CounterTable {
             return value;
         }
         let value = c.apply(None, now);
-        if value.resets_at.is_some() {
-            // Only an increment opens a window: reads store nothing.
-            let swept = shard.sweep_ended(false, now);
+        // Only an increment opens a window: reads store nothing.
+        if let Some(end) = value.resets_at {
+            // A partial sweep notes nothing: only the window opened here
+            // can lower the next full sweep, and does so below.
+            let mut kept_ends = u64::MAX;
+            let swept = shard.sweep_ended(false, now, &mut kept_ends);
             self.count.fetch_sub(swept, Ordering::Relaxed);
             self.count.fetch_add(1, Ordering::Relaxed);
-            if let Some(end) = value.resets_at {
-                self.next_sweep.fetch_min(end.as_unix_millis(), Ordering::Relaxed);
-            }
+            self.next_sweep.fetch_min(end.as_unix_millis(), Ordering::Relaxed);
             shard.table.insert_unique(
                 hash,
                 CounterEntry {

@@ -36,10 +36,12 @@ const MIN_SWEEP_LEN: usize = 256;
 /// within twice the live records; [`CodeStore::purge_expired`] sweeps
 /// everything at once. Live records are capped too (default 1,000,000
 /// flows, about 250 MB, and 4,000,000 counter windows, about 500 MB): past
-/// a cap, a new flow, or a call with counters (reads count too, so that
-/// calls of one shape fare alike), is refused with a retryable error,
-/// before it changes anything, rather than exhausting memory. A full table
-/// is swept again only once one of its windows can have ended.
+/// a cap, a new flow, or a call that increments a counter (its reads
+/// count too, so that calls of one shape fare alike), is refused with a
+/// retryable error, before it changes anything, rather than exhausting
+/// memory; a call of reads only always passes. A full table is swept by
+/// one call at a time, at most once a second, and only once one of its
+/// windows can have ended.
 ///
 /// A flow is kept packed (about 115 bytes for an account flow, its
 /// account id and phone inline) in one allocation, and unpacked into a
