@@ -65,7 +65,9 @@ use common::{LastCode, NullSender, account, client, ready};
 use criterion::Criterion;
 use hmac::{Hmac, KeyInit, Mac as _};
 use otp_recovery::record::{FlowRecord, Subject};
-use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result as StoreResult};
+use otp_recovery::store::{
+    CodeStore, Counter, CounterValue, Created, MemoryStore, Newest, Result as StoreResult,
+};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{AccountId, FlowId, KeyRing, ManualClock, Recovery, RequestContext, ServerKey, Timestamp};
 use sha2::Sha256;
@@ -263,7 +265,7 @@ fn fill(store: &MemoryStore, template: &FlowRecord, first: usize, n: usize) -> V
         let mut flow = template.clone();
         flow.id = FlowId::from_bytes(bytes);
         flow.subject = Subject::Account(AccountId::new(format!("user-{i}")).unwrap());
-        ready(store.create_flow(&flow)).unwrap();
+        ready(store.create_flow(&flow, Newest::None)).unwrap();
         ids.push(flow.id);
     }
     ids
@@ -490,9 +492,9 @@ impl<S> Counted<S> {
 
 #[async_trait]
 impl<S: CodeStore> CodeStore for Counted<S> {
-    async fn create_flow(&self, flow: &FlowRecord) -> StoreResult<()> {
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> StoreResult<Created> {
         self.tick();
-        self.inner.create_flow(flow).await
+        self.inner.create_flow(flow, newest).await
     }
     async fn get_flow(&self, id: &FlowId) -> StoreResult<Option<FlowRecord>> {
         self.tick();

@@ -48,7 +48,7 @@ use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::FlowRecord;
 use crate::sms::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
-use crate::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use crate::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
 
 /// What happens to the store operation a [`FaultyStore`] was told to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,8 +150,8 @@ impl<S: CodeStore> FaultyStore<S> {
 
 #[async_trait]
 impl<S: CodeStore> CodeStore for FaultyStore<S> {
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
-        self.run(self.inner.create_flow(flow)).await
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
+        self.run(self.inner.create_flow(flow, newest)).await
     }
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
         self.run(self.inner.get_flow(id)).await

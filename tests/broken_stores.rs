@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use otp_recovery::conformance;
-use otp_recovery::record::{FlowRecord, FlowState};
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use otp_recovery::record::FlowRecord;
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{FlowId, Timestamp};
 
@@ -34,9 +34,9 @@ enum Break {
     CappedWindow,
     /// Every increment moves the window's end.
     SlidingWindow,
-    /// The subject's open flow is read, then the new one inserted and the
-    /// old one superseded, each after a round trip.
-    NonAtomicSupersede,
+    /// The subject's newest flow is compared, then, after a round trip,
+    /// the new one inserted and the newest replaced.
+    NonAtomicCreate,
     /// A counting swap swaps, then read-modify-writes each counter over
     /// round trips.
     NonAtomicCountingSwap,
@@ -52,8 +52,8 @@ enum Break {
     ReadOpensWindow,
     /// A flow is purged only after its `purge_after`, not at it.
     PurgedLate,
-    /// A new flow supersedes the subject's newest flow even when closed.
-    SupersedesClosed,
+    /// A create compares the newest flow's id, not its version.
+    ComparesIdOnly,
     /// A purge deletes every counter and case, live or not.
     PurgeWipesLive,
     /// A refused call restores the values it read before its increments,
@@ -61,22 +61,26 @@ enum Break {
     UndoBySnapshot,
     /// Subject and counter keys are compared ignoring case (a collation).
     CaseInsensitiveKeys,
-    /// A new flow supersedes the open one only if that one is not stamped
-    /// later (`created_at <= new.created_at`).
-    SupersedesOnlyOlder,
+    /// A create inserts the new flow but drops the newest one's
+    /// replacement.
+    DropsReplacement,
+    /// A stale create answers `Stale(None)`, not the newest flow.
+    StaleWithoutNewest,
+    /// A stale create inserts the new flow all the same.
+    InsertsWhenStale,
     /// `find_flows` keeps the oldest `limit` flows, newest first.
     FindKeepsOldest,
     /// Swaps and counts are atomic only among the calls of one handle (an
     /// in-process lock), with round trips between check and write.
     AtomicPerInstanceOnly,
-    /// Creates are atomic only among the calls of one handle: the
-    /// supersede as in `NonAtomicSupersede`, under an in-process lock.
+    /// Creates are atomic only among the calls of one handle: as in
+    /// `NonAtomicCreate`, under an in-process lock.
     CreatesAtomicPerInstanceOnly,
     /// Each handle caches the flows it read or wrote, so it reads the
     /// other handle's writes stale.
     CachedReads,
-    /// A new flow supersedes the subject's flow with the latest
-    /// `created_at` (if open), not the one created last.
+    /// The subject's newest flow is the one with the latest `created_at`,
+    /// not the one created last.
     NewestByStamp,
 }
 
@@ -356,70 +360,76 @@ impl MapStore {
         flow
     }
 
-    fn supersede(&self, inner: &mut Inner, old: Option<FlowId>, new: &FlowRecord) {
-        let closed_too = self.broken == Break::SupersedesClosed;
-        let at = new.created_at;
-        if let Some(old) = old.and_then(|id| inner.flows.get_mut(&id))
-            && (old.state.is_open() || (closed_too && old.state != FlowState::Superseded))
-            && (self.broken != Break::SupersedesOnlyOlder || old.created_at <= new.created_at)
+    /// The subject's newest flow: its id and version.
+    fn newest(&self, inner: &Inner, key: &str) -> Option<(FlowId, u64)> {
+        let ids = inner.subjects.get(key).into_iter().flatten();
+        let id = match self.broken {
+            Break::NewestByStamp => ids.max_by_key(|id| inner.flows[*id].created_at),
+            _ => ids.last(),
+        }?;
+        Some((*id, inner.flows[id].version))
+    }
+
+    /// Whether `newest` names the subject's newest flow `stored`.
+    fn matches(&self, newest: Newest<'_>, stored: Option<(FlowId, u64)>) -> bool {
+        match self.broken {
+            Break::ComparesIdOnly => newest.expected().map(|(id, _)| id) == stored.map(|(id, _)| id),
+            _ => newest.matches(stored),
+        }
+    }
+
+    /// Inserts `flow` and writes the newest one's replacement.
+    fn insert(&self, inner: &mut Inner, key: String, flow: &FlowRecord, newest: Newest<'_>) {
+        if let Some(next) = newest.replacement()
+            && self.broken != Break::DropsReplacement
         {
             self.cache
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&old.id);
-            old.state = FlowState::Superseded;
-            old.version += 1;
-            old.updated_at = at;
+                .remove(&next.id);
+            inner.flows.insert(next.id, self.stored(next));
         }
+        inner.subjects.entry(key).or_default().push(flow.id);
+        inner.flows.insert(flow.id, self.stored(flow));
+        // Under the data's lock, as every change of the cache.
+        self.remember(Some(&self.stored(flow)));
     }
 }
 
 #[async_trait]
 impl CodeStore for MapStore {
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
         let _local = self.local().await;
         let key = self.key(&flow.subject.key());
-        if matches!(
+        let non_atomic = matches!(
             self.broken,
-            Break::NonAtomicSupersede | Break::CreatesAtomicPerInstanceOnly
-        ) {
-            let open = {
-                let inner = self.lock();
-                let newest = inner.subjects.get(&key).and_then(|ids| ids.last()).copied();
-                newest.filter(|id| inner.flows[id].state.is_open())
-            };
-            round_trip().await;
-            {
-                let mut inner = self.lock();
-                if inner.flows.contains_key(&flow.id) {
-                    return Err(StoreError::Duplicate);
-                }
-                inner.subjects.entry(key).or_default().push(flow.id);
-                inner.flows.insert(flow.id, self.stored(flow));
+            Break::NonAtomicCreate | Break::CreatesAtomicPerInstanceOnly
+        );
+        {
+            let mut inner = self.lock();
+            if inner.flows.contains_key(&flow.id) {
+                return Err(StoreError::Duplicate);
             }
+            let stored = self.newest(&inner, &key);
+            if !self.matches(newest, stored) {
+                let current = match self.broken {
+                    Break::StaleWithoutNewest => None,
+                    _ => stored.map(|(id, _)| inner.flows[&id].clone()),
+                };
+                if self.broken == Break::InsertsWhenStale {
+                    self.insert(&mut inner, key, flow, Newest::None);
+                }
+                return Ok(Created::Stale(current));
+            }
+            if !non_atomic {
+                self.insert(&mut inner, key.clone(), flow, newest);
+            }
+        }
+        if non_atomic {
             round_trip().await;
-            self.supersede(&mut self.lock(), open, flow);
-            return Ok(());
+            self.insert(&mut self.lock(), key, flow, newest);
         }
-        let mut inner = self.lock();
-        if inner.flows.contains_key(&flow.id) {
-            return Err(StoreError::Duplicate);
-        }
-        let newest = match self.broken {
-            Break::NewestByStamp => inner
-                .subjects
-                .get(&key)
-                .into_iter()
-                .flatten()
-                .max_by_key(|id| inner.flows[*id].created_at)
-                .copied(),
-            _ => inner.subjects.get(&key).and_then(|ids| ids.last()).copied(),
-        };
-        self.supersede(&mut inner, newest, flow);
-        inner.subjects.entry(key).or_default().push(flow.id);
-        inner.flows.insert(flow.id, self.stored(flow));
-        self.remember(Some(&self.stored(flow)));
-        Ok(())
+        Ok(Created::Inserted)
     }
 
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
@@ -631,9 +641,9 @@ fn a_sliding_window_is_rejected() {
 }
 
 #[test]
-fn a_non_atomic_supersede_is_rejected() {
+fn a_non_atomic_create_is_rejected() {
     rejects(
-        Break::NonAtomicSupersede,
+        Break::NonAtomicCreate,
         "exactly one flow of the account may stay open",
     );
 }
@@ -680,8 +690,29 @@ fn a_flow_purged_late_is_rejected() {
 }
 
 #[test]
-fn superseding_a_closed_flow_is_rejected() {
-    rejects(Break::SupersedesClosed, "a closed flow must not be touched");
+fn a_create_that_compares_ids_only_is_rejected() {
+    rejects(Break::ComparesIdOnly, "is not the subject's newest flow");
+}
+
+#[test]
+fn a_create_that_drops_the_replacement_is_rejected() {
+    rejects(
+        Break::DropsReplacement,
+        "replacement must be written in the same step",
+    );
+}
+
+#[test]
+fn a_stale_create_without_the_newest_flow_is_rejected() {
+    rejects(Break::StaleWithoutNewest, "is not the subject's newest flow");
+}
+
+#[test]
+fn a_stale_create_that_inserts_is_rejected() {
+    rejects(
+        Break::InsertsWhenStale,
+        "a create that answered Stale must not write its flow",
+    );
 }
 
 #[test]
@@ -703,26 +734,20 @@ fn keys_compared_ignoring_case_are_rejected() {
 }
 
 #[test]
-fn superseding_only_older_flows_is_rejected() {
-    rejects(
-        Break::SupersedesOnlyOlder,
-        "a clock ahead must still be superseded",
-    );
-}
-
-#[test]
 fn a_find_that_keeps_the_oldest_flows_is_rejected() {
     rejects(Break::FindKeepsOldest, "the limit keeps the newest flows");
 }
 
 #[test]
 fn swaps_and_counts_atomic_within_one_instance_only_are_rejected() {
-    // By the wrong codes or, when those happen to serialize, the tokens.
+    // By the wrong codes or, when those happen to serialize, the tokens
+    // or the resets.
     rejects_by_one_of(
         Break::AtomicPerInstanceOnly,
         &[
             "two instances evaluated more codes than the limit",
             "two instances issued more than one token",
+            "a token reset twice",
         ],
     );
 }

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use otp_recovery::sms::{RecordingSender, SendErrorKind};
-use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result as StoreResult};
+use otp_recovery::store::{
+    CodeStore, Counter, CounterValue, Created, MemoryStore, Newest, Result as StoreResult,
+};
 use otp_recovery::support::{Agent, SupportCase, SupportReference};
 use otp_recovery::testing::{FaultySender, FaultyStore, SendFault, StoreFault};
 mod common;
@@ -68,9 +70,9 @@ impl<S: CodeStore> Journal<S> {
 
 #[async_trait]
 impl<S: CodeStore> CodeStore for Journal<S> {
-    async fn create_flow(&self, flow: &FlowRecord) -> StoreResult<()> {
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> StoreResult<Created> {
         self.note(flow).await;
-        self.inner.create_flow(flow).await
+        self.inner.create_flow(flow, newest).await
     }
     async fn get_flow(&self, id: &FlowId) -> StoreResult<Option<FlowRecord>> {
         self.inner.get_flow(id).await
@@ -411,7 +413,7 @@ async fn verifies(flow: &FlowRecord, code: &Code, now: Timestamp, keys: &KeyRing
         .with_clock(ManualClock::new(now));
     let mut copy = flow.clone();
     copy.code_expires_at = now.saturating_add(Duration::from_secs(1));
-    scratch.store().create_flow(&copy).await.unwrap();
+    scratch.store().create_flow(&copy, Newest::None).await.unwrap();
     scratch
         .verify(
             &flow.id,

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use otp_recovery::factor::{FactorKind, Factors, RecoveryCodes, SecondFactor, Totp, TotpSecret};
 use otp_recovery::record::{FlowRecord, FlowState};
 use otp_recovery::sms::RecordingSender;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result as StoreResult};
+use otp_recovery::store::{
+    CodeStore, Counter, CounterValue, Created, MemoryStore, Newest, Result as StoreResult,
+};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{
     Account, AccountId, Clock, Error, FlowId, KeyRing, ManualClock, PhoneNumber, Policy, Progress, Recovery,
@@ -228,8 +230,8 @@ struct Gated {
 
 #[async_trait]
 impl CodeStore for Gated {
-    async fn create_flow(&self, flow: &FlowRecord) -> StoreResult<()> {
-        self.inner.create_flow(flow).await
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> StoreResult<Created> {
+        self.inner.create_flow(flow, newest).await
     }
     async fn get_flow(&self, id: &FlowId) -> StoreResult<Option<FlowRecord>> {
         self.inner.get_flow(id).await

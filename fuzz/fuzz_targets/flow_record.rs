@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use libfuzzer_sys::fuzz_target;
 use otp_recovery::PhoneNumber;
 use otp_recovery::record::FlowRecord;
-use otp_recovery::store::{CodeStore, MemoryStore};
+use otp_recovery::store::{CodeStore, MemoryStore, Newest};
 
 /// The memory store's futures never wait.
 fn ready<F: Future>(future: F) -> F::Output {
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(PhoneNumber::parse(phone.as_str()).as_ref(), Ok(phone));
     }
     let store = MemoryStore::new();
-    ready(store.create_flow(&record)).expect("an empty store takes any flow");
+    ready(store.create_flow(&record, Newest::None)).expect("an empty store takes any flow");
     assert_eq!(
         ready(store.get_flow(&record.id)).unwrap().as_ref(),
         Some(&record),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{account, flow_at, get, now, of, unique};
+use super::{account, create, flow_at, get, now, of, unique};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::store::{CodeStore, Counter, CounterValue};
@@ -14,7 +14,7 @@ pub async fn compare_and_swap_counting_counts_only_when_it_writes<S: CodeStore>(
     let t = now();
     let hour = Duration::from_secs(3600);
     let flow = flow_at(t, of(&account()));
-    store.create_flow(&flow).await.expect("create");
+    create(&*store, &flow).await;
     let key = unique("counting");
     let counter = [Counter::new(&key, hour, 1)];
     let mut next = flow.clone();
@@ -189,7 +189,7 @@ pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: 
     let t = now();
     let hour = Duration::from_secs(3600);
     let flow = flow_at(t, of(&account()));
-    store.create_flow(&flow).await.expect("create");
+    create(&*store, &flow).await;
     let key = unique("load");
     let (got, values) = store
         .load_counting(&flow.id, &[Counter::new(&key, hour, 2)], t)

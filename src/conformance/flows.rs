@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::harness::{recovery, requested_flow};
-use super::{account, decoy, flow_at, get, now, of, unique};
+use super::{account, create, decoy, flow_at, get, now, of, unique};
 use crate::case::{SupportCase, SupportReference};
 use crate::clock::{Clock, Timestamp};
 use crate::code::Mac;
@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::id::{AccountId, FlowId};
 use crate::record::FlowState;
 use crate::recovery::RequestContext;
-use crate::store::{CodeStore, Counter, StoreError};
+use crate::store::{CodeStore, Counter, Created, Newest, StoreError};
 
 /// A created flow reads back equal, field for field, for real and decoy
 /// flows, with and without a token.
@@ -30,7 +30,7 @@ pub async fn create_then_get_returns_every_field<S: CodeStore>(store: Arc<S>) {
     real.key_id = u32::MAX;
     let decoy = flow_at(t, decoy());
     for flow in [real, decoy] {
-        store.create_flow(&flow).await.expect("create_flow");
+        create(&*store, &flow).await;
         assert_eq!(
             get(&*store, &flow.id).await,
             flow,
@@ -48,11 +48,11 @@ pub async fn get_of_an_unknown_flow_is_none<S: CodeStore>(store: Arc<S>) {
 /// Creating a second flow with an existing id fails and changes nothing.
 pub async fn create_refuses_a_duplicate_id<S: CodeStore>(store: Arc<S>) {
     let flow = flow_at(now(), of(&account()));
-    store.create_flow(&flow).await.expect("create_flow");
+    create(&*store, &flow).await;
     let mut again = flow.clone();
     again.failed_attempts = 4;
     let err = store
-        .create_flow(&again)
+        .create_flow(&again, Newest::None)
         .await
         .expect_err("a duplicate id must be refused");
     assert_eq!(err, StoreError::Duplicate);
@@ -63,6 +63,147 @@ pub async fn create_refuses_a_duplicate_id<S: CodeStore>(store: Arc<S>) {
     );
 }
 
+/// `create_flow` inserts only while the subject's newest stored flow is
+/// the one named (by id and version, or none), writes the replacement of
+/// that flow in the same step, and otherwise writes nothing and answers
+/// the newest flow: with the newest flow's version or id wrong, with a
+/// flow named for a subject that has none, and with none named for one
+/// that has one.
+pub async fn create_compares_the_subjects_newest_flow<S: CodeStore>(store: Arc<S>) {
+    let t = now();
+    let alice = account();
+    let first = flow_at(t, of(&alice));
+    let unwritten = |flow: &crate::record::FlowRecord| {
+        let store = store.clone();
+        let id = flow.id;
+        async move {
+            assert_eq!(
+                store.get_flow(&id).await.expect("get_flow"),
+                None,
+                "a create that answered Stale must not write its flow"
+            );
+        }
+    };
+    // A flow named for a subject that has none.
+    let ghost = flow_at(t, of(&alice));
+    let answer = store
+        .create_flow(&first, Newest::Kept(ghost.id, ghost.version))
+        .await
+        .expect("create_flow");
+    assert_eq!(answer, Created::Stale(None), "the subject has no flow yet");
+    unwritten(&first).await;
+    assert_eq!(
+        store
+            .create_flow(&first, Newest::None)
+            .await
+            .expect("create_flow"),
+        Created::Inserted
+    );
+    assert_eq!(get(&*store, &first.id).await, first);
+
+    // None named, a wrong version, a wrong id: each is stale, and writes
+    // neither the new flow nor the replacement.
+    let second = flow_at(t, of(&alice));
+    let mut replaced = first.clone();
+    replaced.version += 1;
+    replaced.state = FlowState::Superseded;
+    for newest in [
+        Newest::None,
+        Newest::Kept(first.id, first.version + 1),
+        Newest::Kept(ghost.id, first.version),
+        Newest::Replaced(first.version + 1, &replaced),
+    ] {
+        let answer = store.create_flow(&second, newest).await.expect("create_flow");
+        assert_eq!(
+            answer,
+            Created::Stale(Some(first.clone())),
+            "{newest:?} is not the subject's newest flow: the answer is the newest flow"
+        );
+        unwritten(&second).await;
+        assert_eq!(
+            get(&*store, &first.id).await,
+            first,
+            "a stale create must change nothing"
+        );
+    }
+
+    // The newest flow replaced, in the same step.
+    assert_eq!(
+        store
+            .create_flow(&second, Newest::Replaced(first.version, &replaced))
+            .await
+            .expect("create_flow"),
+        Created::Inserted
+    );
+    assert_eq!(
+        get(&*store, &first.id).await,
+        replaced,
+        "the newest flow's replacement must be written in the same step"
+    );
+    assert_eq!(get(&*store, &second.id).await, second);
+
+    // Kept: the newest flow stays as it is, and the new one becomes the
+    // newest (the one the next create must name).
+    let third = flow_at(t, of(&alice));
+    assert_eq!(
+        store
+            .create_flow(&third, Newest::Kept(second.id, second.version))
+            .await
+            .expect("create_flow"),
+        Created::Inserted
+    );
+    assert_eq!(
+        get(&*store, &second.id).await,
+        second,
+        "a kept flow must not change"
+    );
+    let fourth = flow_at(t, of(&alice));
+    let answer = store
+        .create_flow(&fourth, Newest::Kept(second.id, second.version))
+        .await
+        .expect("create_flow");
+    assert_eq!(
+        answer,
+        Created::Stale(Some(third.clone())),
+        "the newest flow is the one created last"
+    );
+    unwritten(&fourth).await;
+
+    // A swap of the newest flow makes a create that named its old version stale.
+    let mut attempted = third.clone();
+    attempted.version += 1;
+    attempted.failed_attempts = 1;
+    assert!(
+        store
+            .compare_and_swap(third.version, &attempted)
+            .await
+            .expect("cas")
+    );
+    let answer = store
+        .create_flow(&fourth, Newest::Kept(third.id, third.version))
+        .await
+        .expect("create_flow");
+    assert_eq!(answer, Created::Stale(Some(attempted.clone())));
+    unwritten(&fourth).await;
+
+    // Another subject's flows are not this subject's newest.
+    let bobs = flow_at(t, of(&account()));
+    assert_eq!(
+        store.create_flow(&bobs, Newest::None).await.expect("create_flow"),
+        Created::Inserted,
+        "another subject has no flow"
+    );
+    let a_decoy = flow_at(t, decoy());
+    assert_eq!(
+        store
+            .create_flow(&a_decoy, Newest::None)
+            .await
+            .expect("create_flow"),
+        Created::Inserted,
+        "a decoy subject has no flow"
+    );
+}
+
 /// A new flow supersedes its subject's open flow (code sent or verified),
 /// bumping its version, and leaves closed flows and other subjects alone.
 pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S>) {
@@ -70,12 +211,12 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
     let alice = account();
     let first = flow_at(t, of(&alice));
     let bobs = flow_at(t, of(&account()));
-    store.create_flow(&first).await.expect("create");
-    store.create_flow(&bobs).await.expect("create");
+    create(&*store, &first).await;
+    create(&*store, &bobs).await;
 
     let later = t.saturating_add(Duration::from_secs(1));
     let second = flow_at(later, of(&alice));
-    store.create_flow(&second).await.expect("create");
+    create(&*store, &second).await;
     let old = get(&*store, &first.id).await;
     assert_eq!(
         old.state,
@@ -106,7 +247,7 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
             .expect("cas")
     );
     let third = flow_at(later, of(&alice));
-    store.create_flow(&third).await.expect("create");
+    create(&*store, &third).await;
     assert_eq!(get(&*store, &second.id).await.state, FlowState::Superseded);
 
     // So is a flow awaiting a second factor.
@@ -124,7 +265,7 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
             .expect("cas")
     );
     let after_pending = flow_at(later, of(&alice));
-    store.create_flow(&after_pending).await.expect("create");
+    create(&*store, &after_pending).await;
     let superseded = get(&*store, &third.id).await;
     assert_eq!(
         superseded.state,
@@ -144,7 +285,7 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
             .expect("cas")
     );
     let fourth = flow_at(later, of(&alice));
-    store.create_flow(&fourth).await.expect("create");
+    create(&*store, &fourth).await;
     assert_eq!(
         get(&*store, &after_pending.id).await,
         completed,
@@ -162,14 +303,14 @@ pub async fn create_supersedes_the_accounts_open_flow<S: CodeStore>(store: Arc<S
 pub async fn decoys_supersede_per_subject<S: CodeStore>(store: Arc<S>) {
     let t = now();
     let real = flow_at(t, of(&account()));
-    store.create_flow(&real).await.expect("create");
+    create(&*store, &real).await;
     let nobody = decoy();
     let first = flow_at(t, nobody.clone());
     let other = flow_at(t, decoy());
-    store.create_flow(&first).await.expect("create");
-    store.create_flow(&other).await.expect("create");
+    create(&*store, &first).await;
+    create(&*store, &other).await;
     let second = flow_at(t, nobody);
-    store.create_flow(&second).await.expect("create");
+    create(&*store, &second).await;
     assert_eq!(get(&*store, &first.id).await.state, FlowState::Superseded);
     assert_eq!(get(&*store, &second.id).await, second);
     assert_eq!(
@@ -191,9 +332,9 @@ pub async fn a_new_flow_supersedes_one_stamped_later<S: CodeStore>(store: Arc<S>
     let t = now();
     let alice = account();
     let ahead = flow_at(t.saturating_add(Duration::from_secs(5)), of(&alice));
-    store.create_flow(&ahead).await.expect("create");
+    create(&*store, &ahead).await;
     let behind = flow_at(t, of(&alice));
-    store.create_flow(&behind).await.expect("create");
+    create(&*store, &behind).await;
     assert_eq!(
         get(&*store, &ahead.id).await.state,
         FlowState::Superseded,
@@ -206,7 +347,7 @@ pub async fn a_new_flow_supersedes_one_stamped_later<S: CodeStore>(store: Arc<S>
     );
     // And the next one supersedes it, not the flow with the latest stamp.
     let next = flow_at(t.saturating_add(Duration::from_secs(1)), of(&alice));
-    store.create_flow(&next).await.expect("create");
+    create(&*store, &next).await;
     assert_eq!(
         get(&*store, &behind.id).await.state,
         FlowState::Superseded,
@@ -225,8 +366,8 @@ pub async fn keys_are_compared_byte_for_byte<S: CodeStore>(store: Arc<S>) {
     let lower = AccountId::new(base.to_lowercase()).expect("valid id");
     let first = flow_at(t, of(&upper));
     let second = flow_at(t, of(&lower));
-    store.create_flow(&first).await.expect("create");
-    store.create_flow(&second).await.expect("create");
+    create(&*store, &first).await;
+    create(&*store, &second).await;
     assert_eq!(
         get(&*store, &first.id).await,
         first,
@@ -264,7 +405,7 @@ pub async fn keys_are_compared_byte_for_byte<S: CodeStore>(store: Arc<S>) {
 /// one, and reports `false` for a stale version or a missing flow.
 pub async fn compare_and_swap_applies_only_on_the_expected_version<S: CodeStore>(store: Arc<S>) {
     let flow = flow_at(now(), of(&account()));
-    store.create_flow(&flow).await.expect("create");
+    create(&*store, &flow).await;
     let mut next = flow.clone();
     next.version += 1;
     next.failed_attempts = 1;
@@ -306,13 +447,10 @@ pub async fn find_flows_lists_a_subjects_recent_flows_newest_first<S: CodeStore>
     let mut ids = Vec::new();
     for i in 0..3u64 {
         let flow = flow_at(t.saturating_add(Duration::from_secs(i)), of(&alice));
-        store.create_flow(&flow).await.expect("create");
+        create(&*store, &flow).await;
         ids.push(flow.id);
     }
-    store
-        .create_flow(&flow_at(t, of(&account())))
-        .await
-        .expect("create");
+    create(&*store, &flow_at(t, of(&account()))).await;
     let found = store.find_flows(&of(&alice).key(), 10).await.expect("find");
     let found_ids: Vec<FlowId> = found.iter().map(|f| f.id).collect();
     assert_eq!(
@@ -399,8 +537,8 @@ pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
     expiring.purge_after = t.saturating_add(PURGE_HORIZON);
     let mut staying = flow_at(t, of(&account()));
     staying.purge_after = t.saturating_add(PURGE_HORIZON + Duration::from_millis(1));
-    store.create_flow(&expiring).await.expect("create");
-    store.create_flow(&staying).await.expect("create");
+    create(&*store, &expiring).await;
+    create(&*store, &staying).await;
 
     let just_before = Timestamp::from_unix_millis(expiring.purge_after.as_unix_millis() - 1);
     store.purge_expired(just_before).await.expect("purge");
@@ -427,7 +565,7 @@ pub async fn purge_removes_exactly_the_expired<S: CodeStore>(store: Arc<S>) {
     );
 
     let fresh = flow_at(expiring.purge_after, of(&alice));
-    store.create_flow(&fresh).await.expect("create after purge");
+    create(&*store, &fresh).await;
     assert_eq!(get(&*store, &fresh.id).await, fresh);
 }
 

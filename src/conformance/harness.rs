@@ -17,7 +17,7 @@ use crate::record::FlowRecord;
 use crate::recovery::{Account, Recovery, RequestContext};
 use crate::secret::ServerKey;
 use crate::sms::RecordingSender;
-use crate::store::{CodeStore, Counter, CounterValue, Result as StoreResult};
+use crate::store::{CodeStore, Counter, CounterValue, Created, Newest, Result as StoreResult};
 
 /// Wraps the store under test so every call yields to the scheduler before
 /// and after it: racing tasks then interleave between a load and its
@@ -27,9 +27,9 @@ pub(super) struct Interleaved<S>(pub(super) Arc<S>);
 
 #[async_trait]
 impl<S: CodeStore> CodeStore for Interleaved<S> {
-    async fn create_flow(&self, flow: &FlowRecord) -> StoreResult<()> {
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> StoreResult<Created> {
         tokio::task::yield_now().await;
-        let out = self.0.create_flow(flow).await;
+        let out = self.0.create_flow(flow, newest).await;
         tokio::task::yield_now().await;
         out
     }

@@ -71,6 +71,7 @@ macro_rules! code_store_conformance {
             create_then_get_returns_every_field,
             get_of_an_unknown_flow_is_none,
             create_refuses_a_duplicate_id,
+            create_compares_the_subjects_newest_flow,
             create_supersedes_the_accounts_open_flow,
             decoys_supersede_per_subject,
             a_new_flow_supersedes_one_stamped_later,
@@ -175,6 +176,7 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>, other: Arc<S>) {
     create_then_get_returns_every_field(store.clone()).await;
     get_of_an_unknown_flow_is_none(store.clone()).await;
     create_refuses_a_duplicate_id(store.clone()).await;
+    create_compares_the_subjects_newest_flow(store.clone()).await;
     create_supersedes_the_accounts_open_flow(store.clone()).await;
     decoys_supersede_per_subject(store.clone()).await;
     a_new_flow_supersedes_one_stamped_later(store.clone()).await;
@@ -259,6 +261,17 @@ fn random_mac() -> Mac {
     let mut bytes = [0u8; 32];
     crate::rng::fill_random(&mut bytes).expect("randomness");
     Mac::from_bytes(bytes)
+}
+
+/// Creates `flow` as the driver does: its subject's open flow superseded.
+async fn create<S: CodeStore + ?Sized>(store: &S, flow: &FlowRecord) {
+    let settled = crate::recovery::insert_newest(store, flow)
+        .await
+        .expect("create_flow");
+    assert!(
+        settled,
+        "create_flow answered Stale with the newest flow it was given, again and again"
+    );
 }
 
 async fn get<S: CodeStore>(store: &S, id: &FlowId) -> FlowRecord {

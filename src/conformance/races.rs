@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::harness::{race, recovery, requested_flow};
-use super::{account, flow_at, get, now, of, unique};
+use super::{account, create, flow_at, get, now, of, unique};
 use crate::error::Error;
 use crate::record::FlowState;
 use crate::recovery::RequestContext;
@@ -49,7 +49,7 @@ pub async fn concurrent_counter_increments_are_all_counted<S: CodeStore + 'stati
 /// Of many tasks swapping from the same version, exactly one wins.
 pub async fn concurrent_compare_and_swaps_have_one_winner<S: CodeStore + 'static>(store: Arc<S>) {
     let flow = flow_at(now(), of(&account()));
-    store.create_flow(&flow).await.expect("create");
+    create(&*store, &flow).await;
     let wins = race(RACERS, |i| {
         let (store, flow) = (store.clone(), flow.clone());
         async move {
@@ -69,7 +69,7 @@ pub async fn concurrent_counting_swaps_count_once<S: CodeStore + 'static>(store:
     let t = now();
     let hour = Duration::from_secs(3600);
     let flow = flow_at(t, of(&account()));
-    store.create_flow(&flow).await.expect("create");
+    create(&*store, &flow).await;
     let key = unique("race-counting");
     let wins = race(RACERS, |_| {
         let (store, flow, key) = (store.clone(), flow.clone(), key.clone());
@@ -127,7 +127,7 @@ pub async fn concurrent_creates_leave_one_open_flow_per_account<S: CodeStore + '
         let (store, alice) = (store.clone(), alice.clone());
         async move {
             let flow = flow_at(t, of(&alice));
-            store.create_flow(&flow).await.expect("create");
+            create(&*store, &flow).await;
             flow.id
         }
     })

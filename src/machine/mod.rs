@@ -389,6 +389,28 @@ pub fn cancel(flow: &FlowRecord, now: Timestamp) -> Result<FlowRecord, Refusal> 
     Ok(next)
 }
 
+/// What a new flow of a subject makes of the subject's newest stored flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Predecessor {
+    /// It was open (expired or not): superseded, so that no stored state
+    /// reads as open after it.
+    Superseded(FlowRecord),
+    /// It was closed: kept as it is.
+    Kept(FlowRecord),
+}
+
+/// What a new flow of the same subject, created at `now`, makes of
+/// `newest`. Takes the record, so that neither case copies it.
+pub fn supersede(mut newest: FlowRecord, now: Timestamp) -> Predecessor {
+    if !newest.state.is_open() {
+        return Predecessor::Kept(newest);
+    }
+    newest.version += 1;
+    newest.updated_at = now;
+    newest.state = FlowState::Superseded;
+    Predecessor::Superseded(newest)
+}
+
 /// When the next code may be sent, or `None` if the flow has used its
 /// allowance.
 pub fn next_send_at(flow: &FlowRecord, policy: &Policy) -> Option<Timestamp> {

@@ -28,6 +28,7 @@ use crate::events::{Event, EventKind, EventSink, TracingSink};
 use crate::factor::{ChannelSender, FactorSource};
 use crate::id::{AccountId, FlowId};
 use crate::limits::{self, LimitScope, Limits};
+use crate::machine::{self, Predecessor};
 use crate::message::{Locale, Messages};
 use crate::phone::{MaskedPhone, PhoneNumber};
 use crate::policy::Policy;
@@ -35,7 +36,7 @@ use crate::record::FlowRecord;
 use crate::rng::Randomness;
 use crate::secret::SecretString;
 use crate::sms::{MessageKind, SmsMessage, SmsSender};
-use crate::store::{CodeStore, Counter, CounterValue, one_per_counter};
+use crate::store::{CodeStore, Counter, CounterValue, Created, Newest, StoreError, one_per_counter};
 pub(crate) use guards::{lock_read_of, streak_counter_of};
 pub use parity::MAX_IDENTIFIER_BYTES;
 pub use second_factor::FactorCodeSent;
@@ -368,6 +369,14 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         Err(Error::Busy)
     }
 
+    /// Inserts `flow` as its subject's newest (see [`insert_newest`]).
+    pub(crate) async fn insert_newest(&self, flow: &FlowRecord) -> Result<()> {
+        match insert_newest(&self.store, flow).await? {
+            true => Ok(()),
+            false => Err(Error::Busy),
+        }
+    }
+
     /// [`Recovery::update_from`], without a record read, whose swap also applies the counters
     /// `counters_of` names for the record it replaces; returns the new
     /// record and their values.
@@ -432,6 +441,33 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         }
         Err(Error::Busy)
     }
+}
+
+/// Inserts `flow` as its subject's newest: the machine decides what becomes
+/// of the newest stored flow (superseded when open) and the store writes
+/// both if that flow is still the newest. `false` when other creates of
+/// the subject won every round.
+pub(crate) async fn insert_newest<S: CodeStore + ?Sized>(
+    store: &S,
+    flow: &FlowRecord,
+) -> std::result::Result<bool, StoreError> {
+    // A subject's first flow needs no read; a later one learns its
+    // predecessor from the store's first answer.
+    let mut newest: Option<(u64, Predecessor)> = None;
+    for _ in 0..MAX_CAS_ROUNDS {
+        let expected = match &newest {
+            None => Newest::None,
+            Some((version, Predecessor::Superseded(next))) => Newest::Replaced(*version, next),
+            Some((version, Predecessor::Kept(kept))) => Newest::Kept(kept.id, *version),
+        };
+        match store.create_flow(flow, expected).await? {
+            Created::Inserted => return Ok(true),
+            Created::Stale(current) => {
+                newest = current.map(|n| (n.version, machine::supersede(n, flow.created_at)));
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// An event about `flow` at `now`: its id, account, masked phone (real

@@ -139,13 +139,13 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             ),
         };
         let flow = machine::open(&self.policy, now, opening);
-        if let Err(e) = self.store.create_flow(&flow).await {
+        if let Err(e) = self.insert_newest(&flow).await {
             // The write may have applied with its answer lost: void the
             // code, which will never be sent.
             if flow.phone.is_some() && allowed {
                 let _ = self.void_unsent(&flow).await;
             }
-            return Err(e.into());
+            return Err(e);
         }
         let event = |kind| event(kind).flow(flow.id);
         self.emit(event(EventKind::Requested {

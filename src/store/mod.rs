@@ -2,8 +2,9 @@
 //! store and the conformance suite every store must pass.
 //!
 //! A store keeps [`FlowRecord`]s and windowed counters. It decides nothing:
-//! the [`machine`](crate::machine) computes each next record and the store
-//! only has to apply it atomically. Every method that decides a limit is a
+//! the [`machine`](crate::machine) computes each next record (the
+//! superseded one too) and the store only has to apply it atomically,
+//! comparing ids and versions. Every method that decides a limit is a
 //! single atomic step in the store itself (a compare-and-swap on the record
 //! version, an atomic counter increment), so limits hold when many instances
 //! of the host share one store.
@@ -15,10 +16,10 @@
 //! use std::collections::HashMap;
 //! use std::sync::Mutex;
 //! use async_trait::async_trait;
-//! use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+//! use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
 //! use otp_recovery::support::{SupportCase, SupportReference};
 //! use otp_recovery::{FlowId, Timestamp};
-//! use otp_recovery::record::{FlowRecord, FlowState};
+//! use otp_recovery::record::FlowRecord;
 //!
 //! #[derive(Default)]
 //! struct MapStore {
@@ -53,23 +54,23 @@
 //!
 //! #[async_trait]
 //! impl CodeStore for MapStore {
-//!     async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+//!     async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
 //!         let mut inner = self.inner.lock().unwrap();
-//!         let Inner { flows, subjects, .. } = &mut *inner;
-//!         if flows.contains_key(&flow.id) {
+//!         if inner.flows.contains_key(&flow.id) {
 //!             return Err(StoreError::Duplicate);
 //!         }
-//!         let recent = subjects.entry(flow.subject.key()).or_default();
-//!         if let Some(old) = recent.last().and_then(|id| flows.get_mut(id)) {
-//!             if old.state.is_open() {
-//!                 old.state = FlowState::Superseded;
-//!                 old.version += 1;
-//!                 old.updated_at = flow.created_at;
-//!             }
+//!         let key = flow.subject.key();
+//!         let head = inner.subjects.get(&key).and_then(|ids| ids.last());
+//!         let stored = head.and_then(|id| inner.flows.get(id));
+//!         if !newest.matches(stored.map(|f| (f.id, f.version))) {
+//!             return Ok(Created::Stale(stored.cloned()));
 //!         }
-//!         recent.push(flow.id);
-//!         flows.insert(flow.id, flow.clone());
-//!         Ok(())
+//!         if let Newest::Replaced(version, next) = newest {
+//!             inner.swap(version, next);
+//!         }
+//!         inner.subjects.entry(key).or_default().push(flow.id);
+//!         inner.flows.insert(flow.id, flow.clone());
+//!         Ok(Created::Inserted)
 //!     }
 //!
 //!     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
@@ -212,16 +213,18 @@ impl From<DecodeError> for StoreError {
 /// two round trips without a version check.
 #[async_trait]
 pub trait CodeStore: Send + Sync {
-    /// Inserts a new flow. If its subject (keyed by
-    /// [`Subject::key`](crate::record::Subject::key), decoys included) has an open
-    /// flow ([`FlowState::is_open`](crate::record::FlowState::is_open)), that flow
-    /// becomes `Superseded` (its `version` grows by one and its `updated_at`
-    /// becomes `flow.created_at`) in the same atomic step, and the new flow
-    /// becomes the subject's open one.
+    /// Inserts `flow` as its subject's newest flow (subjects are keyed by
+    /// [`Subject::key`](crate::record::Subject::key)), if and only if the
+    /// subject's newest stored flow is still `newest`; with
+    /// [`Newest::Replaced`], that flow is swapped for the given record in
+    /// the same atomic step. Otherwise nothing is written and the answer is
+    /// [`Created::Stale`] with the subject's newest stored flow. The store
+    /// compares ids and versions only: which record replaces the newest
+    /// (a superseded one, when it was open) is the caller's decision.
     ///
     /// # Errors
     /// [`StoreError::Duplicate`] if a flow with this id exists.
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()>;
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created>;
 
     /// The flow with this id, if stored (whether or not it has expired, as
     /// long as it was not purged).
@@ -287,6 +290,56 @@ pub trait CodeStore: Send + Sync {
     async fn purge_expired(&self, now: Timestamp) -> Result<u64>;
 }
 
+/// The subject's newest stored flow as the caller read it: what
+/// [`CodeStore::create_flow`] checks before it inserts.
+#[derive(Debug, Clone, Copy)]
+pub enum Newest<'a> {
+    /// The subject has no stored flow.
+    None,
+    /// The flow with this id, at this version, stays as it is.
+    Kept(FlowId, u64),
+    /// The flow at this version (the first field) is replaced by this
+    /// record, of the same id, as by [`CodeStore::compare_and_swap`].
+    Replaced(u64, &'a FlowRecord),
+}
+
+impl Newest<'_> {
+    /// The id and version the subject's newest stored flow must have.
+    pub fn expected(&self) -> Option<(FlowId, u64)> {
+        match self {
+            Newest::None => None,
+            Newest::Kept(id, version) => Some((*id, *version)),
+            Newest::Replaced(version, flow) => Some((flow.id, *version)),
+        }
+    }
+
+    /// Whether the subject's newest stored flow, `stored` (its id and
+    /// version), is the expected one.
+    pub fn matches(&self, stored: Option<(FlowId, u64)>) -> bool {
+        self.expected() == stored
+    }
+
+    /// The record that replaces the newest flow, if any.
+    pub fn replacement(&self) -> Option<&FlowRecord> {
+        match self {
+            Newest::Replaced(_, flow) => Some(flow),
+            _ => None,
+        }
+    }
+}
+
+/// What [`CodeStore::create_flow`] did.
+// Returned, never kept: boxing the record would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The flow is stored as its subject's newest.
+    Inserted,
+    /// Nothing was written: the subject's newest stored flow is not the
+    /// expected one. Here it is (`None`: the subject has none).
+    Stale(Option<FlowRecord>),
+}
+
 /// Checks that a store answered one value per counter it was given, so
 /// that a store that answers more or fewer gets a typed error
 /// ([`StoreError::Decode`]) rather than a wrong count or a panic further on.
@@ -304,8 +357,8 @@ pub(crate) fn one_per_counter(counters: &[Counter], values: Vec<CounterValue>) -
 
 #[async_trait]
 impl<S: CodeStore + ?Sized> CodeStore for Arc<S> {
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
-        (**self).create_flow(flow).await
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
+        (**self).create_flow(flow, newest).await
     }
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
         (**self).get_flow(id).await

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use otp_recovery::record::FlowRecord;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, MemoryStore, Result, StoreError};
+use otp_recovery::store::{
+    CodeStore, Counter, CounterValue, Created, MemoryStore, Newest, Result, StoreError,
+};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{FlowId, Timestamp};
 
@@ -61,10 +63,10 @@ impl std::fmt::Debug for Observed {
 
 #[async_trait]
 impl CodeStore for Observed {
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
         self.tick(&[]);
         let _held = self.create_gate.lock().await;
-        self.inner.create_flow(flow).await
+        self.inner.create_flow(flow, newest).await
     }
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
         self.tick(&[]);

@@ -46,7 +46,7 @@
 //!
 //! | Key | Type | Holds | Expires |
 //! |-----|------|-------|---------|
-//! | `{otp}:flow:<flow id>` | hash | `d`: [`FlowRecord::to_bytes`]; `v` version, `s` state code, `u` `updated_at` (ms); `l`: the subject's list key; `p`: `purge_after` (ms) | `purge_after` |
+//! | `{otp}:flow:<flow id>` | hash | `d`: [`FlowRecord::to_bytes`]; `v`: its version; `l`: the subject's list key; `p`: `purge_after` (ms) | `purge_after` |
 //! | `{otp}:subj:<Subject::key>` | list | the subject's 8 most recent flow ids, newest first | with its latest flow |
 //! | `{otp}:ctr:<counter key>` | string | `<count>:<window end (ms)>` | window end |
 //! | `{otp}:case:<reference>` | string | [`SupportCase::to_bytes`] | `purge_after` |
@@ -55,10 +55,9 @@
 //! Native TTLs fire a minute after the instant in the last column, a margin
 //! for a host clock behind the server's (see below).
 //!
-//! `v`, `s` and `u` are kept next to the record so that scripts compare
-//! versions and supersede a flow without decoding it; they are authoritative
-//! over the copies inside `d`, and [`get_flow`](CodeStore::get_flow) applies
-//! them to the decoded record. `p` lets a swap that leaves `purge_after` as
+//! `v` is kept next to the record so that scripts compare versions without
+//! decoding it (a record whose own version differs is
+//! [`StoreError::Decode`]). `p` lets a swap that leaves `purge_after` as
 //! it was skip the expiry and the index (a flow stored without `p` by an
 //! earlier build takes the full path on its first swap). The sorted sets
 //! let `purge_expired` find what is due by the host's `now`; each write to
@@ -71,7 +70,7 @@
 //!
 //! | Method | Round trip |
 //! |--------|------------|
-//! | `create_flow` | `EVALSHA`: duplicate check, supersede, insert, subject list, index |
+//! | `create_flow` | `EVALSHA`: duplicate check, the newest flow compared (and replaced), insert, subject list, index |
 //! | `get_flow` | `HMGET` |
 //! | `load_counting` | `EVALSHA`: the flow and the counters (`HMGET` without counters) |
 //! | `compare_and_swap` | `EVALSHA`: version check and write |
@@ -115,7 +114,7 @@ pub mod fuzzing {
     use otp_recovery::store::{CounterValue, StoreError};
     pub use redis::Value as RedisValue;
 
-    /// The decoding of a flow hash read with `HMGET d v s u`.
+    /// The decoding of a flow hash read with `HMGET d v`.
     pub fn redis_flow(id: &FlowId, fields: RedisValue) -> Result<Option<FlowRecord>, StoreError> {
         crate::flow_from_fields("fuzz", id, fields)
     }
@@ -137,14 +136,14 @@ use redis::{ScriptInvocation, Value};
 use otp_recovery::FlowId;
 use otp_recovery::Timestamp;
 use otp_recovery::record::FlowRecord;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 
 mod replies;
 mod scripts;
 
 use replies::{
-    array, as_bytes, as_u64, counter_values, expire_at, flow_from_fields, redis_error, unexpected,
+    array, as_bytes, as_u64, counter_values, expire_at, flow_from_fields, listed_id, redis_error, unexpected,
 };
 use scripts::{COUNT, CREATE, FIND, LOAD, PURGE, PUT_CASE, SWAP};
 
@@ -328,8 +327,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> RedisStore<C> {
             .arg(expected_version)
             .arg(flow.to_bytes())
             .arg(flow.version)
-            .arg(flow.state.code())
-            .arg(flow.updated_at.as_unix_millis())
             .arg(flow.purge_after.as_unix_millis())
             .arg(expire_at(flow.purge_after))
             .arg(flow.id.to_string());
@@ -347,7 +344,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> RedisStore<C> {
 
 #[async_trait]
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> CodeStore for RedisStore<C> {
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
         let op = "create_flow";
         let mut inv = CREATE.prepare_invoke();
         inv.key(self.flow_key(&flow.id))
@@ -357,15 +354,30 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> CodeStore for RedisStore
             .arg(flow.id.to_string())
             .arg(flow.to_bytes())
             .arg(flow.version)
-            .arg(flow.state.code())
-            .arg(flow.updated_at.as_unix_millis())
             .arg(flow.purge_after.as_unix_millis())
             .arg(expire_at(flow.purge_after))
-            .arg(flow.created_at.as_unix_millis())
             .arg(RECENT_PER_SUBJECT);
-        match as_u64(&self.invoke(op, &inv).await?) {
-            Some(1) => Ok(()),
-            Some(0) => Err(StoreError::Duplicate),
+        match newest.expected() {
+            Some((id, version)) => inv.arg(id.to_string()).arg(version),
+            None => inv.arg("").arg(""),
+        };
+        match newest.replacement() {
+            Some(next) => inv
+                .arg(next.to_bytes())
+                .arg(next.version)
+                .arg(next.purge_after.as_unix_millis())
+                .arg(expire_at(next.purge_after)),
+            None => inv.arg("").arg("").arg("").arg(""),
+        };
+        let reply = array(op, self.invoke(op, &inv).await?)?;
+        match reply.as_slice() {
+            [flag] if as_u64(flag) == Some(2) => Ok(Created::Inserted),
+            [flag] if as_u64(flag) == Some(1) => Ok(Created::Stale(None)),
+            [flag] if as_u64(flag) == Some(0) => Err(StoreError::Duplicate),
+            [flag, id, fields] if as_u64(flag) == Some(1) => {
+                let id = listed_id(id)?;
+                Ok(Created::Stale(flow_from_fields(op, &id, fields.clone())?))
+            }
             _ => Err(unexpected(op)),
         }
     }
@@ -373,7 +385,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> CodeStore for RedisStore
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
         let op = "get_flow";
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(self.flow_key(id)).arg(&["d", "v", "s", "u"]);
+        cmd.arg(self.flow_key(id)).arg(&["d", "v"]);
         flow_from_fields(op, id, self.query(op, &cmd).await?)
     }
 
@@ -411,10 +423,7 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> CodeStore for RedisStore
         let mut flows = Vec::new();
         for entry in array(op, self.invoke(op, &inv).await?)? {
             let [id, fields]: [Value; 2] = array(op, entry)?.try_into().map_err(|_| unexpected(op))?;
-            let id = as_bytes(&id)
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| FlowId::parse(s).ok())
-                .ok_or_else(|| StoreError::Decode("a subject lists an invalid flow id".into()))?;
+            let id = listed_id(&id)?;
             flows.extend(flow_from_fields(op, &id, fields)?);
         }
         Ok(flows)
@@ -533,20 +542,18 @@ mod tests {
         let id = FlowId::from_bytes([1; 16]);
         let nil = || Value::Nil;
         assert_eq!(
-            flow_from_fields("t", &id, Value::Array(vec![nil(), nil(), nil(), nil()])),
+            flow_from_fields("t", &id, Value::Array(vec![nil(), nil()])),
             Ok(None)
         );
         let garbage = Value::Array(vec![
             Value::BulkString(b"garbage".to_vec()),
             Value::BulkString(b"1".to_vec()),
-            Value::BulkString(b"1".to_vec()),
-            Value::BulkString(b"0".to_vec()),
         ]);
         assert!(matches!(
             flow_from_fields("t", &id, garbage),
             Err(StoreError::Decode(_))
         ));
-        let partial = Value::Array(vec![nil(), Value::BulkString(b"1".to_vec()), nil(), nil()]);
+        let partial = Value::Array(vec![nil(), Value::BulkString(b"1".to_vec())]);
         assert!(matches!(
             flow_from_fields("t", &id, partial),
             Err(StoreError::Decode(_))

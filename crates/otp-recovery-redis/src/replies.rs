@@ -5,7 +5,7 @@ use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 
 use otp_recovery::FlowId;
 use otp_recovery::Timestamp;
-use otp_recovery::record::{FlowRecord, FlowState};
+use otp_recovery::record::FlowRecord;
 use otp_recovery::store::{CounterValue, Result, StoreError};
 
 use crate::{CLOCK_MARGIN, MAX_REDIS_MILLIS};
@@ -48,31 +48,32 @@ pub(crate) fn as_u64(value: &Value) -> Option<u64> {
     }
 }
 
-/// A flow from its fields `d`, `v`, `s`, `u` (`HMGET` order; nil or empty
+/// A flow from its fields `d`, `v` (`HMGET` order; nil or empty
 /// when missing): `None` when the flow does not exist.
 pub(crate) fn flow_from_fields(op: &str, id: &FlowId, fields: Value) -> Result<Option<FlowRecord>> {
     let fields = array(op, fields)?;
     if fields.iter().all(|f| matches!(f, Value::Nil)) {
         return Ok(None);
     }
-    let [d, v, s, u]: [Value; 4] = fields.try_into().map_err(|_| unexpected(op))?;
-    let mut flow = FlowRecord::from_bytes(field(&d).ok_or(incomplete())?)?;
+    let [d, v]: [Value; 2] = fields.try_into().map_err(|_| unexpected(op))?;
+    let flow = FlowRecord::from_bytes(field(&d).ok_or(incomplete())?)?;
     if flow.id != *id {
         return Err(StoreError::Decode("a flow record stored under another id".into()));
     }
-    flow.version = field(&v)
-        .and_then(decimal)
-        .ok_or_else(|| StoreError::Decode("invalid stored version".into()))?;
-    flow.state = field(&s)
-        .and_then(decimal)
-        .and_then(|code| u8::try_from(code).ok())
-        .and_then(FlowState::from_code)
-        .ok_or_else(|| StoreError::Decode("invalid stored state".into()))?;
-    flow.updated_at = field(&u)
-        .and_then(decimal)
-        .map(Timestamp::from_unix_millis)
-        .ok_or_else(|| StoreError::Decode("invalid stored update time".into()))?;
+    // `v` is what the scripts compare: a record whose own version differs
+    // was written by something else.
+    if field(&v).and_then(decimal) != Some(flow.version) {
+        return Err(StoreError::Decode("invalid stored version".into()));
+    }
     Ok(Some(flow))
+}
+
+/// A flow id as a subject list holds it.
+pub(crate) fn listed_id(id: &Value) -> Result<FlowId> {
+    as_bytes(id)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| FlowId::parse(s).ok())
+        .ok_or_else(|| StoreError::Decode("a subject lists an invalid flow id".into()))
 }
 
 /// A field's bytes; `None` when nil or empty (what scripts send for a

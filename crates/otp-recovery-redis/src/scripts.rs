@@ -139,58 +139,71 @@ local function counters(k, a, n, now)
   return out
 end
 
--- A flow's fields d, v, s, u ('' when missing), or {} when it does not
--- exist (a flow always has `v`).
+-- A flow's fields d, v ('' when missing), or {} when it does not exist
+-- (a flow always has `v`).
 local function flow(key)
-  local f = redis.call('HMGET', key, 'd', 'v', 's', 'u')
-  if not (f[1] or f[2] or f[3] or f[4]) then return {} end
-  return {f[1] or '', f[2] or '', f[3] or '', f[4] or ''}
+  local f = redis.call('HMGET', key, 'd', 'v')
+  if not (f[1] or f[2]) then return {} end
+  return {f[1] or '', f[2] or ''}
+end
+
+-- Writes the flow `id` (record d, version v, purge instant p, its TTL
+-- instant ttl) under `key`. Its expiry and index entry only move with
+-- the purge instant.
+local function write(key, list, idx, id, d, v, p, ttl)
+  local old = redis.call('HGET', key, 'p')
+  redis.call('HSET', key, 'd', d, 'v', v, 'p', p)
+  if old ~= p then
+    redis.call('PEXPIREAT', key, ttl)
+    extend(list, ttl)
+    index(idx, id, p, ttl)
+  end
 end
 "#;
 
 /// KEYS: flow, subject list, flow index. ARGV: base, id, record, version,
-/// state, updated_at, purge instant, its TTL instant, created_at, list
-/// length. Returns 0 for a duplicate id, 1 once created.
+/// purge instant, its TTL instant, list length, then the newest flow the
+/// caller read (id, version; '' for none) and its replacement (record,
+/// version, purge instant, its TTL instant; '' for none). Returns {0} for
+/// a duplicate id, {1, id, flow fields} (or {1} when the subject has no
+/// flow) when the newest flow is another, {2} once created.
 pub(crate) const CREATE_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
--- The subject's newest flow still stored is the only one that can be open.
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+-- The subject's newest flow still stored (purged ones stay listed until
+-- the purge reaches them).
+local newest, key = '', nil
 for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-  local key = base .. 'flow:' .. id
-  local state = redis.call('HGET', key, 's')
-  if state or redis.call('EXISTS', key) == 1 then
-    if state == '1' or state == '2' or state == '7' then
-      redis.call('HSET', key, 's', '5', 'u', ARGV[9])
-      redis.call('HINCRBY', key, 'v', 1)
-    end
+  local k = base .. 'flow:' .. id
+  if redis.call('EXISTS', k) == 1 then
+    newest, key = id, k
     break
   end
 end
-redis.call('HSET', KEYS[1], 'd', ARGV[3], 'v', ARGV[4], 's', ARGV[5], 'u', ARGV[6], 'l', KEYS[2], 'p', ARGV[7])
-redis.call('PEXPIREAT', KEYS[1], ARGV[8])
-if redis.call('LPUSH', KEYS[2], ARGV[2]) > tonumber(ARGV[10]) then
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[10]) - 1)
+if newest ~= ARGV[8] or (key and redis.call('HGET', key, 'v') ~= ARGV[9]) then
+  if key then return {1, newest, flow(key)} end
+  return {1}
 end
-extend(KEYS[2], ARGV[8])
-index(KEYS[3], ARGV[2], ARGV[7], ARGV[8])
-return 1
+if key and ARGV[10] ~= '' then
+  write(key, KEYS[2], KEYS[3], newest, ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+end
+redis.call('HSET', KEYS[1], 'd', ARGV[3], 'v', ARGV[4], 'l', KEYS[2], 'p', ARGV[5])
+redis.call('PEXPIREAT', KEYS[1], ARGV[6])
+if redis.call('LPUSH', KEYS[2], ARGV[2]) > tonumber(ARGV[7]) then
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[7]) - 1)
+end
+extend(KEYS[2], ARGV[6])
+index(KEYS[3], ARGV[2], ARGV[5], ARGV[6])
+return {2}
 "#;
 
 /// KEYS: flow, subject list, flow index, then counters. ARGV: base, now,
-/// number of counters, expected version, record, version, state,
-/// updated_at, purge instant, its TTL instant, id, then counters. Returns {0} when the
-/// version differs (or no flow), {1, counts} once written.
+/// number of counters, expected version, record, version, purge instant,
+/// its TTL instant, id, then counters. Returns {0} when the version
+/// differs (or no flow), {1, counts} once written.
 pub(crate) const SWAP_LUA: &str = r#"
-local old = redis.call('HMGET', KEYS[1], 'v', 'p')
-if old[1] ~= ARGV[4] then return {0} end
-redis.call('HSET', KEYS[1], 'd', ARGV[5], 'v', ARGV[6], 's', ARGV[7], 'u', ARGV[8], 'p', ARGV[9])
--- The expiry and the index entry only move with the purge instant (a flow
--- written before `p` was kept has none: it takes the full path once).
-if old[2] ~= ARGV[9] then
-  redis.call('PEXPIREAT', KEYS[1], ARGV[10])
-  extend(KEYS[2], ARGV[10])
-  index(KEYS[3], ARGV[11], ARGV[9], ARGV[10])
-end
-return {1, counters(4, 12, tonumber(ARGV[3]), ARGV[2])}
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[4] then return {0} end
+write(KEYS[1], KEYS[2], KEYS[3], ARGV[9], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+return {1, counters(4, 10, tonumber(ARGV[3]), ARGV[2])}
 "#;
 
 /// KEYS: flow, then counters. ARGV: base, now, number of counters, then

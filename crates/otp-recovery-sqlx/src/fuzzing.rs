@@ -20,17 +20,11 @@ pub fn sqlite_counter(count: i64, resets_at: i64) -> Result<CounterValue, StoreE
     crate::sqlite::counter_from_columns(count, resets_at)
 }
 
-/// The PostgreSQL store's decoding of an `otp_flows` row's `id`, `data`,
-/// `state`, `version` and `updated_at` columns.
+/// The PostgreSQL store's decoding of an `otp_flows` row's `id`, `data`
+/// and `version` columns.
 #[cfg(feature = "postgres")]
-pub fn postgres_flow(
-    id: &[u8],
-    data: &[u8],
-    state: i16,
-    version: i64,
-    updated_at: i64,
-) -> Result<FlowRecord, StoreError> {
-    crate::postgres::flow_from_columns(id, data, state, version, updated_at)
+pub fn postgres_flow(id: &[u8], data: &[u8], version: i64) -> Result<FlowRecord, StoreError> {
+    crate::postgres::flow_from_columns(id, data, version)
 }
 
 /// The PostgreSQL store's decoding of the `o_counts` and `o_resets` arrays

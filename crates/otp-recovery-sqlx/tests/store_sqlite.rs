@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otp_recovery::record::{FlowRecord, FlowState, Subject};
 use otp_recovery::sms::RecordingSender;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Result as StoreResult, StoreError};
+use otp_recovery::store::{
+    CodeStore, Counter, CounterValue, Created, Newest, Result as StoreResult, StoreError,
+};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{
     Account, AccountId, Code, Error, FlowId, KeyRing, ManualClock, PhoneNumber, Recovery, RequestContext,
@@ -105,8 +107,8 @@ struct Scratch {
 
 #[async_trait]
 impl CodeStore for Scratch {
-    async fn create_flow(&self, flow: &FlowRecord) -> StoreResult<()> {
-        self.store.create_flow(flow).await
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> StoreResult<Created> {
+        self.store.create_flow(flow, newest).await
     }
     async fn get_flow(&self, id: &FlowId) -> StoreResult<Option<FlowRecord>> {
         self.store.get_flow(id).await

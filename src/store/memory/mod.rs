@@ -13,7 +13,7 @@ use hashbrown::HashTable;
 
 use self::counters::CounterTable;
 use self::packed::Stored;
-use super::{CodeStore, Counter, CounterValue, Result, StoreError};
+use super::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
 use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
@@ -244,12 +244,12 @@ impl MemoryStore {
             .transpose()?)
     }
 
-    /// The flows indexed under `key`'s hash that are `key`'s: (id, seq,
-    /// open), in index order. Entries of other subjects with the same hash,
+    /// The flows indexed under `key`'s hash that are `key`'s: (id, seq),
+    /// in index order. Entries of other subjects with the same hash,
     /// and of flows swept but not yet forgotten, are left out. Takes each
     /// flow's shard in turn: call with the index shard held and no flow
     /// shard.
-    fn flows_of(&self, index: &SubjectShard, hash: u64, key: &str) -> Result<Vec<(FlowId, u64, bool)>> {
+    fn flows_of(&self, index: &SubjectShard, hash: u64, key: &str) -> Result<Vec<(FlowId, u64)>> {
         let mut mine = Vec::new();
         for (_, id) in index.table.iter_hash(hash).filter(|(h, _)| *h == hash) {
             let flow_hash = self.flow_hash(id);
@@ -257,7 +257,7 @@ impl MemoryStore {
             if let Some(stored) = shard.table.find(flow_hash, |s| s.is(id)) {
                 let head = stored.head()?;
                 if head.subject.has_key(key) {
-                    mine.push((*id, head.seq, head.state.is_open()));
+                    mine.push((*id, head.seq));
                 }
             }
         }
@@ -321,21 +321,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[async_trait]
 impl CodeStore for MemoryStore {
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
         let now = flow.created_at;
         let key = flow.subject.key();
         let subject_hash = self.subject_hash(&key);
         // Lock order: the subject's index shard, then flow shards one at a
-        // time (to read the subject's flows), then at most two flow shards
+        // time (to find the subject's flows), then at most two flow shards
         // in ascending index. `compare_and_swap` takes a single flow
         // shard, so no cycle can form.
         let mut index = lock(&self.subjects[shard_of(subject_hash)]);
         let mut mine = self.flows_of(&index, subject_hash, &key)?;
-        mine.retain(|(id, _, _)| *id != flow.id);
-        mine.sort_unstable_by_key(|(_, seq, _)| std::cmp::Reverse(*seq));
-        // The newest flow, if open, is superseded; older ones were when
-        // it was created.
-        let old = mine.first().filter(|(_, _, open)| *open).map(|(id, _, _)| *id);
+        mine.retain(|(id, _)| *id != flow.id);
+        mine.sort_unstable_by_key(|(_, seq)| std::cmp::Reverse(*seq));
+        let old = mine.first().map(|(id, _)| *id);
         let new_hash = self.flow_hash(&flow.id);
         let new_shard = shard_of(new_hash);
         let old_hash = old.map(|id| self.flow_hash(&id));
@@ -354,18 +352,26 @@ impl CodeStore for MemoryStore {
         if new_guard.table.find(new_hash, |s| s.is(&flow.id)).is_some() {
             return Err(StoreError::Duplicate);
         }
-        // The record to supersede, read before anything changes so that a
-        // failure leaves the store as it was.
-        let superseded = match (old, old_hash) {
+        // The newest flow's version, read again under its shard's lock (a
+        // swap may have changed it since the index was read).
+        let newest_now = match (old, old_hash) {
             (Some(old), Some(old_hash)) => {
                 let shard = old_guard.as_deref().unwrap_or(&*new_guard);
-                match shard.table.find(old_hash, |s| s.is(&old)) {
-                    Some(stored) => stored.state()?.is_open().then_some((old, old_hash)),
-                    None => None,
-                }
+                shard
+                    .table
+                    .find(old_hash, |s| s.is(&old))
+                    .map(|s| (old, s.version()))
             }
             _ => None,
         };
+        if !newest.matches(newest_now) {
+            let shard = old_guard.as_deref().unwrap_or(&*new_guard);
+            let current = match (newest_now, old_hash) {
+                (Some((id, _)), Some(hash)) => shard.table.find(hash, |s| s.is(&id)).map(Stored::record),
+                _ => None,
+            };
+            return Ok(Created::Stale(current.transpose()?));
+        }
         let swept = self.sweep_flows(&mut new_guard, false, now);
         self.flow_count.fetch_sub(swept.len(), Ordering::Relaxed);
         if let Err(full) = self.reserve() {
@@ -373,11 +379,11 @@ impl CodeStore for MemoryStore {
             self.forget_swept(swept);
             return Err(full);
         }
-        if let Some((old, old_hash)) = superseded {
+        if let (Some(next), Some(old_hash)) = (newest.replacement(), old_hash) {
             let shard = old_guard.as_deref_mut().unwrap_or(&mut *new_guard);
-            if let Some(stored) = shard.table.find_mut(old_hash, |s| s.is(&old)) {
-                // Its state was read above: this cannot fail.
-                let _ = stored.supersede_if_open(now);
+            if let Some(stored) = shard.table.find_mut(old_hash, |s| s.is(&next.id)) {
+                let seq = stored.head()?.seq;
+                stored.replace(next, seq);
             }
         }
         let seq = index.next_seq;
@@ -389,7 +395,7 @@ impl CodeStore for MemoryStore {
             .table
             .insert_unique(subject_hash, (subject_hash, flow.id), |(h, _)| *h);
         // Remember the newest RECENT_PER_SUBJECT: `mine` is newest first.
-        for (id, _, _) in mine.iter().skip(RECENT_PER_SUBJECT - 1) {
+        for (id, _) in mine.iter().skip(RECENT_PER_SUBJECT - 1) {
             if let Ok(entry) = index
                 .table
                 .find_entry(subject_hash, |(h, i)| *h == subject_hash && i == id)
@@ -399,7 +405,7 @@ impl CodeStore for MemoryStore {
         }
         drop((new_guard, old_guard, index));
         self.forget_swept(swept);
-        Ok(())
+        Ok(Created::Inserted)
     }
 
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
@@ -446,9 +452,9 @@ impl CodeStore for MemoryStore {
         let hash = self.subject_hash(subject_key);
         let index = lock(&self.subjects[shard_of(hash)]);
         let mut mine = self.flows_of(&index, hash, subject_key)?;
-        mine.sort_unstable_by_key(|(_, seq, _)| std::cmp::Reverse(*seq));
+        mine.sort_unstable_by_key(|(_, seq)| std::cmp::Reverse(*seq));
         let mut found = Vec::with_capacity(mine.len().min(limit));
-        for (id, _, _) in mine.iter().take(limit) {
+        for (id, _) in mine.iter().take(limit) {
             found.extend(self.read_flow(id)?);
         }
         Ok(found)

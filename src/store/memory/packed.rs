@@ -90,22 +90,6 @@ impl Stored {
         Timestamp::from_unix_millis(u64::from_le_bytes(self.fixed(PURGE_AT)))
     }
 
-    /// Supersedes the flow in place if it is open: its state, version and
-    /// `updated_at` change, nothing is unpacked (so superseding costs the
-    /// same whoever the subject is: an account's record would cost an
-    /// allocation or two to unpack, a decoy's none). Returns whether it
-    /// was open.
-    pub(super) fn supersede_if_open(&mut self, now: Timestamp) -> Result<bool, DecodeError> {
-        if !self.state()?.is_open() {
-            return Ok(false);
-        }
-        self.0[STATE_AT] = FlowState::Superseded.code();
-        let version = self.version() + 1;
-        self.0[VERSION_AT..VERSION_AT + 8].copy_from_slice(&version.to_le_bytes());
-        self.0[UPDATED_AT..UPDATED_AT + 8].copy_from_slice(&now.as_unix_millis().to_le_bytes());
-        Ok(true)
-    }
-
     pub(super) fn state(&self) -> Result<FlowState, DecodeError> {
         FlowState::from_code(self.0[STATE_AT]).ok_or(DecodeError("unknown state"))
     }
@@ -441,46 +425,6 @@ mod tests {
             token_expires_at: Timestamp::default(),
             purge_after: Timestamp::from_unix_millis(1_800_086_400_000),
             factor: None,
-        }
-    }
-
-    #[test]
-    fn superseding_in_place_changes_exactly_state_version_and_updated_at() {
-        let flow = account_flow("user-1");
-        let mut stored = Stored::new(&flow, 7);
-        let now = flow
-            .created_at
-            .saturating_add(std::time::Duration::from_millis(1234));
-        assert!(stored.supersede_if_open(now).unwrap());
-        let mut expected = flow.clone();
-        expected.state = FlowState::Superseded;
-        expected.version += 1;
-        expected.updated_at = now;
-        assert_eq!(stored.record().unwrap(), expected);
-        assert_eq!(stored.head().unwrap().seq, 7);
-        // A closed flow is left alone.
-        let later = now.saturating_add(std::time::Duration::from_secs(1));
-        assert!(!stored.supersede_if_open(later).unwrap());
-        assert_eq!(stored.record().unwrap(), expected);
-        // As is every closed state; every open one is superseded.
-        for code in 0..=u8::MAX {
-            let Some(state) = FlowState::from_code(code) else {
-                continue;
-            };
-            let mut flow = account_flow("user-2");
-            flow.state = state;
-            let mut stored = Stored::new(&flow, 1);
-            assert_eq!(
-                stored.supersede_if_open(now).unwrap(),
-                state.is_open(),
-                "{state:?}"
-            );
-            let version = if state.is_open() {
-                flow.version + 1
-            } else {
-                flow.version
-            };
-            assert_eq!(stored.version(), version);
         }
     }
 

@@ -13,9 +13,11 @@
 //! # Layout
 //!
 //! Flows are kept as their [`FlowRecord::to_bytes`] form in `otp_flows.data`,
-//! next to the columns the statements work on: `subject`, `state`, `version`
-//! and `updated_at` (authoritative: superseding a flow changes them without
-//! decoding the record), `seq` (insertion order) and `purge_after`.
+//! next to the columns the statements work on: `subject`, `version` (a
+//! record whose own version differs is [`StoreError::Decode`]), `seq`
+//! (insertion order) and `purge_after`. `state` and `updated_at` are
+//! copies of the record's, for your own queries: the store never reads
+//! them.
 //! Counters are rows of `otp_counters`, support cases rows of `otp_cases`.
 //! [`PostgresStore::SCHEMA`] creates everything idempotently, functions
 //! included; [`PostgresStore::migrate`] runs it under an advisory lock so
@@ -25,7 +27,7 @@
 //!
 //! | method | statement |
 //! |---|---|
-//! | `create_flow` | `otp_create_flow(...)`: a per-subject advisory lock, supersede, insert |
+//! | `create_flow` | `otp_insert_flow(...)`: a per-subject advisory lock, the newest flow compared (and replaced), insert |
 //! | `get_flow` | `SELECT` |
 //! | `compare_and_swap` | `UPDATE ... WHERE id = $1 AND version = $2` |
 //! | `compare_and_swap_counting` | `otp_swap_counting(...)`: the update, then the counters if it wrote |
@@ -51,8 +53,8 @@ use sqlx::{Executor, Row};
 
 use otp_recovery::FlowId;
 use otp_recovery::Timestamp;
-use otp_recovery::record::{FlowRecord, FlowState};
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use otp_recovery::record::FlowRecord;
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 
 /// A [`CodeStore`] on PostgreSQL.
@@ -165,39 +167,26 @@ fn version(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Decodes a flow row: the record, with the authoritative columns applied.
+/// Decodes a flow row's `id`, `version` and `data`.
 fn flow_from_row(row: &PgRow) -> Result<FlowRecord> {
     let data: Vec<u8> = row.try_get("data").map_err(backend)?;
     let id: Vec<u8> = row.try_get("id").map_err(backend)?;
-    let state: i16 = row.try_get("state").map_err(backend)?;
     let v: i64 = row.try_get("version").map_err(backend)?;
-    let updated: i64 = row.try_get("updated_at").map_err(backend)?;
-    flow_from_columns(&id, &data, state, v, updated)
+    flow_from_columns(&id, &data, v)
 }
 
-/// Decodes a flow row's columns `id`, `data`, `state`, `version` and
-/// `updated_at`: the record, with the authoritative columns applied.
-pub(crate) fn flow_from_columns(
-    id: &[u8],
-    data: &[u8],
-    state: i16,
-    v: i64,
-    updated: i64,
-) -> Result<FlowRecord> {
-    let mut flow = FlowRecord::from_bytes(data)?;
+/// Decodes a flow row's columns `id`, `data` and `version`: the record,
+/// checked against the columns the statements compare.
+pub(crate) fn flow_from_columns(id: &[u8], data: &[u8], v: i64) -> Result<FlowRecord> {
+    let flow = FlowRecord::from_bytes(data)?;
     if flow.id.as_bytes().as_slice() != id {
         return Err(StoreError::Decode(
             "a record stored under another flow's id".into(),
         ));
     }
-    flow.state = u8::try_from(state)
-        .ok()
-        .and_then(FlowState::from_code)
-        .ok_or_else(|| StoreError::Decode("unknown state column".into()))?;
-    flow.version = u64::try_from(v).map_err(|_| StoreError::Decode("negative version".into()))?;
-    flow.updated_at = Timestamp::from_unix_millis(
-        u64::try_from(updated).map_err(|_| StoreError::Decode("negative time".into()))?,
-    );
+    if u64::try_from(v).ok() != Some(flow.version) {
+        return Err(StoreError::Decode("a record stored under another version".into()));
+    }
     Ok(flow)
 }
 
@@ -314,29 +303,53 @@ pub(crate) fn counter_values(
 
 #[async_trait]
 impl CodeStore for PostgresStore {
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
-        let result = sqlx::query("SELECT otp_create_flow($1, $2, $3, $4, $5, $6, $7, $8)")
-            .bind(flow.id.as_bytes().as_slice())
-            .bind(flow.subject.key())
-            .bind(i16::from(flow.state.code()))
-            .bind(version(flow.version))
-            .bind(millis(flow.created_at))
-            .bind(millis(flow.updated_at))
-            .bind(millis(flow.purge_after))
-            .bind(flow.to_bytes())
-            .execute(&self.pool)
-            .await;
-        match result {
-            Ok(_) => Ok(()),
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
+        let expected = newest.expected();
+        let next = newest.replacement();
+        let result = sqlx::query(
+            "SELECT * FROM otp_insert_flow($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(flow.id.as_bytes().as_slice())
+        .bind(flow.subject.key())
+        .bind(i16::from(flow.state.code()))
+        .bind(version(flow.version))
+        .bind(millis(flow.updated_at))
+        .bind(millis(flow.purge_after))
+        .bind(flow.to_bytes())
+        .bind(expected.map(|(id, _)| id.as_bytes().to_vec()))
+        .bind(expected.map(|(_, v)| version(v)))
+        .bind(next.map(|n| i16::from(n.state.code())))
+        .bind(next.map(|n| version(n.version)))
+        .bind(next.map(|n| millis(n.updated_at)))
+        .bind(next.map(|n| millis(n.purge_after)))
+        .bind(next.map(FlowRecord::to_bytes))
+        .fetch_one(&self.pool)
+        .await;
+        let row = match result {
+            Ok(row) => row,
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
-                Err(StoreError::Duplicate)
+                return Err(StoreError::Duplicate);
             }
-            Err(e) => Err(backend(e)),
+            Err(e) => return Err(backend(e)),
+        };
+        let inserted: Option<bool> = row.try_get("o_inserted").map_err(backend)?;
+        match inserted {
+            None => Err(StoreError::Duplicate),
+            Some(true) => Ok(Created::Inserted),
+            Some(false) => {
+                let id: Option<Vec<u8>> = row.try_get("o_id").map_err(backend)?;
+                let Some(id) = id else {
+                    return Ok(Created::Stale(None));
+                };
+                let data: Vec<u8> = row.try_get("o_data").map_err(backend)?;
+                let v: i64 = row.try_get("o_version").map_err(backend)?;
+                Ok(Created::Stale(Some(flow_from_columns(&id, &data, v)?)))
+            }
         }
     }
 
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
-        let row = sqlx::query("SELECT id, state, version, updated_at, data FROM otp_flows WHERE id = $1")
+        let row = sqlx::query("SELECT id, version, data FROM otp_flows WHERE id = $1")
             .bind(id.as_bytes().as_slice())
             .fetch_optional(&self.pool)
             .await
@@ -352,7 +365,7 @@ impl CodeStore for PostgresStore {
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         let args = CounterArgs::of(counters);
         let query = sqlx::query(
-            "SELECT f.id, f.state, f.version, f.updated_at, f.data, c.o_counts, c.o_resets \
+            "SELECT f.id, f.version, f.data, c.o_counts, c.o_resets \
              FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN otp_flows f ON f.id = $1",
         )
         .bind(id.as_bytes().as_slice());
@@ -418,7 +431,7 @@ impl CodeStore for PostgresStore {
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
         let rows = sqlx::query(
-            "SELECT id, state, version, updated_at, data FROM otp_flows WHERE subject = $1 ORDER BY seq DESC LIMIT $2",
+            "SELECT id, version, data FROM otp_flows WHERE subject = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(subject_key)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))

@@ -22,28 +22,60 @@ CREATE TABLE IF NOT EXISTS otp_cases (
     data BYTEA NOT NULL
 );
 
-CREATE OR REPLACE FUNCTION otp_create_flow(
-    p_id BYTEA, p_subject TEXT, p_state SMALLINT, p_version BIGINT, p_created BIGINT, p_updated BIGINT,
-    p_purge BIGINT, p_data BYTEA
-) RETURNS VOID LANGUAGE plpgsql AS $$
+-- Inserts a flow if the subject's newest flow is still p_newest at
+-- p_newest_version (both null: none), writing that flow's replacement
+-- (p_next_*, null: none) in the same transaction. o_inserted is null for
+-- a taken id, false (with the newest flow's row) when the newest flow is
+-- another.
+CREATE OR REPLACE FUNCTION otp_insert_flow(
+    p_id BYTEA, p_subject TEXT, p_state SMALLINT, p_version BIGINT, p_updated BIGINT,
+    p_purge BIGINT, p_data BYTEA, p_newest BYTEA, p_newest_version BIGINT,
+    p_next_state SMALLINT, p_next_version BIGINT, p_next_updated BIGINT, p_next_purge BIGINT,
+    p_next_data BYTEA,
+    OUT o_inserted BOOLEAN, OUT o_id BYTEA, OUT o_version BIGINT, OUT o_data BYTEA
+) LANGUAGE plpgsql AS $$
 BEGIN
-    -- The supersede below must see a create committed while this one
-    -- waited for the lock: only READ COMMITTED gives each statement a new
-    -- snapshot (a pool set to a stricter default would keep two open).
+    -- The read below must see a create committed while this one waited
+    -- for the lock: only READ COMMITTED gives each statement a new
+    -- snapshot (a pool set to a stricter default would keep the old one).
     IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'otp_create_flow needs READ COMMITTED, not %',
+        RAISE EXCEPTION 'otp_insert_flow needs READ COMMITTED, not %',
             current_setting('transaction_isolation') USING ERRCODE = '0A000';
     END IF;
-    -- Creates of one subject run one at a time, so exactly one stays open.
+    PERFORM 1 FROM otp_flows WHERE id = p_id;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    -- Creates of one subject run one at a time. A stale create reads
+    -- only, so it writes nothing to the log.
     PERFORM pg_advisory_xact_lock(hashtextextended('otp:' || p_subject, 0));
-    -- Then, in one statement (its snapshot taken under the lock): supersede
-    -- and insert.
-    WITH superseded AS (
-        UPDATE otp_flows SET state = 5, version = version + 1, updated_at = p_created
-            WHERE subject = p_subject AND state IN (1, 2, 7)
-    )
+    SELECT id, version, data INTO o_id, o_version, o_data FROM otp_flows
+        WHERE subject = p_subject ORDER BY seq DESC LIMIT 1;
+    IF o_id IS DISTINCT FROM p_newest OR o_version IS DISTINCT FROM p_newest_version THEN
+        o_inserted := false;
+        RETURN;
+    END IF;
+    -- The newest row is replaced or locked at the version read, so that no
+    -- swap changes it before this commits; one that got there first makes
+    -- this create stale.
+    IF p_next_data IS NOT NULL THEN
+        UPDATE otp_flows SET state = p_next_state, version = p_next_version,
+                updated_at = p_next_updated, purge_after = p_next_purge, data = p_next_data
+            WHERE id = p_newest AND version = p_newest_version;
+    ELSIF p_newest IS NOT NULL THEN
+        PERFORM 1 FROM otp_flows WHERE id = p_newest AND version = p_newest_version FOR UPDATE;
+    END IF;
+    IF p_newest IS NOT NULL AND NOT FOUND THEN
+        SELECT id, version, data INTO o_id, o_version, o_data FROM otp_flows WHERE id = p_newest;
+        o_inserted := false;
+        RETURN;
+    END IF;
     INSERT INTO otp_flows (id, subject, state, version, updated_at, purge_after, data)
         VALUES (p_id, p_subject, p_state, p_version, p_updated, p_purge, p_data);
+    o_inserted := true;
+    o_id := NULL;
+    o_version := NULL;
+    o_data := NULL;
 END $$;
 
 CREATE OR REPLACE FUNCTION otp_counters(

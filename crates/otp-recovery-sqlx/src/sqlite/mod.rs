@@ -74,9 +74,10 @@
 //! fails, or whose future is dropped, is rolled back: no half-written
 //! change is ever left.
 //!
-//! - `create_flow`: in one transaction, reads the subject's latest flow,
-//!   inserts the new one (a taken id is [`StoreError::Duplicate`] and
-//!   changes nothing) and supersedes the latest if it was open.
+//! - `create_flow`: in one write transaction, refuses a taken id
+//!   ([`StoreError::Duplicate`]), compares the subject's latest flow with
+//!   the one the caller names, writes its replacement and inserts the new
+//!   one.
 //! - `compare_and_swap`: one `UPDATE ... WHERE id = ? AND version = ?`.
 //! - `compare_and_swap_counting`: that update, then, only if it wrote, the
 //!   counters, in one transaction.
@@ -100,8 +101,8 @@ use sqlx::{Sqlite, SqliteExecutor, Transaction};
 
 use otp_recovery::FlowId;
 use otp_recovery::Timestamp;
-use otp_recovery::record::{FlowRecord, FlowState};
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Result, StoreError};
+use otp_recovery::record::FlowRecord;
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 
 mod counters;
@@ -286,20 +287,38 @@ async fn create_schema(pool: &SqlitePool) -> Result<()> {
 
 #[async_trait]
 impl CodeStore for SqliteStore {
-    async fn create_flow(&self, flow: &FlowRecord) -> Result<()> {
+    async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
         let subject = flow.subject.key();
         let mut tx = self.begin(true).await?;
+        let taken = sqlx::query("SELECT 1 FROM flows WHERE id = ?")
+            .bind(flow.id.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("create_flow"))?;
+        if taken.is_some() {
+            return Err(StoreError::Duplicate);
+        }
         let latest =
-            sqlx::query("SELECT id, seq, state, data FROM flows WHERE subject = ? ORDER BY seq DESC LIMIT 1")
+            sqlx::query("SELECT id, seq, data FROM flows WHERE subject = ? ORDER BY seq DESC LIMIT 1")
                 .bind(&subject)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db("create_flow"))?;
-        let seq = match &latest {
-            Some(row) => column::<i64>(row, "seq")?.saturating_add(1),
-            None => 1,
+        let (seq, stored) = match &latest {
+            Some(row) => (
+                column::<i64>(row, "seq")?.saturating_add(1),
+                Some(flow_from_row(row)?),
+            ),
+            None => (1, None),
         };
-        let inserted = sqlx::query(
+        if !newest.matches(stored.as_ref().map(|f| (f.id, f.version))) {
+            // The transaction rolls back: nothing was written.
+            return Ok(Created::Stale(stored));
+        }
+        if let Newest::Replaced(version, next) = newest {
+            swap(&mut *tx, version, next).await?;
+        }
+        sqlx::query(
             "INSERT INTO flows (id, subject, version, state, created_at, seq, purge_after, data) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
@@ -312,40 +331,10 @@ impl CodeStore for SqliteStore {
         .bind(millis(flow.purge_after))
         .bind(flow.to_bytes())
         .execute(&mut *tx)
-        .await;
-        if let Err(e) = inserted {
-            // The transaction rolls back: a refused create changes nothing.
-            return Err(
-                if e.as_database_error().is_some_and(|e| e.is_unique_violation()) {
-                    StoreError::Duplicate
-                } else {
-                    db("create_flow")(e)
-                },
-            );
-        }
-        if let Some(row) = latest {
-            let state = u8::try_from(column::<i64>(&row, "state")?).ok();
-            if state
-                .and_then(FlowState::from_code)
-                .is_some_and(FlowState::is_open)
-            {
-                let mut old = flow_from_row(&row)?;
-                if old.state.is_open() {
-                    old.state = FlowState::Superseded;
-                    old.version = old.version.wrapping_add(1);
-                    old.updated_at = flow.created_at;
-                    sqlx::query("UPDATE flows SET state = ?, version = ?, data = ? WHERE id = ?")
-                        .bind(i64::from(old.state.code()))
-                        .bind(old.version.cast_signed())
-                        .bind(old.to_bytes())
-                        .bind(old.id.as_bytes().as_slice())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db("create_flow"))?;
-                }
-            }
-        }
-        tx.commit().await.map_err(db("create_flow"))
+        .await
+        .map_err(db("create_flow"))?;
+        tx.commit().await.map_err(db("create_flow"))?;
+        Ok(Created::Inserted)
     }
 
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>> {
