@@ -66,7 +66,7 @@ use criterion::Criterion;
 use hmac::{Hmac, KeyInit, Mac as _};
 use otp_recovery::record::{FlowRecord, Subject};
 use otp_recovery::store::{
-    CodeStore, Counter, CounterValue, Created, MemoryStore, Newest, Result as StoreResult,
+    CodeStore, Counter, CounterValue, Created, Load, MemoryStore, Newest, Result as StoreResult,
 };
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{AccountId, FlowId, KeyRing, ManualClock, Recovery, RequestContext, ServerKey, Timestamp};
@@ -502,13 +502,13 @@ impl<S: CodeStore> CodeStore for Counted<S> {
     }
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> StoreResult<(Option<FlowRecord>, Vec<CounterValue>)> {
         self.tick();
         self.count(counters);
-        self.inner.load_counting(id, counters, now).await
+        self.inner.load_counting(load, counters, now).await
     }
     async fn find_flows(&self, subject_key: &str, limit: usize) -> StoreResult<Vec<FlowRecord>> {
         self.tick();

@@ -48,7 +48,7 @@ use crate::clock::Timestamp;
 use crate::id::FlowId;
 use crate::record::FlowRecord;
 use crate::sms::{SendError, SendErrorKind, SendReceipt, SmsMessage, SmsSender};
-use crate::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
+use crate::store::{CodeStore, Counter, CounterValue, Created, Load, Newest, Result, StoreError};
 
 /// What happens to the store operation a [`FaultyStore`] was told to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,11 +158,11 @@ impl<S: CodeStore> CodeStore for FaultyStore<S> {
     }
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
-        self.run(self.inner.load_counting(id, counters, now)).await
+        self.run(self.inner.load_counting(load, counters, now)).await
     }
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
         self.run(self.inner.find_flows(subject_key, limit)).await

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otp_recovery::conformance;
 use otp_recovery::record::FlowRecord;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Load, Newest, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{FlowId, Timestamp};
 
@@ -438,11 +438,17 @@ impl CodeStore for MapStore {
 
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
-        let flow = self.read(id);
+        let flow = match load {
+            Load::Flow(id) => self.read(id),
+            Load::Newest(key) => {
+                let newest = self.newest(&self.lock(), &self.key(key));
+                newest.and_then(|(id, _)| self.read(&id))
+            }
+        };
         let values = if self.broken == Break::LoadWithoutCounting {
             let reads: Vec<Counter> = counters.iter().map(|c| Counter::read(&c.key, c.window)).collect();
             self.count(&reads, now)

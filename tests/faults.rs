@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use otp_recovery::sms::{RecordingSender, SendErrorKind};
 use otp_recovery::store::{
-    CodeStore, Counter, CounterValue, Created, MemoryStore, Newest, Result as StoreResult,
+    CodeStore, Counter, CounterValue, Created, Load, MemoryStore, Newest, Result as StoreResult,
 };
 use otp_recovery::support::{Agent, SupportCase, SupportReference};
 use otp_recovery::testing::{FaultySender, FaultyStore, SendFault, StoreFault};
@@ -95,11 +95,11 @@ impl<S: CodeStore> CodeStore for Journal<S> {
     }
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> StoreResult<(Option<FlowRecord>, Vec<CounterValue>)> {
-        self.inner.load_counting(id, counters, now).await
+        self.inner.load_counting(load, counters, now).await
     }
     async fn increment_counters(
         &self,

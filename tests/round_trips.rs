@@ -68,6 +68,21 @@ async fn request_and_verify_take_two_round_trips_each_with_every_limit_on() {
         "reset: load, counting swap, and the end of the wrong-code streak this flow began"
     );
 
+    recovery
+        .request("a@example.com", Some(account()), &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take(),
+        2,
+        "a later request: counters with the newest flow, create superseding it"
+    );
+    recovery.request("nobody@example.com", None, &ctx).await.unwrap();
+    assert_eq!(
+        store.take(),
+        2,
+        "a later request of an unknown identifier: the same two"
+    );
     let requested = recovery
         .request("a@example.com", Some(account()), &ctx)
         .await

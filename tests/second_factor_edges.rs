@@ -12,7 +12,7 @@ use otp_recovery::factor::{FactorKind, Factors, RecoveryCodes, SecondFactor, Tot
 use otp_recovery::record::{FlowRecord, FlowState};
 use otp_recovery::sms::RecordingSender;
 use otp_recovery::store::{
-    CodeStore, Counter, CounterValue, Created, MemoryStore, Newest, Result as StoreResult,
+    CodeStore, Counter, CounterValue, Created, Load, MemoryStore, Newest, Result as StoreResult,
 };
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{
@@ -238,11 +238,11 @@ impl CodeStore for Gated {
     }
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> StoreResult<(Option<FlowRecord>, Vec<CounterValue>)> {
-        self.inner.load_counting(id, counters, now).await
+        self.inner.load_counting(load, counters, now).await
     }
     async fn compare_and_swap(&self, expected: u64, flow: &FlowRecord) -> StoreResult<bool> {
         if flow.state == FlowState::Verified && self.armed.swap(false, Ordering::SeqCst) {

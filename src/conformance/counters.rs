@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{account, create, flow_at, get, now, of, unique};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
-use crate::store::{CodeStore, Counter, CounterValue};
+use crate::store::{CodeStore, Counter, CounterValue, Load};
 
 /// A counting swap increments its counters when, and only when, it writes.
 pub async fn compare_and_swap_counting_counts_only_when_it_writes<S: CodeStore>(store: Arc<S>) {
@@ -184,18 +184,20 @@ pub async fn a_refused_call_undoes_its_guarded_counts<S: CodeStore>(store: Arc<S
     assert_eq!(after[3].count, 2, "an unguarded counter keeps its count");
 }
 
-/// `load_counting` returns the flow (or `None`) and applies its counters.
+/// `load_counting` returns the flow (or `None`) and applies its counters,
+/// by id and as a subject's newest flow.
 pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: Arc<S>) {
     let t = now();
     let hour = Duration::from_secs(3600);
-    let flow = flow_at(t, of(&account()));
+    let alice = of(&account());
+    let flow = flow_at(t, alice.clone());
     create(&*store, &flow).await;
     let key = unique("load");
     let (got, values) = store
-        .load_counting(&flow.id, &[Counter::new(&key, hour, 2)], t)
+        .load_counting(Load::Flow(&flow.id), &[Counter::new(&key, hour, 2)], t)
         .await
         .expect("load");
-    assert_eq!(got, Some(flow));
+    assert_eq!(got, Some(flow.clone()));
     assert_eq!(
         values,
         [CounterValue::new(2, Some(t.saturating_add(hour)))],
@@ -203,13 +205,40 @@ pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: 
     );
     let missing = FlowId::generate().expect("randomness");
     let (none, values) = store
-        .load_counting(&missing, &[Counter::read(&key, hour)], t)
+        .load_counting(Load::Flow(&missing), &[Counter::read(&key, hour)], t)
         .await
         .expect("load");
     assert_eq!(none, None);
     assert_eq!(values[0].count, 2);
-    let (_, empty) = store.load_counting(&missing, &[], t).await.expect("load");
+    let (_, empty) = store
+        .load_counting(Load::Flow(&missing), &[], t)
+        .await
+        .expect("load");
     assert!(empty.is_empty());
+
+    // A subject's newest flow: the one created last, superseding included,
+    // with or without counters; none for a subject without flows.
+    let newest = |subject: String, counters: Vec<Counter>| {
+        let store = store.clone();
+        async move {
+            store
+                .load_counting(Load::Newest(&subject), &counters, t)
+                .await
+                .expect("load")
+        }
+    };
+    let (got, values) = newest(alice.key(), vec![Counter::new(&key, hour, 1)]).await;
+    assert_eq!(got, Some(flow.clone()), "the subject's only flow is its newest");
+    assert_eq!(
+        values[0].count, 3,
+        "load_counting of a subject must apply its counters"
+    );
+    let second = flow_at(t, alice.clone());
+    create(&*store, &second).await;
+    let (got, _) = newest(alice.key(), Vec::new()).await;
+    assert_eq!(got, Some(second), "the newest flow is the one created last");
+    let (got, _) = newest(of(&account()).key(), vec![Counter::read(&key, hour)]).await;
+    assert_eq!(got, None, "a subject without flows has no newest flow");
 }
 
 /// Deleted counters read as zero and open a new window on the next count.

@@ -17,7 +17,7 @@ use crate::record::FlowRecord;
 use crate::recovery::{Account, Recovery, RequestContext};
 use crate::secret::ServerKey;
 use crate::sms::RecordingSender;
-use crate::store::{CodeStore, Counter, CounterValue, Created, Newest, Result as StoreResult};
+use crate::store::{CodeStore, Counter, CounterValue, Created, Load, Newest, Result as StoreResult};
 
 /// Wraps the store under test so every call yields to the scheduler before
 /// and after it: racing tasks then interleave between a load and its
@@ -72,12 +72,12 @@ impl<S: CodeStore> CodeStore for Interleaved<S> {
     }
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> StoreResult<(Option<FlowRecord>, Vec<CounterValue>)> {
         tokio::task::yield_now().await;
-        let out = self.0.load_counting(id, counters, now).await;
+        let out = self.0.load_counting(load, counters, now).await;
         tokio::task::yield_now().await;
         out
     }

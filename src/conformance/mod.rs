@@ -265,7 +265,7 @@ fn random_mac() -> Mac {
 
 /// Creates `flow` as the driver does: its subject's open flow superseded.
 async fn create<S: CodeStore + ?Sized>(store: &S, flow: &FlowRecord) {
-    let settled = crate::recovery::insert_newest(store, flow)
+    let settled = crate::recovery::insert_newest(store, flow, None)
         .await
         .expect("create_flow");
     assert!(

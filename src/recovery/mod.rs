@@ -36,7 +36,7 @@ use crate::record::FlowRecord;
 use crate::rng::Randomness;
 use crate::secret::SecretString;
 use crate::sms::{MessageKind, SmsMessage, SmsSender};
-use crate::store::{CodeStore, Counter, CounterValue, Created, Newest, StoreError, one_per_counter};
+use crate::store::{CodeStore, Counter, CounterValue, Created, Load, Newest, StoreError, one_per_counter};
 pub(crate) use guards::{lock_read_of, streak_counter_of};
 pub use parity::MAX_IDENTIFIER_BYTES;
 pub use second_factor::FactorCodeSent;
@@ -292,6 +292,21 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         &self.store
     }
 
+    /// [`CodeStore::load_counting`] of a subject's newest flow, its answer
+    /// checked (one value per counter).
+    pub(crate) async fn count_loading_newest(
+        &self,
+        subject_key: &str,
+        counters: &[Counter],
+        now: Timestamp,
+    ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
+        let (newest, values) = self
+            .store
+            .load_counting(Load::Newest(subject_key), counters, now)
+            .await?;
+        Ok((newest, one_per_counter(counters, values)?))
+    }
+
     /// [`CodeStore::increment_counters`], its answer checked (one value
     /// per counter).
     pub(crate) async fn count(&self, counters: &[Counter], now: Timestamp) -> Result<Vec<CounterValue>> {
@@ -369,9 +384,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         Err(Error::Busy)
     }
 
-    /// Inserts `flow` as its subject's newest (see [`insert_newest`]).
-    pub(crate) async fn insert_newest(&self, flow: &FlowRecord) -> Result<()> {
-        match insert_newest(&self.store, flow).await? {
+    /// Inserts `flow` as its subject's newest (see [`insert_newest`]),
+    /// given the newest flow as last read.
+    pub(crate) async fn insert_newest(&self, flow: &FlowRecord, newest: Option<FlowRecord>) -> Result<()> {
+        match insert_newest(&self.store, flow, newest).await? {
             true => Ok(()),
             false => Err(Error::Busy),
         }
@@ -445,15 +461,16 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 
 /// Inserts `flow` as its subject's newest: the machine decides what becomes
 /// of the newest stored flow (superseded when open) and the store writes
-/// both if that flow is still the newest. `false` when other creates of
-/// the subject won every round.
+/// both if that flow is still the newest. `newest` is the subject's newest
+/// flow as last read (a stale guess costs one more call, which answers the
+/// newest). `false` when other creates of the subject won every round.
 pub(crate) async fn insert_newest<S: CodeStore + ?Sized>(
     store: &S,
     flow: &FlowRecord,
+    newest: Option<FlowRecord>,
 ) -> std::result::Result<bool, StoreError> {
-    // A subject's first flow needs no read; a later one learns its
-    // predecessor from the store's first answer.
-    let mut newest: Option<(u64, Predecessor)> = None;
+    let fate = |n: FlowRecord| (n.version, machine::supersede(n, flow.created_at));
+    let mut newest: Option<(u64, Predecessor)> = newest.map(fate);
     for _ in 0..MAX_CAS_ROUNDS {
         let expected = match &newest {
             None => Newest::None,
@@ -463,7 +480,7 @@ pub(crate) async fn insert_newest<S: CodeStore + ?Sized>(
         match store.create_flow(flow, expected).await? {
             Created::Inserted => return Ok(true),
             Created::Stale(current) => {
-                newest = current.map(|n| (n.version, machine::supersede(n, flow.created_at)));
+                newest = current.map(fate);
             }
         }
     }

@@ -108,7 +108,11 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         let spends = phone.is_some() && allowed;
         let detection = self.plan_send(&mut plan, &who, destination, spends, ctx);
         self.refused_before(&detection, now, &event)?;
-        let values = self.count(&plan.counters, now).await?;
+        // The subject's newest flow comes with the counts: the create that
+        // supersedes it needs no read of its own.
+        let (newest, values) = self
+            .count_loading_newest(&subject.key(), &plan.counters, now)
+            .await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         let judged = self.judge(&plan, &values, now, &subject, locks, &event);
         self.remember_refusal(&detection, &judged, now);
@@ -139,7 +143,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             ),
         };
         let flow = machine::open(&self.policy, now, opening);
-        if let Err(e) = self.insert_newest(&flow).await {
+        if let Err(e) = self.insert_newest(&flow, newest).await {
             // The write may have applied with its answer lost: void the
             // code, which will never be sent.
             if flow.phone.is_some() && allowed {

@@ -19,7 +19,7 @@ use crate::phone::PhoneNumber;
 use crate::record::{FlowRecord, FlowState};
 use crate::secret::{Code, ResetToken};
 use crate::sms::SmsSender;
-use crate::store::{CodeStore, Counter, CounterValue, one_per_counter};
+use crate::store::{CodeStore, Counter, CounterValue, Load, one_per_counter};
 
 impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// Checks a code the user typed, on a flow that needs no second factor:
@@ -179,7 +179,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         ctx: &RequestContext,
     ) -> Result<FlowRecord> {
         let (flow, values) = if round == 0 {
-            let (flow, values) = self.store.load_counting(flow_id, &checks.counters, now).await?;
+            let (flow, values) = self
+                .store
+                .load_counting(Load::Flow(flow_id), &checks.counters, now)
+                .await?;
             (flow, one_per_counter(&checks.counters, values)?)
         } else {
             (self.store.get_flow(flow_id).await?, Vec::new())

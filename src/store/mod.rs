@@ -16,7 +16,7 @@
 //! use std::collections::HashMap;
 //! use std::sync::Mutex;
 //! use async_trait::async_trait;
-//! use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
+//! use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Load, Newest, Result, StoreError};
 //! use otp_recovery::support::{SupportCase, SupportReference};
 //! use otp_recovery::{FlowId, Timestamp};
 //! use otp_recovery::record::FlowRecord;
@@ -78,10 +78,15 @@
 //!     }
 //!
 //!     async fn load_counting(
-//!         &self, id: &FlowId, counters: &[Counter], now: Timestamp,
+//!         &self, load: Load<'_>, counters: &[Counter], now: Timestamp,
 //!     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
 //!         let mut inner = self.inner.lock().unwrap();
-//!         Ok((inner.flows.get(id).cloned(), inner.count(counters, now)))
+//!         let id = match load {
+//!             Load::Flow(id) => Some(*id),
+//!             Load::Newest(key) => inner.subjects.get(key).and_then(|ids| ids.last().copied()),
+//!         };
+//!         let flow = id.and_then(|id| inner.flows.get(&id).cloned());
+//!         Ok((flow, inner.count(counters, now)))
 //!     }
 //!
 //!     async fn compare_and_swap(&self, expected_version: u64, flow: &FlowRecord) -> Result<bool> {
@@ -230,14 +235,17 @@ pub trait CodeStore: Send + Sync {
     /// long as it was not purged).
     async fn get_flow(&self, id: &FlowId) -> Result<Option<FlowRecord>>;
 
-    /// [`get_flow`](CodeStore::get_flow) and
-    /// [`increment_counters`](CodeStore::increment_counters) in one atomic
-    /// step (a verify reads the client's blocks and limits along with the
-    /// flow). It has no default: two calls would let a failure between
-    /// them lose the counts after the flow was read.
+    /// The flow `load` names ([`get_flow`](CodeStore::get_flow) of an id,
+    /// or a subject's newest stored flow, the one
+    /// [`create_flow`](CodeStore::create_flow) compares) and
+    /// [`increment_counters`](CodeStore::increment_counters), in one atomic
+    /// step: a verify reads the client's blocks and limits along with the
+    /// flow, a request its subject's newest flow along with its limits. It
+    /// has no default: two calls would let a failure between them lose the
+    /// counts after the flow was read.
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)>;
@@ -288,6 +296,16 @@ pub trait CodeStore: Send + Sync {
     /// as the Redis store does). Returns how many flows were deleted
     /// (stores whose backend expires keys by itself may return 0).
     async fn purge_expired(&self, now: Timestamp) -> Result<u64>;
+}
+
+/// The flow [`CodeStore::load_counting`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load<'a> {
+    /// The flow with this id.
+    Flow(&'a FlowId),
+    /// The newest stored flow of the subject with this
+    /// [`Subject::key`](crate::record::Subject::key).
+    Newest(&'a str),
 }
 
 /// The subject's newest stored flow as the caller read it: what
@@ -365,11 +383,11 @@ impl<S: CodeStore + ?Sized> CodeStore for Arc<S> {
     }
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
-        (**self).load_counting(id, counters, now).await
+        (**self).load_counting(load, counters, now).await
     }
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
         (**self).find_flows(subject_key, limit).await

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use async_trait::async_trait;
 use otp_recovery::record::FlowRecord;
 use otp_recovery::store::{
-    CodeStore, Counter, CounterValue, Created, MemoryStore, Newest, Result, StoreError,
+    CodeStore, Counter, CounterValue, Created, Load, MemoryStore, Newest, Result, StoreError,
 };
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{FlowId, Timestamp};
@@ -74,12 +74,12 @@ impl CodeStore for Observed {
     }
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         self.tick(counters);
-        let (flow, mut values) = self.inner.load_counting(id, counters, now).await?;
+        let (flow, mut values) = self.inner.load_counting(load, counters, now).await?;
         if self.short_answers.load(Ordering::SeqCst) {
             values.pop();
         }

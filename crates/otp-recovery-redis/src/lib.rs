@@ -72,7 +72,7 @@
 //! |--------|------------|
 //! | `create_flow` | `EVALSHA`: duplicate check, the newest flow compared (and replaced), insert, subject list, index |
 //! | `get_flow` | `HMGET` |
-//! | `load_counting` | `EVALSHA`: the flow and the counters (`HMGET` without counters) |
+//! | `load_counting` | `EVALSHA`: the flow (by id, or the subject's newest) and the counters (`HMGET` for a flow by id without counters) |
 //! | `compare_and_swap` | `EVALSHA`: version check and write |
 //! | `compare_and_swap_counting` | `EVALSHA`: version check, write and counters |
 //! | `increment_counters` | `EVALSHA`: every counter in order, and the undo of a refused call's guarded increments (none for no counters) |
@@ -136,7 +136,7 @@ use redis::{ScriptInvocation, Value};
 use otp_recovery::FlowId;
 use otp_recovery::Timestamp;
 use otp_recovery::record::FlowRecord;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Load, Newest, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 
 mod replies;
@@ -145,7 +145,7 @@ mod scripts;
 use replies::{
     array, as_bytes, as_u64, counter_values, expire_at, flow_from_fields, listed_id, redis_error, unexpected,
 };
-use scripts::{COUNT, CREATE, FIND, LOAD, PURGE, PUT_CASE, SWAP};
+use scripts::{COUNT, CREATE, FIND, LOAD, LOAD_NEWEST, PURGE, PUT_CASE, SWAP};
 
 /// The default key prefix.
 const DEFAULT_PREFIX: &str = "otp";
@@ -391,23 +391,41 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> CodeStore for RedisStore
 
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
-        if counters.is_empty() {
-            return Ok((self.get_flow(id).await?, Vec::new()));
-        }
         let op = "load_counting";
-        let mut inv = LOAD.prepare_invoke();
-        inv.key(self.flow_key(id))
-            .arg(&self.base)
-            .arg(now.as_unix_millis())
-            .arg(counters.len());
+        let mut inv = match load {
+            Load::Flow(id) if counters.is_empty() => return Ok((self.get_flow(id).await?, Vec::new())),
+            Load::Flow(id) => {
+                let mut inv = LOAD.prepare_invoke();
+                inv.key(self.flow_key(id));
+                inv
+            }
+            Load::Newest(key) => {
+                let mut inv = LOAD_NEWEST.prepare_invoke();
+                inv.key(self.subject_key(key));
+                inv
+            }
+        };
+        inv.arg(&self.base).arg(now.as_unix_millis()).arg(counters.len());
         self.add_counters(&mut inv, counters, now);
         let reply = array(op, self.invoke(op, &inv).await?)?;
-        let [fields, values]: [Value; 2] = reply.try_into().map_err(|_| unexpected(op))?;
-        let flow = flow_from_fields(op, id, fields)?;
+        let (flow, values) = match (load, <[Value; 3]>::try_from(reply)) {
+            (Load::Flow(id), Err(reply)) => {
+                let [fields, values]: [Value; 2] = reply.try_into().map_err(|_| unexpected(op))?;
+                (flow_from_fields(op, id, fields)?, values)
+            }
+            (Load::Newest(_), Ok([id, fields, values])) => {
+                let flow = match as_bytes(&id) {
+                    Some([]) => None,
+                    _ => flow_from_fields(op, &listed_id(&id)?, fields)?,
+                };
+                (flow, values)
+            }
+            _ => return Err(unexpected(op)),
+        };
         Ok((flow, counter_values(op, &values, counters.len())?))
     }
 

@@ -147,6 +147,17 @@ local function flow(key)
   return {f[1] or '', f[2] or ''}
 end
 
+-- The newest flow still stored of the subject list `list`: its id and
+-- key, or '' and nil (purged flows stay listed until the purge reaches
+-- them).
+local function newest(list)
+  for _, id in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    local key = base .. 'flow:' .. id
+    if redis.call('EXISTS', key) == 1 then return id, key end
+  end
+  return '', nil
+end
+
 -- Writes the flow `id` (record d, version v, purge instant p, its TTL
 -- instant ttl) under `key`. Its expiry and index entry only move with
 -- the purge instant.
@@ -169,22 +180,13 @@ end
 /// flow) when the newest flow is another, {2} once created.
 pub(crate) const CREATE_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
--- The subject's newest flow still stored (purged ones stay listed until
--- the purge reaches them).
-local newest, key = '', nil
-for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-  local k = base .. 'flow:' .. id
-  if redis.call('EXISTS', k) == 1 then
-    newest, key = id, k
-    break
-  end
-end
-if newest ~= ARGV[8] or (key and redis.call('HGET', key, 'v') ~= ARGV[9]) then
-  if key then return {1, newest, flow(key)} end
+local id, key = newest(KEYS[2])
+if id ~= ARGV[8] or (key and redis.call('HGET', key, 'v') ~= ARGV[9]) then
+  if key then return {1, id, flow(key)} end
   return {1}
 end
 if key and ARGV[10] ~= '' then
-  write(key, KEYS[2], KEYS[3], newest, ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+  write(key, KEYS[2], KEYS[3], id, ARGV[10], ARGV[11], ARGV[12], ARGV[13])
 end
 redis.call('HSET', KEYS[1], 'd', ARGV[3], 'v', ARGV[4], 'l', KEYS[2], 'p', ARGV[5])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
@@ -210,6 +212,16 @@ return {1, counters(4, 10, tonumber(ARGV[3]), ARGV[2])}
 /// counters. Returns {flow fields, counts}.
 pub(crate) const LOAD_LUA: &str = r#"
 return {flow(KEYS[1]), counters(2, 4, tonumber(ARGV[3]), ARGV[2])}
+"#;
+
+/// KEYS: subject list, then counters. ARGV: base, now, number of
+/// counters, then counters. Returns {newest flow id or '', its fields or
+/// {}, counts}.
+pub(crate) const LOAD_NEWEST_LUA: &str = r#"
+local id, key = newest(KEYS[1])
+local fields = {}
+if key then fields = flow(key) end
+return {id, fields, counters(2, 4, tonumber(ARGV[3]), ARGV[2])}
 "#;
 
 /// KEYS: counters. ARGV: base, now, number of counters, then counters.
@@ -264,6 +276,7 @@ pub(crate) fn script(body: &str) -> Script {
 pub(crate) static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
 pub(crate) static SWAP: LazyLock<Script> = LazyLock::new(|| script(SWAP_LUA));
 pub(crate) static LOAD: LazyLock<Script> = LazyLock::new(|| script(LOAD_LUA));
+pub(crate) static LOAD_NEWEST: LazyLock<Script> = LazyLock::new(|| script(LOAD_NEWEST_LUA));
 pub(crate) static COUNT: LazyLock<Script> = LazyLock::new(|| script(COUNT_LUA));
 pub(crate) static FIND: LazyLock<Script> = LazyLock::new(|| script(FIND_LUA));
 pub(crate) static PUT_CASE: LazyLock<Script> = LazyLock::new(|| script(PUT_CASE_LUA));

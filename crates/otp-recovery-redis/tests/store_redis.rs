@@ -13,7 +13,7 @@ use std::time::Duration;
 use otp_recovery::conformance::{self, server_url};
 use otp_recovery::limits::Limits;
 use otp_recovery::sms::RecordingSender;
-use otp_recovery::store::{CodeStore, Counter, MemoryStore, StoreError};
+use otp_recovery::store::{CodeStore, Counter, Load, MemoryStore, StoreError};
 use otp_recovery::support::SupportReference;
 use otp_recovery::{
     Account, AccountId, Clock, Error, FlowId, KeyRing, PhoneNumber, Recovery, RequestContext, ServerKey,
@@ -287,7 +287,7 @@ async fn counters_match_the_memory_store_call_for_call() {
         } else {
             let missing = FlowId::generate().expect("randomness");
             let (flow, values) = redis
-                .load_counting(&missing, &counters, now)
+                .load_counting(Load::Flow(&missing), &counters, now)
                 .await
                 .expect("redis");
             assert!(flow.is_none());

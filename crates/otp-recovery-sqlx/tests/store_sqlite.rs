@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use otp_recovery::record::{FlowRecord, FlowState, Subject};
 use otp_recovery::sms::RecordingSender;
 use otp_recovery::store::{
-    CodeStore, Counter, CounterValue, Created, Newest, Result as StoreResult, StoreError,
+    CodeStore, Counter, CounterValue, Created, Load, Newest, Result as StoreResult, StoreError,
 };
 use otp_recovery::support::{SupportCase, SupportReference};
 use otp_recovery::{
@@ -115,11 +115,11 @@ impl CodeStore for Scratch {
     }
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> StoreResult<(Option<FlowRecord>, Vec<CounterValue>)> {
-        self.store.load_counting(id, counters, now).await
+        self.store.load_counting(load, counters, now).await
     }
     async fn find_flows(&self, subject_key: &str, limit: usize) -> StoreResult<Vec<FlowRecord>> {
         self.store.find_flows(subject_key, limit).await

@@ -13,7 +13,7 @@ use hashbrown::HashTable;
 
 use self::counters::CounterTable;
 use self::packed::Stored;
-use super::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
+use super::{CodeStore, Counter, CounterValue, Created, Load, Newest, Result, StoreError};
 use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
@@ -264,6 +264,21 @@ impl MemoryStore {
         Ok(mine)
     }
 
+    /// The newest stored flow of the subject `key`, unpacked. Lock order:
+    /// the subject's index shard, then one flow shard at a time.
+    fn newest_of(&self, key: &str) -> Result<Option<FlowRecord>> {
+        let hash = self.subject_hash(key);
+        let index = lock(&self.subjects[shard_of(hash)]);
+        let newest = self
+            .flows_of(&index, hash, key)?
+            .into_iter()
+            .max_by_key(|(_, seq)| *seq);
+        match newest {
+            Some((id, _)) => self.read_flow(&id),
+            None => Ok(None),
+        }
+    }
+
     /// Uncounts swept flows and removes them from the subject index. Called
     /// with no lock held.
     fn forget_open(&self, swept: Vec<Stored>) {
@@ -414,13 +429,16 @@ impl CodeStore for MemoryStore {
 
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         // No await between the two: nothing can fail or cancel in between.
         self.counters.room_for(counters, now)?;
-        let flow = self.read_flow(id)?;
+        let flow = match load {
+            Load::Flow(id) => self.read_flow(id)?,
+            Load::Newest(key) => self.newest_of(key)?,
+        };
         Ok((flow, self.counters.count(counters, now)))
     }
 

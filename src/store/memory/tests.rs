@@ -11,7 +11,7 @@ use crate::record::{DecoyId, FlowState, Subject};
 /// Creates `flow` as the driver does: its subject's open flow superseded.
 async fn create(store: &MemoryStore, flow: &FlowRecord) -> Result<()> {
     assert!(
-        crate::recovery::insert_newest(store, flow).await?,
+        crate::recovery::insert_newest(store, flow, None).await?,
         "create never settled"
     );
     Ok(())

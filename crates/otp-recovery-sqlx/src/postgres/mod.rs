@@ -31,12 +31,13 @@
 //! | `get_flow` | `SELECT` |
 //! | `compare_and_swap` | `UPDATE ... WHERE id = $1 AND version = $2` |
 //! | `compare_and_swap_counting` | `otp_swap_counting(...)`: the update, then the counters if it wrote |
-//! | `load_counting` | `SELECT` of the flow joined with `otp_counters(...)` |
+//! | `load_counting` | `SELECT` of the flow (by id, or the subject's newest) joined with `otp_counters(...)` |
 //! | `increment_counters` | `otp_counters(...)`: `INSERT ... ON CONFLICT DO UPDATE` per counter |
 //! | `find_flows`, `get_case`, `put_case`, `delete_counters` | one statement each |
 //! | `purge_expired` | one statement with three `DELETE`s |
 //!
-//! So a request takes two round trips (counters, create) and a verify two
+//! So a request takes two round trips (counters with the newest flow,
+//! create) and a verify two
 //! (load with counters, counting swap). No row lock is held between round
 //! trips: every decision that spans a read and a write is a version check.
 //!
@@ -54,7 +55,7 @@ use sqlx::{Executor, Row};
 use otp_recovery::FlowId;
 use otp_recovery::Timestamp;
 use otp_recovery::record::FlowRecord;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Load, Newest, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 
 /// A [`CodeStore`] on PostgreSQL.
@@ -359,16 +360,24 @@ impl CodeStore for PostgresStore {
 
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         let args = CounterArgs::of(counters);
-        let query = sqlx::query(
-            "SELECT f.id, f.version, f.data, c.o_counts, c.o_resets \
-             FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN otp_flows f ON f.id = $1",
-        )
-        .bind(id.as_bytes().as_slice());
+        let query = match load {
+            Load::Flow(id) => sqlx::query(
+                "SELECT f.id, f.version, f.data, c.o_counts, c.o_resets \
+                 FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN otp_flows f ON f.id = $1",
+            )
+            .bind(id.as_bytes().as_slice()),
+            Load::Newest(key) => sqlx::query(
+                "SELECT f.id, f.version, f.data, c.o_counts, c.o_resets \
+                 FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN LATERAL \
+                 (SELECT id, version, data FROM otp_flows WHERE subject = $1 ORDER BY seq DESC LIMIT 1) f ON true",
+            )
+            .bind(key),
+        };
         let row = args
             .bind(query, now)
             .fetch_one(&self.pool)

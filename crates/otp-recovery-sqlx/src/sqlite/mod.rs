@@ -86,7 +86,8 @@
 //!   back the ones that changed, in one transaction: no other call ever
 //!   sees a refused call's increments. Pure reads (every increment zero)
 //!   run in a read transaction and write nothing.
-//! - `load_counting`: the flow and the counters in one transaction.
+//! - `load_counting`: the flow (by id, or the subject's newest) and the
+//!   counters in one transaction.
 //! - `delete_counters`, `purge_expired`: one transaction each.
 //! - `get_flow`, `find_flows`, `get_case`: one statement each, on the
 //!   reading connections; `put_case`: one upsert.
@@ -102,7 +103,7 @@ use sqlx::{Sqlite, SqliteExecutor, Transaction};
 use otp_recovery::FlowId;
 use otp_recovery::Timestamp;
 use otp_recovery::record::FlowRecord;
-use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Newest, Result, StoreError};
+use otp_recovery::store::{CodeStore, Counter, CounterValue, Created, Load, Newest, Result, StoreError};
 use otp_recovery::support::{SupportCase, SupportReference};
 
 mod counters;
@@ -343,15 +344,15 @@ impl CodeStore for SqliteStore {
 
     async fn load_counting(
         &self,
-        id: &FlowId,
+        load: Load<'_>,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         if counters.is_empty() {
-            return Ok((self.get_flow(id).await?, Vec::new()));
+            return Ok((fetch_loaded(&self.reads, load).await?, Vec::new()));
         }
         let mut tx = self.begin(writes_any(counters)).await?;
-        let flow = fetch_flow(&mut *tx, id).await?;
+        let flow = fetch_loaded(&mut *tx, load).await?;
         let values = apply_counters(&mut tx, counters, now).await?;
         tx.commit().await.map_err(db("load_counting"))?;
         Ok((flow, values))
@@ -482,6 +483,21 @@ async fn fetch_flow<'c>(conn: impl SqliteExecutor<'c>, id: &FlowId) -> Result<Op
         .await
         .map_err(db("get_flow"))?;
     row.as_ref().map(flow_from_row).transpose()
+}
+
+/// The flow `load` names.
+async fn fetch_loaded<'c>(conn: impl SqliteExecutor<'c>, load: Load<'_>) -> Result<Option<FlowRecord>> {
+    match load {
+        Load::Flow(id) => fetch_flow(conn, id).await,
+        Load::Newest(key) => {
+            let row = sqlx::query("SELECT id, data FROM flows WHERE subject = ? ORDER BY seq DESC LIMIT 1")
+                .bind(key)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("load_counting"))?;
+            row.as_ref().map(flow_from_row).transpose()
+        }
+    }
 }
 
 /// The single statement of a compare-and-swap; whether it wrote.
