@@ -37,9 +37,9 @@
 //! | `purge_expired` | one statement with three `DELETE`s |
 //!
 //! So a request takes two round trips (counters with the newest flow,
-//! create) and a verify two
-//! (load with counters, counting swap). No row lock is held between round
-//! trips: every decision that spans a read and a write is a version check.
+//! create) and a verify two (load with counters, counting swap). No row
+//! lock is held between round trips: every decision that spans a read and
+//! a write is a version check.
 //!
 //! Connections to a server off the machine should use TLS: enable one of
 //! sqlx's TLS features in your own `Cargo.toml` (features unify) and put
