@@ -1,5 +1,5 @@
 //! Runs one operation many times for a profiler (callgrind):
-//! `cargo run --release --example profile_ops -- request|verify_wrong|verify_right N`.
+//! `cargo run --release --example profile_ops -- request|request_again|verify_wrong|verify_right N`.
 
 use std::future::Future;
 use std::hint::black_box;
@@ -69,6 +69,13 @@ fn measured_request(r: &R, n: u64) {
     }
 }
 
+/// The same accounts' requests again: each supersedes the flow of the
+/// one before.
+#[inline(never)]
+fn measured_request_again(r: &R, n: u64) {
+    measured_request(r, n);
+}
+
 #[inline(never)]
 fn measured_verify(r: &R, flows: &[(FlowId, String, RequestContext)]) {
     for (f, c, ctx) in flows {
@@ -98,9 +105,16 @@ fn main() {
     .with_clock(clock);
     // Warm up the maps.
     measured_request(&r, 10);
-    if op == "request" {
+    if op == "request" || op == "request_again" {
+        if op == "request_again" {
+            measured_request(&r, n);
+        }
         let start = std::time::Instant::now();
-        measured_request(&r, n);
+        if op == "request_again" {
+            measured_request_again(&r, n);
+        } else {
+            measured_request(&r, n);
+        }
         eprintln!(
             "{op}: {:.0} ns each",
             start.elapsed().as_nanos() as f64 / n as f64

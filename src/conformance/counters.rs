@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::{account, create, flow_at, get, now, of, unique};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
+use crate::record::Subject;
 use crate::store::{CodeStore, Counter, CounterValue, Load};
 
 /// A counting swap increments its counters when, and only when, it writes.
@@ -218,7 +219,7 @@ pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: 
 
     // A subject's newest flow: the one created last, superseding included,
     // with or without counters; none for a subject without flows.
-    let newest = |subject: String, counters: Vec<Counter>| {
+    let newest = |subject: Subject, counters: Vec<Counter>| {
         let store = store.clone();
         async move {
             store
@@ -227,7 +228,7 @@ pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: 
                 .expect("load")
         }
     };
-    let (got, values) = newest(alice.key(), vec![Counter::new(&key, hour, 1)]).await;
+    let (got, values) = newest(alice.clone(), vec![Counter::new(&key, hour, 1)]).await;
     assert_eq!(got, Some(flow.clone()), "the subject's only flow is its newest");
     assert_eq!(
         values[0].count, 3,
@@ -235,9 +236,9 @@ pub async fn load_counting_returns_the_flow_and_the_counts<S: CodeStore>(store: 
     );
     let second = flow_at(t, alice.clone());
     create(&*store, &second).await;
-    let (got, _) = newest(alice.key(), Vec::new()).await;
+    let (got, _) = newest(alice, Vec::new()).await;
     assert_eq!(got, Some(second), "the newest flow is the one created last");
-    let (got, _) = newest(of(&account()).key(), vec![Counter::read(&key, hour)]).await;
+    let (got, _) = newest(of(&account()), vec![Counter::read(&key, hour)]).await;
     assert_eq!(got, None, "a subject without flows has no newest flow");
 }
 

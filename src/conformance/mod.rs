@@ -91,6 +91,7 @@ macro_rules! code_store_conformance {
             expiry_is_decided_to_the_millisecond,
             concurrent_counter_increments_are_all_counted,
             concurrent_compare_and_swaps_have_one_winner,
+            swaps_and_superseding_creates_of_one_flow_have_one_winner,
             concurrent_counting_swaps_count_once,
             counting_swaps_on_many_flows_lose_no_count,
             counters_raced_in_opposite_orders_all_succeed,
@@ -196,6 +197,7 @@ pub async fn run<S: CodeStore + 'static>(store: Arc<S>, other: Arc<S>) {
     expiry_is_decided_to_the_millisecond(store.clone()).await;
     concurrent_counter_increments_are_all_counted(store.clone()).await;
     concurrent_compare_and_swaps_have_one_winner(store.clone()).await;
+    swaps_and_superseding_creates_of_one_flow_have_one_winner(store.clone()).await;
     concurrent_counting_swaps_count_once(store.clone()).await;
     counting_swaps_on_many_flows_lose_no_count(store.clone()).await;
     counters_raced_in_opposite_orders_all_succeed(store.clone()).await;

@@ -9,7 +9,7 @@ use super::{account, create, flow_at, get, now, of, unique};
 use crate::error::Error;
 use crate::record::FlowState;
 use crate::recovery::RequestContext;
-use crate::store::{CodeStore, Counter};
+use crate::store::{CodeStore, Counter, Created, Newest};
 
 const RACERS: usize = 100;
 
@@ -62,6 +62,57 @@ pub async fn concurrent_compare_and_swaps_have_one_winner<S: CodeStore + 'static
     .await;
     assert_eq!(wins.iter().filter(|w| **w).count(), 1, "one version, one winner");
     assert_eq!(get(&*store, &flow.id).await.version, flow.version + 1);
+}
+
+/// Swaps of a subject's newest flow raced against creates that replace
+/// it (as a request's supersede does) from the same version: exactly one
+/// call wins, and the stored flow is the winner's record (a store that
+/// writes the replacement apart from its compare would let both win, and
+/// could leave the flow open beside the new one).
+pub async fn swaps_and_superseding_creates_of_one_flow_have_one_winner<S: CodeStore + 'static>(
+    store: Arc<S>,
+) {
+    let alice = of(&account());
+    let flow = flow_at(now(), alice.clone());
+    create(&*store, &flow).await;
+    let mut superseded = flow.clone();
+    superseded.version += 1;
+    superseded.state = crate::record::FlowState::Superseded;
+    let outcomes = race(RACERS, |i| {
+        let (store, flow, superseded, alice) =
+            (store.clone(), flow.clone(), superseded.clone(), alice.clone());
+        async move {
+            // In each of `race`'s four groups a create comes first, then a
+            // swap: polled in turn, the swap runs while the create is at its
+            // first round trip.
+            if (i / 4) % 2 == 0 {
+                let new = flow_at(now(), alice);
+                let created = store
+                    .create_flow(&new, Newest::Replaced(flow.version, &superseded))
+                    .await
+                    .expect("create_flow");
+                (created == Created::Inserted).then_some(superseded)
+            } else {
+                let mut next = flow.clone();
+                next.version += 1;
+                next.failed_attempts = 1;
+                let won = store.compare_and_swap(flow.version, &next).await.expect("cas");
+                won.then_some(next)
+            }
+        }
+    })
+    .await;
+    let winners: Vec<_> = outcomes.into_iter().flatten().collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "swaps and superseding creates from one version: one winner"
+    );
+    assert_eq!(
+        get(&*store, &flow.id).await,
+        winners[0],
+        "the stored flow must be the winner's record"
+    );
 }
 
 /// Of many counting swaps from one version, one writes and counts once.

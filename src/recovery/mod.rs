@@ -32,7 +32,7 @@ use crate::machine::{self, Predecessor};
 use crate::message::{Locale, Messages};
 use crate::phone::{MaskedPhone, PhoneNumber};
 use crate::policy::Policy;
-use crate::record::FlowRecord;
+use crate::record::{FlowRecord, Subject};
 use crate::rng::Randomness;
 use crate::secret::SecretString;
 use crate::sms::{MessageKind, SmsMessage, SmsSender};
@@ -296,15 +296,15 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     /// checked (one value per counter).
     pub(crate) async fn count_loading_newest(
         &self,
-        subject_key: &str,
+        subject: &Subject,
         counters: &[Counter],
         now: Timestamp,
     ) -> Result<(Option<FlowRecord>, Vec<CounterValue>)> {
         let (newest, values) = self
             .store
-            .load_counting(Load::Newest(subject_key), counters, now)
+            .load_counting(Load::Newest(subject), counters, now)
             .await?;
-        Ok((newest, one_per_counter(counters, values)?))
+        Ok((newest_of(subject, newest)?, one_per_counter(counters, values)?))
     }
 
     /// [`CodeStore::increment_counters`], its answer checked (one value
@@ -459,6 +459,21 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
     }
 }
 
+/// A store's answer for `subject`'s newest flow, checked: another
+/// subject's flow (a store whose keys collide) would have one account's
+/// request supersede another's flow and leave its own open.
+fn newest_of(
+    subject: &Subject,
+    newest: Option<FlowRecord>,
+) -> std::result::Result<Option<FlowRecord>, StoreError> {
+    match newest {
+        Some(flow) if flow.subject != *subject => Err(StoreError::Decode(
+            "the store answered another subject's flow as the newest".into(),
+        )),
+        newest => Ok(newest),
+    }
+}
+
 /// Inserts `flow` as its subject's newest: the machine decides what becomes
 /// of the newest stored flow (superseded when open) and the store writes
 /// both if that flow is still the newest. `newest` is the subject's newest
@@ -480,7 +495,7 @@ pub(crate) async fn insert_newest<S: CodeStore + ?Sized>(
         match store.create_flow(flow, expected).await? {
             Created::Inserted => return Ok(true),
             Created::Stale(current) => {
-                newest = current.map(fate);
+                newest = newest_of(&flow.subject, current)?.map(fate);
             }
         }
     }

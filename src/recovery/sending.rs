@@ -110,9 +110,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         self.refused_before(&detection, now, &event)?;
         // The subject's newest flow comes with the counts: the create that
         // supersedes it needs no read of its own.
-        let (newest, values) = self
-            .count_loading_newest(&subject.key(), &plan.counters, now)
-            .await?;
+        let (newest, values) = self.count_loading_newest(&subject, &plan.counters, now).await?;
         self.detect(&detection, &plan, &values, now, &event).await?;
         let judged = self.judge(&plan, &values, now, &subject, locks, &event);
         self.remember_refusal(&detection, &judged, now);

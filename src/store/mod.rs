@@ -83,7 +83,7 @@
 //!         let mut inner = self.inner.lock().unwrap();
 //!         let id = match load {
 //!             Load::Flow(id) => Some(*id),
-//!             Load::Newest(key) => inner.subjects.get(key).and_then(|ids| ids.last().copied()),
+//!             Load::Newest(subject) => inner.subjects.get(&subject.key()).and_then(|ids| ids.last().copied()),
 //!         };
 //!         let flow = id.and_then(|id| inner.flows.get(&id).cloned());
 //!         Ok((flow, inner.count(counters, now)))
@@ -160,7 +160,7 @@ pub use crate::counter::{Counter, CounterCells, CounterValue};
 use crate::case::{SupportCase, SupportReference};
 use crate::clock::Timestamp;
 use crate::id::FlowId;
-use crate::record::{DecodeError, FlowRecord};
+use crate::record::{DecodeError, FlowRecord, Subject};
 
 /// Result of store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -303,9 +303,8 @@ pub trait CodeStore: Send + Sync {
 pub enum Load<'a> {
     /// The flow with this id.
     Flow(&'a FlowId),
-    /// The newest stored flow of the subject with this
-    /// [`Subject::key`](crate::record::Subject::key).
-    Newest(&'a str),
+    /// The newest stored flow of this subject.
+    Newest(&'a Subject),
 }
 
 /// The subject's newest stored flow as the caller read it: what

@@ -403,9 +403,9 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> CodeStore for RedisStore
                 inv.key(self.flow_key(id));
                 inv
             }
-            Load::Newest(key) => {
+            Load::Newest(subject) => {
                 let mut inv = LOAD_NEWEST.prepare_invoke();
-                inv.key(self.subject_key(key));
+                inv.key(self.subject_key(&subject.key()));
                 inv
             }
         };

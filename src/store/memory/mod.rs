@@ -4,7 +4,7 @@ mod counters;
 mod packed;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -225,9 +225,16 @@ impl MemoryStore {
         )
     }
 
-    fn subject_hash(&self, key: &str) -> u64 {
+    /// The hash of a subject key given in its two parts (see
+    /// [`key_parts`]): the key is never joined.
+    fn subject_hash(&self, [kind, text]: [&str; 2]) -> u64 {
         match &self.subject_hasher {
-            SubjectHasher::Keyed(state) => state.hash_one(key),
+            SubjectHasher::Keyed(state) => {
+                let mut hasher = state.build_hasher();
+                hasher.write(kind.as_bytes());
+                hasher.write(text.as_bytes());
+                hasher.finish()
+            }
             #[cfg(test)]
             SubjectHasher::Constant(hash) => *hash,
         }
@@ -249,14 +256,14 @@ impl MemoryStore {
     /// and of flows swept but not yet forgotten, are left out. Takes each
     /// flow's shard in turn: call with the index shard held and no flow
     /// shard.
-    fn flows_of(&self, index: &SubjectShard, hash: u64, key: &str) -> Result<Vec<(FlowId, u64)>> {
+    fn flows_of(&self, index: &SubjectShard, hash: u64, key: [&str; 2]) -> Result<Vec<(FlowId, u64)>> {
         let mut mine = Vec::new();
         for (_, id) in index.table.iter_hash(hash).filter(|(h, _)| *h == hash) {
             let flow_hash = self.flow_hash(id);
             let shard = lock(&self.flows[shard_of(flow_hash)]);
             if let Some(stored) = shard.table.find(flow_hash, |s| s.is(id)) {
                 let head = stored.head()?;
-                if head.subject.has_key(key) {
+                if head.subject.key_parts() == key {
                     mine.push((*id, head.seq));
                 }
             }
@@ -266,7 +273,7 @@ impl MemoryStore {
 
     /// The newest stored flow of the subject `key`, unpacked. Lock order:
     /// the subject's index shard, then one flow shard at a time.
-    fn newest_of(&self, key: &str) -> Result<Option<FlowRecord>> {
+    fn newest_of(&self, key: [&str; 2]) -> Result<Option<FlowRecord>> {
         let hash = self.subject_hash(key);
         let index = lock(&self.subjects[shard_of(hash)]);
         let newest = self
@@ -292,7 +299,7 @@ impl MemoryStore {
             // A record that does not unpack was never indexed by this
             // build: there is nothing to forget.
             let Ok(head) = flow.head() else { continue };
-            let hash = self.subject_hash(&head.subject.key());
+            let hash = self.subject_hash(head.subject.key_parts());
             let id = flow.id();
             let mut index = lock(&self.subjects[shard_of(hash)]);
             if let Ok(entry) = index.table.find_entry(hash, |(h, i)| *h == hash && *i == id) {
@@ -328,6 +335,16 @@ impl MemoryStore {
     }
 }
 
+/// A subject key (`account:<id>`, `unknown:<hex>`) in the two parts of
+/// [`Subject::key_parts`](crate::record::Subject::key_parts); a key
+/// without a colon is one part, which no subject's parts equal.
+fn key_parts(key: &str) -> [&str; 2] {
+    match key.find(':') {
+        Some(colon) => [&key[..=colon], &key[colon + 1..]],
+        None => [key, ""],
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the maps consistent, so a panic in
     // another task does not make the data unusable.
@@ -338,14 +355,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl CodeStore for MemoryStore {
     async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
         let now = flow.created_at;
-        let key = flow.subject.key();
-        let subject_hash = self.subject_hash(&key);
+        let key = flow.subject.key_parts();
+        let subject_hash = self.subject_hash(key);
         // Lock order: the subject's index shard, then flow shards one at a
         // time (to find the subject's flows), then at most two flow shards
         // in ascending index. `compare_and_swap` takes a single flow
         // shard, so no cycle can form.
         let mut index = lock(&self.subjects[shard_of(subject_hash)]);
-        let mut mine = self.flows_of(&index, subject_hash, &key)?;
+        let mut mine = self.flows_of(&index, subject_hash, key)?;
         mine.retain(|(id, _)| *id != flow.id);
         mine.sort_unstable_by_key(|(_, seq)| std::cmp::Reverse(*seq));
         let old = mine.first().map(|(id, _)| *id);
@@ -394,11 +411,11 @@ impl CodeStore for MemoryStore {
             self.forget_swept(swept);
             return Err(full);
         }
-        if let (Some(next), Some(old_hash)) = (newest.replacement(), old_hash) {
+        // `mine` gave the newest flow's seq: nothing after `reserve` can fail.
+        if let (Some(next), Some(old_hash), Some((_, seq))) = (newest.replacement(), old_hash, mine.first()) {
             let shard = old_guard.as_deref_mut().unwrap_or(&mut *new_guard);
             if let Some(stored) = shard.table.find_mut(old_hash, |s| s.is(&next.id)) {
-                let seq = stored.head()?.seq;
-                stored.replace(next, seq);
+                stored.replace(next, *seq);
             }
         }
         let seq = index.next_seq;
@@ -437,7 +454,7 @@ impl CodeStore for MemoryStore {
         self.counters.room_for(counters, now)?;
         let flow = match load {
             Load::Flow(id) => self.read_flow(id)?,
-            Load::Newest(key) => self.newest_of(key)?,
+            Load::Newest(subject) => self.newest_of(subject.key_parts())?,
         };
         Ok((flow, self.counters.count(counters, now)))
     }
@@ -467,9 +484,10 @@ impl CodeStore for MemoryStore {
 
     async fn find_flows(&self, subject_key: &str, limit: usize) -> Result<Vec<FlowRecord>> {
         // Lock order: subject shard, then one flow shard at a time.
-        let hash = self.subject_hash(subject_key);
+        let key = key_parts(subject_key);
+        let hash = self.subject_hash(key);
         let index = lock(&self.subjects[shard_of(hash)]);
-        let mut mine = self.flows_of(&index, hash, subject_key)?;
+        let mut mine = self.flows_of(&index, hash, key)?;
         mine.sort_unstable_by_key(|(_, seq)| std::cmp::Reverse(*seq));
         let mut found = Vec::with_capacity(mine.len().min(limit));
         for (id, _) in mine.iter().take(limit) {

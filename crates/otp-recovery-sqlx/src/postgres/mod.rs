@@ -371,12 +371,12 @@ impl CodeStore for PostgresStore {
                  FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN otp_flows f ON f.id = $1",
             )
             .bind(id.as_bytes().as_slice()),
-            Load::Newest(key) => sqlx::query(
+            Load::Newest(subject) => sqlx::query(
                 "SELECT f.id, f.version, f.data, c.o_counts, c.o_resets \
                  FROM otp_counters($2, $3, $4, $5, $6, $7, $8) c LEFT JOIN LATERAL \
                  (SELECT id, version, data FROM otp_flows WHERE subject = $1 ORDER BY seq DESC LIMIT 1) f ON true",
             )
-            .bind(key),
+            .bind(subject.key()),
         };
         let row = args
             .bind(query, now)

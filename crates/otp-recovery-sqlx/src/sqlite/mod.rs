@@ -316,8 +316,15 @@ impl CodeStore for SqliteStore {
             // The transaction rolls back: nothing was written.
             return Ok(Created::Stale(stored));
         }
-        if let Newest::Replaced(version, next) = newest {
-            swap(&mut *tx, version, next).await?;
+        // The write transaction holds the database: the version just read
+        // is still the stored one.
+        if let Newest::Replaced(version, next) = newest
+            && !swap(&mut *tx, version, next).await?
+        {
+            return Err(StoreError::backend(
+                "create_flow: the newest flow changed in its transaction",
+                true,
+            ));
         }
         sqlx::query(
             "INSERT INTO flows (id, subject, version, state, created_at, seq, purge_after, data) \
@@ -489,9 +496,9 @@ async fn fetch_flow<'c>(conn: impl SqliteExecutor<'c>, id: &FlowId) -> Result<Op
 async fn fetch_loaded<'c>(conn: impl SqliteExecutor<'c>, load: Load<'_>) -> Result<Option<FlowRecord>> {
     match load {
         Load::Flow(id) => fetch_flow(conn, id).await,
-        Load::Newest(key) => {
+        Load::Newest(subject) => {
             let row = sqlx::query("SELECT id, data FROM flows WHERE subject = ? ORDER BY seq DESC LIMIT 1")
-                .bind(key)
+                .bind(subject.key())
                 .fetch_optional(conn)
                 .await
                 .map_err(db("load_counting"))?;
