@@ -1,10 +1,10 @@
-//! What the driver does with a store's answer about a subject's newest
-//! flow that cannot be right: another subject's flow (a store whose keys
-//! collide). One account's request must never supersede another's flow,
-//! and it must not insert beside its own open flow: a typed error, and
-//! nothing written.
+//! What the driver does with a store's answers about a subject's newest
+//! flow: another subject's flow (a store whose keys collide) is a typed
+//! error with nothing written, so one account's request never supersedes
+//! another's flow; and stale answers are retried up to the driver's bound
+//! of rounds, exactly, then `Error::Busy`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use otp_recovery::record::{FlowRecord, FlowState};
@@ -18,11 +18,16 @@ use otp_recovery::{
 };
 
 /// A memory store that answers `decoy` as every subject's newest flow,
-/// in the counting load or in a stale create.
+/// in the counting load or in a stale create; and that answers its first
+/// `stale_left` creates `Stale` with the subject's true newest flow,
+/// writing nothing (as if another create won each round).
+#[derive(Default)]
 struct Colliding {
     inner: MemoryStore,
     decoy: std::sync::Mutex<Option<FlowRecord>>,
     in_load: AtomicBool,
+    stale_left: AtomicUsize,
+    creates: AtomicUsize,
 }
 
 impl Colliding {
@@ -34,6 +39,14 @@ impl Colliding {
 #[async_trait]
 impl CodeStore for Colliding {
     async fn create_flow(&self, flow: &FlowRecord, newest: Newest<'_>) -> Result<Created> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        let stale = self
+            .stale_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if stale.is_ok() {
+            let key = flow.subject.key();
+            return Ok(Created::Stale(self.inner.find_flows(&key, 1).await?.pop()));
+        }
         match (self.in_load.load(Ordering::SeqCst), self.decoy()) {
             (false, Some(decoy)) => Ok(Created::Stale(Some(decoy))),
             _ => self.inner.create_flow(flow, newest).await,
@@ -99,9 +112,8 @@ fn account(name: &str) -> Account {
 async fn another_subjects_flow_answered_as_the_newest_is_a_typed_error_and_writes_nothing() {
     for in_load in [true, false] {
         let store = std::sync::Arc::new(Colliding {
-            inner: MemoryStore::new(),
-            decoy: std::sync::Mutex::new(None),
             in_load: AtomicBool::new(in_load),
+            ..Colliding::default()
         });
         let keys = KeyRing::new(1, ServerKey::from_bytes(vec![3; 32]).unwrap());
         let recovery = Recovery::new(store.clone(), RecordingSender::new(), keys);
@@ -134,5 +146,44 @@ async fn another_subjects_flow_answered_as_the_newest_is_a_typed_error_and_write
             "in load {in_load}: bob's flow untouched"
         );
         assert_eq!(stored, bob_flow);
+    }
+}
+
+#[tokio::test]
+async fn stale_answers_are_retried_for_exactly_the_driver_s_rounds_then_busy() {
+    // The driver's bound: 64 creates per request.
+    for (stale, settles) in [(63, true), (64, false)] {
+        let store = std::sync::Arc::new(Colliding::default());
+        let keys = KeyRing::new(1, ServerKey::from_bytes(vec![4; 32]).unwrap());
+        let sender = RecordingSender::new();
+        let recovery = Recovery::new(store.clone(), sender.clone(), keys);
+        let ctx = RequestContext::without_client_ip();
+        let first = recovery
+            .request("carol@example.com", Some(account("carol")), &ctx)
+            .await
+            .unwrap();
+        let flows = store.inner.flow_count();
+        store.creates.store(0, Ordering::SeqCst);
+        store.stale_left.store(stale, Ordering::SeqCst);
+        let again = recovery
+            .request("carol@example.com", Some(account("carol")), &ctx)
+            .await;
+        assert_eq!(store.creates.load(Ordering::SeqCst), 64, "{stale} stale answers");
+        let first_now = store.get_flow(&first.flow_id).await.unwrap().unwrap();
+        if settles {
+            let again = again.expect("the 64th create inserts");
+            assert_ne!(again.flow_id, first.flow_id);
+            assert_eq!(first_now.state, FlowState::Superseded);
+            assert_eq!(store.inner.flow_count(), flows + 1);
+        } else {
+            assert!(matches!(again, Err(Error::Busy)), "{again:?}");
+            assert_eq!(
+                first_now.state,
+                FlowState::CodeSent,
+                "a request that gave up supersedes nothing"
+            );
+            assert_eq!(store.inner.flow_count(), flows, "and inserts nothing");
+            assert_eq!(sender.count(), 1, "and sends nothing");
+        }
     }
 }
