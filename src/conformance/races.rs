@@ -9,7 +9,7 @@ use super::{account, create, flow_at, get, now, of, unique};
 use crate::error::Error;
 use crate::record::FlowState;
 use crate::recovery::RequestContext;
-use crate::store::{CodeStore, Counter, Created, Newest};
+use crate::store::{CodeStore, Counter, Created, Load, Newest};
 
 const RACERS: usize = 100;
 
@@ -91,13 +91,13 @@ pub async fn swaps_and_superseding_creates_of_one_flow_have_one_winner<S: CodeSt
                     .create_flow(&new, Newest::Replaced(flow.version, &superseded))
                     .await
                     .expect("create_flow");
-                (created == Created::Inserted).then_some(superseded)
+                (created == Created::Inserted).then_some((superseded, Some(new)))
             } else {
                 let mut next = flow.clone();
                 next.version += 1;
                 next.failed_attempts = 1;
                 let won = store.compare_and_swap(flow.version, &next).await.expect("cas");
-                won.then_some(next)
+                won.then_some((next, None))
             }
         }
     })
@@ -108,10 +108,21 @@ pub async fn swaps_and_superseding_creates_of_one_flow_have_one_winner<S: CodeSt
         1,
         "swaps and superseding creates from one version: one winner"
     );
+    let (record, inserted) = &winners[0];
     assert_eq!(
-        get(&*store, &flow.id).await,
-        winners[0],
+        &get(&*store, &flow.id).await,
+        record,
         "the stored flow must be the winner's record"
+    );
+    // The subject's newest flow: the winning create's, or still the first.
+    let (newest, _) = store
+        .load_counting(Load::Newest(&alice), &[], now())
+        .await
+        .expect("load_counting");
+    assert_eq!(
+        newest.map(|f| f.id),
+        Some(inserted.as_ref().map_or(flow.id, |new| new.id)),
+        "the newest flow must be the winning create's, or the first when a swap won"
     );
 }
 

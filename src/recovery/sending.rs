@@ -111,6 +111,12 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
         // The subject's newest flow comes with the counts: the create that
         // supersedes it needs no read of its own.
         let (newest, values) = self.count_loading_newest(&subject, &plan.counters, now).await?;
+        // A real newest flow's phone was decoded with it; a decoy's had
+        // none, so its made-up one is, and freed with the record.
+        let decoded = newest
+            .as_ref()
+            .is_some_and(|n| n.phone.is_none())
+            .then(|| parity::decoded(&made_up));
         self.detect(&detection, &plan, &values, now, &event).await?;
         let judged = self.judge(&plan, &values, now, &subject, locks, &event);
         self.remember_refusal(&detection, &judged, now);
@@ -141,7 +147,9 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             ),
         };
         let flow = machine::open(&self.policy, now, opening);
-        if let Err(e) = self.insert_newest(&flow, newest).await {
+        let inserted = self.insert_newest(&flow, newest).await;
+        drop(decoded);
+        if let Err(e) = inserted {
             // The write may have applied with its answer lost: void the
             // code, which will never be sent.
             if flow.phone.is_some() && allowed {
