@@ -304,7 +304,10 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
             .store
             .load_counting(Load::Newest(subject), counters, now)
             .await?;
-        Ok((newest_of(subject, newest)?, one_per_counter(counters, values)?))
+        Ok((
+            checked_newest(subject, newest)?,
+            one_per_counter(counters, values)?,
+        ))
     }
 
     /// [`CodeStore::increment_counters`], its answer checked (one value
@@ -462,7 +465,7 @@ impl<S: CodeStore, T: SmsSender, C: Clock> Recovery<S, T, C> {
 /// A store's answer for `subject`'s newest flow, checked: another
 /// subject's flow (a store whose keys collide) would have one account's
 /// request supersede another's flow and leave its own open.
-fn newest_of(
+fn checked_newest(
     subject: &Subject,
     newest: Option<FlowRecord>,
 ) -> std::result::Result<Option<FlowRecord>, StoreError> {
@@ -495,7 +498,7 @@ pub(crate) async fn insert_newest<S: CodeStore + ?Sized>(
         match store.create_flow(flow, expected).await? {
             Created::Inserted => return Ok(true),
             Created::Stale(current) => {
-                newest = newest_of(&flow.subject, current)?.map(fate);
+                newest = checked_newest(&flow.subject, current)?.map(fate);
             }
         }
     }

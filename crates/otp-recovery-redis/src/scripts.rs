@@ -159,10 +159,9 @@ local function newest(list)
 end
 
 -- Writes the flow `id` (record d, version v, purge instant p, its TTL
--- instant ttl) under `key`. Its expiry and index entry only move with
--- the purge instant.
-local function write(key, list, idx, id, d, v, p, ttl)
-  local old = redis.call('HGET', key, 'p')
+-- instant ttl) under `key`, whose stored purge instant is `old`. Its
+-- expiry and index entry only move with the purge instant.
+local function write(key, list, idx, id, d, v, p, ttl, old)
   redis.call('HSET', key, 'd', d, 'v', v, 'p', p)
   if old ~= p then
     redis.call('PEXPIREAT', key, ttl)
@@ -186,7 +185,7 @@ if id ~= ARGV[8] or (key and redis.call('HGET', key, 'v') ~= ARGV[9]) then
   return {1}
 end
 if key and ARGV[10] ~= '' then
-  write(key, KEYS[2], KEYS[3], id, ARGV[10], ARGV[11], ARGV[12], ARGV[13])
+  write(key, KEYS[2], KEYS[3], id, ARGV[10], ARGV[11], ARGV[12], ARGV[13], redis.call('HGET', key, 'p'))
 end
 redis.call('HSET', KEYS[1], 'd', ARGV[3], 'v', ARGV[4], 'l', KEYS[2], 'p', ARGV[5])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
@@ -203,8 +202,10 @@ return {2}
 /// its TTL instant, id, then counters. Returns {0} when the version
 /// differs (or no flow), {1, counts} once written.
 pub(crate) const SWAP_LUA: &str = r#"
-if redis.call('HGET', KEYS[1], 'v') ~= ARGV[4] then return {0} end
-write(KEYS[1], KEYS[2], KEYS[3], ARGV[9], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+-- The version and the purge instant in one read.
+local old = redis.call('HMGET', KEYS[1], 'v', 'p')
+if old[1] ~= ARGV[4] then return {0} end
+write(KEYS[1], KEYS[2], KEYS[3], ARGV[9], ARGV[5], ARGV[6], ARGV[7], ARGV[8], old[2])
 return {1, counters(4, 10, tonumber(ARGV[3]), ARGV[2])}
 "#;
 

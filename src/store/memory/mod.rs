@@ -389,25 +389,14 @@ impl CodeStore for MemoryStore {
         if new_guard.table.find(new_hash, |s| s.is(&flow.id)).is_some() {
             return Err(StoreError::Duplicate);
         }
-        // The newest flow's version, read again under its shard's lock (a
-        // swap may have changed it since the index was read).
-        let newest_now = match (old, old_hash) {
-            (Some(old), Some(old_hash)) => {
-                let shard = old_guard.as_deref().unwrap_or(&*new_guard);
-                shard
-                    .table
-                    .find(old_hash, |s| s.is(&old))
-                    .map(|s| (old, s.version()))
-            }
-            _ => None,
-        };
-        if !newest.matches(newest_now) {
-            let shard = old_guard.as_deref().unwrap_or(&*new_guard);
-            let current = match (newest_now, old_hash) {
-                (Some((id, _)), Some(hash)) => shard.table.find(hash, |s| s.is(&id)).map(Stored::record),
-                _ => None,
-            };
-            return Ok(Created::Stale(current.transpose()?));
+        // The newest flow, read again under its shard's lock (a swap may
+        // have changed it since the index was read).
+        let shard = old_guard.as_deref().unwrap_or(&*new_guard);
+        let stored = old
+            .zip(old_hash)
+            .and_then(|(old, hash)| shard.table.find(hash, |s| s.is(&old)));
+        if !newest.matches(stored.map(|s| (s.id(), s.version()))) {
+            return Ok(Created::Stale(stored.map(Stored::record).transpose()?));
         }
         let swept = self.sweep_flows(&mut new_guard, false, now);
         self.flow_count.fetch_sub(swept.len(), Ordering::Relaxed);
